@@ -1,0 +1,107 @@
+"""Sparse retrievers: a sparse encoder plus lsr's inverted index.
+
+:class:`SparseRetriever` works with any encoder that has ``encode_documents`` and
+``encode_queries`` returning :class:`~lsr.sparse.SparseBatch` (an encoder that must learn
+corpus statistics first, like BM25, provides ``fit_documents`` instead), plus ``save`` /
+``load`` and a ``name``.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from lsr.hybrid.base import Retriever, SearchResults
+from lsr.index.inverted import InvertedIndex
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SparseRetriever", "BM25Retriever", "SEARCH_BATCH"]
+
+SEARCH_BATCH = 256  # queries encoded and searched per step (progress granularity)
+
+
+class SparseRetriever(Retriever):
+    """Encoder + :class:`InvertedIndex`. Subclasses fix the encoder type and ``name``."""
+
+    name = "sparse"
+    encoder_type: type = object
+
+    def __init__(self, encoder: Any, index: InvertedIndex | None = None) -> None:
+        self.encoder = encoder
+        self.inverted_index = index
+
+    def index(self, doc_ids: Sequence[str], texts: Sequence[str], show_progress: bool = False) -> None:
+        if len(doc_ids) != len(texts):
+            raise ValueError(f"{len(doc_ids)} ids for {len(texts)} texts")
+        if hasattr(self.encoder, "fit_documents"):
+            vectors = self.encoder.fit_documents(texts, show_progress=show_progress)
+        else:
+            vectors = self.encoder.encode_documents(texts, show_progress=show_progress)
+        self.index_vectors(doc_ids, vectors)
+
+    def index_vectors(self, doc_ids: Sequence[str], vectors) -> None:
+        """Index already-encoded document vectors (a SparseBatch or scipy matrix)."""
+        self.inverted_index = InvertedIndex.from_csr(vectors, doc_ids=doc_ids,
+                                                     metadata={"encoder": self.encoder.config()})
+
+    def search(self, queries: Sequence[str], k: int = 10, threads: int = 1,
+               show_progress: bool = False) -> SearchResults:
+        if self.inverted_index is None:
+            raise RuntimeError("nothing indexed yet: call index() or load a saved retriever")
+        from tqdm.auto import tqdm
+
+        ids, scores = [], []
+        with tqdm(total=len(queries), desc="search", unit="q", disable=not show_progress) as bar:
+            for s in range(0, len(queries), SEARCH_BATCH):
+                batch = list(queries[s:s + SEARCH_BATCH])
+                q = self.encoder.encode_queries(batch)
+                i, sc = self.inverted_index.search(q, k=k, threads=threads)
+                ids.append(i)
+                scores.append(sc)
+                bar.update(len(batch))
+        if not ids:
+            return SearchResults(np.empty((0, k), np.int64), np.empty((0, k), np.float32),
+                                 self.inverted_index.doc_ids)
+        return SearchResults(np.concatenate(ids), np.concatenate(scores), self.inverted_index.doc_ids)
+
+    def _write(self, directory: Path) -> dict[str, Any]:
+        if self.inverted_index is None:
+            raise RuntimeError("nothing to save: the retriever has no index")
+        (directory / "encoder").mkdir()
+        self.encoder.save(directory / "encoder")
+        (directory / "index").mkdir()
+        self.inverted_index._write(directory / "index")
+        return {"encoder": self.encoder.config()}
+
+    @classmethod
+    def _read(cls, directory: Path, config: dict[str, Any], mmap: bool) -> "SparseRetriever":
+        encoder = cls.encoder_type.load(directory / "encoder")
+        # the retriever manifest already verified every file's checksum
+        index = InvertedIndex.load(directory / "index", mmap=mmap, verify=False)
+        return cls(encoder, index)
+
+
+class BM25Retriever(SparseRetriever):
+    """BM25 (Anserini defaults k1=0.9, b=0.4) through the inverted index."""
+
+    name = "bm25"
+
+    def __init__(self, encoder: Any = None, index: InvertedIndex | None = None, k1: float = 0.9,
+                 b: float = 0.4) -> None:
+        from lsr.encoders.bm25 import BM25Encoder
+
+        super().__init__(encoder or BM25Encoder(k1=k1, b=b), index)
+
+    @classmethod
+    def from_options(cls, **options: Any) -> "BM25Retriever":
+        return cls(k1=options.get("k1") or 0.9, b=options.get("b") if options.get("b") is not None else 0.4)
+
+    @classmethod
+    def _read(cls, directory: Path, config: dict[str, Any], mmap: bool) -> "BM25Retriever":
+        from lsr.encoders.bm25 import BM25Encoder
+
+        return cls(BM25Encoder.load(directory / "encoder"),
+                   InvertedIndex.load(directory / "index", mmap=mmap, verify=False))

@@ -1,0 +1,177 @@
+"""One in-memory type for a batch of sparse vectors.
+
+Every sparse encoder in lsr (BM25, SPLADE, inference-free) returns a :class:`SparseBatch`:
+a CSR matrix with ``int64`` row pointers, ``int32`` term ids and ``float32`` weights, plus
+the vocabulary the term ids refer to.
+
+>>> import numpy as np
+>>> b = SparseBatch.from_rows([([3, 1], [0.5, 2.0]), ([], [])], vocab=["a", "b", "c", "d"])
+>>> len(b), b.nnz, b.row(0)
+(2, 2, (array([1, 3], dtype=int32), array([2. , 0.5], dtype=float32)))
+>>> b.decode(0)
+[('b', 2.0), ('d', 0.5)]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+__all__ = ["SparseBatch"]
+
+
+@dataclass(frozen=True)
+class SparseBatch:
+    """A batch of sparse vectors in CSR form over a fixed vocabulary.
+
+    Rows are vectors, columns are term ids in ``[0, vocab_size)``. Within a row the term ids
+    are sorted and unique (constructors merge duplicates by summing them).
+
+    Attributes:
+        indptr: ``int64`` array of shape ``(n + 1,)``.
+        indices: ``int32`` term ids, shape ``(nnz,)``.
+        data: ``float32`` weights, shape ``(nnz,)``.
+        vocab_size: number of columns.
+        vocab: optional sequence of ``vocab_size`` token strings (for ``decode``).
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    vocab_size: int
+    vocab: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        indptr = np.ascontiguousarray(self.indptr, dtype=np.int64)
+        indices = np.ascontiguousarray(self.indices, dtype=np.int32)
+        data = np.ascontiguousarray(self.data, dtype=np.float32)
+        if indptr.ndim != 1 or indptr.size == 0 or indptr[0] != 0:
+            raise ValueError("indptr must be a 1-d array starting at 0")
+        if np.any(np.diff(indptr) < 0):
+            raise ValueError("indptr must be non-decreasing")
+        if indices.shape != data.shape or indices.ndim != 1 or indptr[-1] != indices.size:
+            raise ValueError(
+                f"inconsistent CSR arrays: indptr[-1]={int(indptr[-1])}, "
+                f"len(indices)={indices.size}, len(data)={data.size}"
+            )
+        vocab_size = int(self.vocab_size)
+        if indices.size and (indices.min() < 0 or indices.max() >= vocab_size):
+            raise ValueError(f"term ids must lie in [0, {vocab_size}); got {indices.min()}..{indices.max()}")
+        if not np.all(np.isfinite(data)):
+            raise ValueError("weights must be finite (found NaN or inf)")
+        if self.vocab is not None and len(self.vocab) != vocab_size:
+            raise ValueError(f"vocab has {len(self.vocab)} entries but vocab_size is {vocab_size}")
+        object.__setattr__(self, "indptr", indptr)
+        object.__setattr__(self, "indices", indices)
+        object.__setattr__(self, "data", data)
+        object.__setattr__(self, "vocab_size", vocab_size)
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_scipy(cls, matrix, vocab: Sequence[str] | None = None) -> "SparseBatch":
+        """Wrap a scipy sparse matrix (any format); duplicates are summed, ids sorted."""
+        import scipy.sparse as sp
+
+        if not sp.issparse(matrix):
+            raise TypeError(f"expected a scipy sparse matrix, got {type(matrix).__name__}")
+        m = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+        m.sum_duplicates()
+        m.sort_indices()
+        return cls(m.indptr, m.indices, m.data, m.shape[1], vocab)
+
+    @classmethod
+    def from_rows(
+        cls,
+        rows: Iterable[tuple[Sequence[int], Sequence[float]]],
+        vocab_size: int | None = None,
+        vocab: Sequence[str] | None = None,
+    ) -> "SparseBatch":
+        """Build from ``(term_ids, weights)`` pairs, one per vector."""
+        if vocab_size is None:
+            if vocab is None:
+                raise ValueError("give vocab_size or vocab")
+            vocab_size = len(vocab)
+        ids_list, w_list, lengths = [], [], []
+        for ids, w in rows:
+            ids = np.asarray(ids, dtype=np.int64).ravel()
+            w = np.asarray(w, dtype=np.float32).ravel()
+            if ids.shape != w.shape:
+                raise ValueError(f"row {len(lengths)}: {ids.size} term ids but {w.size} weights")
+            ids_list.append(ids)
+            w_list.append(w)
+            lengths.append(ids.size)
+        indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        indices = np.concatenate(ids_list) if ids_list else np.zeros(0, np.int64)
+        data = np.concatenate(w_list) if w_list else np.zeros(0, np.float32)
+        if indices.size and (indices.min() < 0 or indices.max() >= vocab_size):
+            raise ValueError(f"term ids must lie in [0, {vocab_size})")
+        import scipy.sparse as sp
+
+        m = sp.csr_matrix((data, indices, indptr), shape=(len(lengths), vocab_size))
+        return cls.from_scipy(m, vocab)
+
+    @classmethod
+    def concat(cls, batches: Sequence["SparseBatch"]) -> "SparseBatch":
+        """Stack batches over the same vocabulary."""
+        if not batches:
+            raise ValueError("nothing to concatenate")
+        v = batches[0].vocab_size
+        if any(b.vocab_size != v for b in batches):
+            raise ValueError("batches have different vocabulary sizes")
+        offsets = np.cumsum([0] + [b.nnz for b in batches[:-1]])
+        indptr = np.concatenate([[0]] + [b.indptr[1:] + o for b, o in zip(batches, offsets)])
+        return cls(
+            indptr,
+            np.concatenate([b.indices for b in batches]),
+            np.concatenate([b.data for b in batches]),
+            v,
+            batches[0].vocab,
+        )
+
+    # ------------------------------------------------------------------ views
+    def __len__(self) -> int:
+        return self.indptr.size - 1
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self), self.vocab_size)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.size)
+
+    def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Term ids and weights of vector ``i`` (views, not copies)."""
+        a, b = self.indptr[i], self.indptr[i + 1]
+        return self.indices[a:b], self.data[a:b]
+
+    def __getitem__(self, item: slice) -> "SparseBatch":
+        if not isinstance(item, slice):
+            raise TypeError("index a SparseBatch with a slice; use row(i) for one vector")
+        start, stop, step = item.indices(len(self))
+        if step != 1:
+            raise ValueError("only contiguous slices are supported")
+        a, b = self.indptr[start], self.indptr[max(start, stop)]
+        return SparseBatch(
+            self.indptr[start : max(start, stop) + 1] - a,
+            self.indices[a:b],
+            self.data[a:b],
+            self.vocab_size,
+            self.vocab,
+        )
+
+    def to_scipy(self):
+        """The batch as a ``scipy.sparse.csr_matrix`` (shares memory)."""
+        import scipy.sparse as sp
+
+        return sp.csr_matrix((self.data, self.indices, self.indptr), shape=self.shape)
+
+    def decode(self, i: int, top_k: int | None = None) -> list[tuple[str, float]]:
+        """Vector ``i`` as readable ``(token, weight)`` pairs, heaviest first."""
+        if self.vocab is None:
+            raise ValueError("this batch carries no vocabulary to decode with")
+        ids, w = self.row(i)
+        order = np.argsort(-w, kind="stable")[:top_k]
+        return [(self.vocab[int(ids[j])], round(float(w[j]), 4)) for j in order]
