@@ -47,40 +47,24 @@ def _sift_up(hs, hd, i):
             break
 
 
-@njit(nogil=True, cache=True)
-def _one_query(
-    qi, qw, offsets, post_docs, post_w, vocab_size, k, acc, seen, touched, hs, hd, out_ids, out_scores
-):
-    """Term-at-a-time accumulation of one query, then heap top-k over touched documents."""
-    nt = 0
-    for j in range(qi.size):
-        t = qi[j]
-        w = qw[j]
-        if t < 0 or t >= vocab_size or w == 0.0:
-            continue
-        for p in range(offsets[t], offsets[t + 1]):
-            d = post_docs[p]
-            if seen[d] == 0:
-                seen[d] = 1
-                touched[nt] = d
-                nt += 1
-            acc[d] += w * post_w[p]
-    n = 0
-    for i in range(nt):
-        d = touched[i]
-        s = acc[d]
-        acc[d] = 0.0
-        seen[d] = 0
-        if n < k:
-            hs[n] = s
-            hd[n] = d
-            _sift_up(hs, hd, n)
-            n += 1
-        elif _better(s, d, hs[0], hd[0]):
-            hs[0] = s
-            hd[0] = d
-            _sift_down(hs, hd, n, 0)
-    # Pop the worst repeatedly to fill the output from the back.
+@njit(inline="always")
+def _push(hs, hd, n, k, s, d):
+    """Offer candidate (s, d) to a heap holding n of at most k entries; return the new size."""
+    if n < k:
+        hs[n] = s
+        hd[n] = d
+        _sift_up(hs, hd, n)
+        return n + 1
+    if _better(s, d, hs[0], hd[0]):
+        hs[0] = s
+        hd[0] = d
+        _sift_down(hs, hd, n, 0)
+    return n
+
+
+@njit(inline="always")
+def _drain(hs, hd, n, k, out_ids, out_scores):
+    """Write the heap best-first into the output row, padding with -1 / 0."""
     for pos in range(k - 1, -1, -1):
         if pos >= n:
             out_ids[pos] = -1
@@ -88,14 +72,83 @@ def _one_query(
             continue
         out_ids[pos] = hd[0]
         out_scores[pos] = hs[0]
-        last = pos  # heap size is pos + 1 here; move the last element to the root
-        hs[0] = hs[last]
-        hd[0] = hd[last]
-        _sift_down(hs, hd, last, 0)
+        hs[0] = hs[pos]  # heap size is pos + 1: move the last entry to the root
+        hd[0] = hd[pos]
+        _sift_down(hs, hd, pos, 0)
 
 
 @njit(nogil=True, cache=True)
-def search_serial(q_indptr, q_indices, q_data, offsets, post_docs, post_w, n_docs, k, out_ids, out_scores):
+def _one_query(
+    qi, qw, offsets, post_docs, post_w, vocab_size, positive_index, k, acc, seen, touched, hs, hd,
+    out_ids, out_scores,
+):
+    """Term-at-a-time accumulation of one query into a dense accumulator, then heap top-k.
+
+    When every weight involved is positive, a document matches iff its score is > 0, so the
+    candidates are found by scanning the accumulator over the touched document range
+    (branch-light, no bookkeeping per posting). Otherwise touched documents are tracked
+    explicitly so that matches with a zero or negative total are still returned.
+    """
+    positive = positive_index
+    lo = acc.size
+    hi = -1
+    for j in range(qi.size):
+        t = qi[j]
+        if t < 0 or t >= vocab_size or qw[j] == 0.0:
+            continue
+        if qw[j] < 0.0:
+            positive = False
+        a, b = offsets[t], offsets[t + 1]
+        if a < b:
+            lo = min(lo, post_docs[a])
+            hi = max(hi, post_docs[b - 1])
+    n = 0
+    if positive:
+        for j in range(qi.size):
+            t = qi[j]
+            w = qw[j]
+            if t < 0 or t >= vocab_size or w == 0.0:
+                continue
+            for p in range(offsets[t], offsets[t + 1]):
+                acc[post_docs[p]] += w * post_w[p]
+        # Ascending scan: an equal score never beats a kept (lower) position, so a strict
+        # comparison with the current k-th score is exact and keeps the hot loop branch-light.
+        threshold = np.float32(0.0)
+        for d in range(lo, hi + 1):
+            s = acc[d]
+            if s > threshold:
+                n = _push(hs, hd, n, k, s, d)
+                if n == k:
+                    threshold = hs[0]
+        if hi >= lo:
+            acc[lo : hi + 1] = 0.0
+    else:
+        nt = 0
+        for j in range(qi.size):
+            t = qi[j]
+            w = qw[j]
+            if t < 0 or t >= vocab_size or w == 0.0:
+                continue
+            for p in range(offsets[t], offsets[t + 1]):
+                d = post_docs[p]
+                if seen[d] == 0:
+                    seen[d] = 1
+                    touched[nt] = d
+                    nt += 1
+                acc[d] += w * post_w[p]
+        for i in range(nt):
+            d = touched[i]
+            s = acc[d]
+            acc[d] = 0.0
+            seen[d] = 0
+            n = _push(hs, hd, n, k, s, d)
+    _drain(hs, hd, n, k, out_ids, out_scores)
+
+
+@njit(nogil=True, cache=True)
+def search_serial(
+    q_indptr, q_indices, q_data, offsets, post_docs, post_w, n_docs, positive, k, out_ids, out_scores
+):
     vocab_size = offsets.size - 1
     acc = np.zeros(n_docs, np.float32)
     seen = np.zeros(n_docs, np.uint8)
@@ -105,14 +158,14 @@ def search_serial(q_indptr, q_indices, q_data, offsets, post_docs, post_w, n_doc
     for q in range(q_indptr.size - 1):
         a, b = q_indptr[q], q_indptr[q + 1]
         _one_query(
-            q_indices[a:b], q_data[a:b], offsets, post_docs, post_w, vocab_size, k,
+            q_indices[a:b], q_data[a:b], offsets, post_docs, post_w, vocab_size, positive, k,
             acc, seen, touched, hs, hd, out_ids[q], out_scores[q],
         )
 
 
 @njit(nogil=True, parallel=True, cache=True)
 def search_parallel(
-    q_indptr, q_indices, q_data, offsets, post_docs, post_w, n_docs, k, n_chunks, out_ids, out_scores
+    q_indptr, q_indices, q_data, offsets, post_docs, post_w, n_docs, positive, k, n_chunks, out_ids, out_scores
 ):
     vocab_size = offsets.size - 1
     nq = q_indptr.size - 1
@@ -125,7 +178,7 @@ def search_parallel(
         for q in range(c, nq, n_chunks):
             a, b = q_indptr[q], q_indptr[q + 1]
             _one_query(
-                q_indices[a:b], q_data[a:b], offsets, post_docs, post_w, vocab_size, k,
+                q_indices[a:b], q_data[a:b], offsets, post_docs, post_w, vocab_size, positive, k,
                 acc, seen, touched, hs, hd, out_ids[q], out_scores[q],
             )
 

@@ -83,6 +83,8 @@ class InvertedIndex:
         if doc_ids.shape != (self.n_docs,):
             raise ValueError(f"{doc_ids.size} doc_ids for {self.n_docs} documents")
         self.doc_ids = doc_ids
+        # all impacts > 0 lets the kernel find matches by score instead of tracking them
+        self.positive = bool(post_weights.size == 0 or float(post_weights.min()) > 0.0)
         self.metadata: dict[str, Any] = dict(metadata or {})
 
     # ------------------------------------------------------------------ build
@@ -173,7 +175,8 @@ class InvertedIndex:
         from lsr.index import _kernels
 
         threads = min(int(threads), nq)
-        args = (indptr, indices, data, self.offsets, self.post_docs, self.post_weights, self.n_docs, k)
+        args = (indptr, indices, data, self.offsets, self.post_docs, self.post_weights, self.n_docs,
+                self.positive, k)
         if threads == 1:
             _kernels.search_serial(*args, ids, scores)
         else:

@@ -1,0 +1,232 @@
+"""Compact multi-vector storage and exact MaxSim (late-interaction / Chamfer) scoring.
+
+A set of multi-vectors is one flat ``(total_tokens, dim)`` matrix plus ``int64`` offsets
+(``vectors[offsets[i]:offsets[i+1]]`` belongs to item ``i``). Documents are stored in float16
+and memory-mapped; scoring converts blocks to float32 and uses BLAS matrix products, so brute
+force over a whole corpus is as fast as exact MaxSim gets on a CPU.
+
+MaxSim(q, d) = sum over query vectors of the maximum inner product with any document vector.
+
+>>> import numpy as np
+>>> docs = MultiVectors.from_list([np.eye(2, dtype=np.float32), np.array([[0.6, 0.8]], np.float32)])
+>>> q = MultiVectors.from_list([np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)])
+>>> ids, scores = maxsim_search(q, docs, k=2)
+>>> ids.tolist(), np.round(scores, 3).tolist()
+([[0, 1]], [[2.0, 1.4]])
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from lsr.index._format import IndexFormatError, load_array, save_array
+
+__all__ = ["MultiVectors", "maxsim_scores", "maxsim_search", "maxsim_rerank"]
+
+BLOCK_TOKENS = 16384  # document tokens converted to float32 per matrix product
+QUERY_TOKENS = 2048  # query tokens scored together per matrix product
+
+
+@dataclass
+class MultiVectors:
+    """Variable-length sets of vectors: flat ``vectors (total, dim)`` and ``offsets (n + 1,)``."""
+
+    vectors: np.ndarray
+    offsets: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.vectors.ndim != 2:
+            raise ValueError(f"vectors must be 2-D (total_tokens, dim), got shape {self.vectors.shape}")
+        if self.offsets.dtype != np.int64 or self.offsets.ndim != 1 or self.offsets.size < 1:
+            raise ValueError("offsets must be a non-empty 1-D int64 array")
+        if int(self.offsets[0]) != 0 or int(self.offsets[-1]) != self.vectors.shape[0]:
+            raise ValueError(f"offsets must run from 0 to {self.vectors.shape[0]}, "
+                             f"got {int(self.offsets[0])}..{int(self.offsets[-1])}")
+        if self.offsets.size > 1 and np.any(np.diff(self.offsets) < 0):
+            raise ValueError("offsets must be non-decreasing")
+
+    @classmethod
+    def from_list(cls, items: Sequence[np.ndarray], dtype: np.dtype | type = np.float32,
+                  dim: int | None = None) -> "MultiVectors":
+        """Stack a list of ``(n_i, dim)`` arrays."""
+        if not items:
+            return cls(np.zeros((0, dim or 0), dtype=dtype), np.zeros(1, np.int64))
+        dims = {np.asarray(x).shape[1] for x in items}
+        if len(dims) != 1:
+            raise ValueError(f"all items need the same dimension, got {sorted(dims)}")
+        offsets = np.zeros(len(items) + 1, np.int64)
+        np.cumsum([len(x) for x in items], out=offsets[1:])
+        return cls(np.concatenate([np.asarray(x, dtype=dtype) for x in items]), offsets)
+
+    @classmethod
+    def concat(cls, parts: Sequence["MultiVectors"]) -> "MultiVectors":
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        offsets = [np.zeros(1, np.int64)]
+        base = 0
+        for p in parts:
+            offsets.append(p.offsets[1:] + base)
+            base += p.vectors.shape[0]
+        return cls(np.concatenate([p.vectors for p in parts]), np.concatenate(offsets))
+
+    def __len__(self) -> int:
+        return self.offsets.size - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.vectors[self.offsets[i]:self.offsets[i + 1]]
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def astype(self, dtype: np.dtype | type) -> "MultiVectors":
+        return MultiVectors(np.asarray(self.vectors, dtype=dtype), self.offsets)
+
+    def take(self, positions: Sequence[int]) -> "MultiVectors":
+        """The items at ``positions`` as a new (in-memory) set."""
+        return MultiVectors.from_list([self[int(i)] for i in positions], dtype=self.vectors.dtype, dim=self.dim)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: Path, prefix: str = "multivectors") -> dict:
+        """Write ``<prefix>.npy`` (float16) and ``<prefix>_offsets.npy``; return manifest fields."""
+        save_array(directory, f"{prefix}.npy", np.asarray(self.vectors, dtype=np.float16))
+        save_array(directory, f"{prefix}_offsets.npy", self.offsets)
+        return {"n_items": len(self), "total_vectors": int(self.vectors.shape[0]), "dim": self.dim,
+                "dtype": "float16"}
+
+    @classmethod
+    def load(cls, directory: Path, fields: dict, prefix: str = "multivectors", mmap: bool = True) -> "MultiVectors":
+        try:
+            n, total, dim = int(fields["n_items"]), int(fields["total_vectors"]), int(fields["dim"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IndexFormatError(f"{directory}/manifest.json: bad multi-vector fields ({exc})") from exc
+        vectors = load_array(directory, f"{prefix}.npy", np.float16, (total, dim), mmap)
+        offsets = load_array(directory, f"{prefix}_offsets.npy", np.int64, (n + 1,), mmap)
+        try:
+            return cls(vectors, np.asarray(offsets))
+        except ValueError as exc:
+            raise IndexFormatError(f"{directory}/{prefix}_offsets.npy: {exc}") from exc
+
+
+def _check(queries: MultiVectors, docs: MultiVectors) -> None:
+    if not isinstance(queries, MultiVectors) or not isinstance(docs, MultiVectors):
+        raise TypeError("queries and documents must be MultiVectors")
+    if len(queries) and len(docs) and queries.dim != docs.dim:
+        raise ValueError(f"query dimension {queries.dim} != document dimension {docs.dim}")
+
+
+def maxsim_scores(queries: MultiVectors, docs: MultiVectors, block_tokens: int = BLOCK_TOKENS) -> np.ndarray:
+    """Exact MaxSim of every query against every document: ``float32 (nq, n_docs)``.
+
+    Documents without vectors score ``-inf``; queries without vectors score 0 everywhere.
+    """
+    _check(queries, docs)
+    nq, nd = len(queries), len(docs)
+    out = np.zeros((nq, nd), dtype=np.float32)
+    if nq == 0 or nd == 0:
+        return out
+    q_off = queries.offsets
+    # query groups of about QUERY_TOKENS tokens (at least one query each)
+    groups, start = [], 0
+    while start < nq:
+        end = int(np.searchsorted(q_off, q_off[start] + QUERY_TOKENS, side="right")) - 1
+        end = max(end, start + 1)
+        groups.append((start, min(end, nq)))
+        start = min(end, nq)
+    d_off = docs.offsets
+    lengths = docs.lengths
+    d0 = 0
+    while d0 < nd:  # document blocks of about block_tokens tokens (at least one document)
+        d1 = max(int(np.searchsorted(d_off, d_off[d0] + block_tokens, side="right")) - 1, d0 + 1)
+        d1 = min(d1, nd)
+        a, b = int(d_off[d0]), int(d_off[d1])
+        block = np.asarray(docs.vectors[a:b], dtype=np.float32)
+        nonempty = np.flatnonzero(lengths[d0:d1] > 0)
+        starts = (d_off[d0:d1] - a)[nonempty]
+        for g0, g1 in groups:
+            qa, qb = int(q_off[g0]), int(q_off[g1])
+            if qb == qa or starts.size == 0:
+                continue
+            sims = block @ np.asarray(queries.vectors[qa:qb], dtype=np.float32).T  # (tokens, q tokens)
+            best = np.maximum.reduceat(sims, starts, axis=0)  # (docs, q tokens)
+            q_lens = np.diff(q_off[g0:g1 + 1])
+            q_nonempty = np.flatnonzero(q_lens > 0)
+            per_query = np.add.reduceat(best, (q_off[g0:g1] - qa)[q_nonempty], axis=1)
+            out[(g0 + q_nonempty)[:, None], (d0 + nonempty)[None, :]] = per_query.T
+        d0 = d1
+    out[:, lengths == 0] = -np.inf
+    return out
+
+
+def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k per row, best first, ties by lower position, -inf entries padded as -1 / 0."""
+    nq, n = scores.shape
+    ids = np.full((nq, k), -1, dtype=np.int64)
+    out = np.zeros((nq, k), dtype=np.float32)
+    kk = min(k, n)
+    if kk == 0:
+        return ids, out
+    for i in range(nq):
+        row = scores[i]
+        part = np.argpartition(-row, kk - 1)[:kk] if kk < n else np.arange(n)
+        order = np.lexsort((part, -row[part]))
+        sel = part[order]
+        sel = sel[np.isfinite(row[sel])]
+        ids[i, :sel.size] = sel
+        out[i, :sel.size] = row[sel]
+    return ids, out
+
+
+def maxsim_search(queries: MultiVectors, docs: MultiVectors, k: int = 10,
+                  block_tokens: int = BLOCK_TOKENS) -> tuple[np.ndarray, np.ndarray]:
+    """Exact brute-force MaxSim top-``k``: ``(ids, scores)`` of shape ``(nq, k)``, padded with -1."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return _top_k(maxsim_scores(queries, docs, block_tokens), int(k))
+
+
+def maxsim_rerank(queries: MultiVectors, docs: MultiVectors, candidates: np.ndarray,
+                  k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Re-rank candidate positions (``(nq, c)``, ``-1`` = none) by exact MaxSim; keep the top ``k``."""
+    _check(queries, docs)
+    candidates = np.asarray(candidates, dtype=np.int64)
+    if candidates.ndim != 2 or candidates.shape[0] != len(queries):
+        raise ValueError(f"candidates must have shape ({len(queries)}, c), got {candidates.shape}")
+    nq = len(queries)
+    ids = np.full((nq, k), -1, dtype=np.int64)
+    scores = np.zeros((nq, k), dtype=np.float32)
+    off = docs.offsets
+    for i in range(nq):
+        cand = np.unique(candidates[i][candidates[i] >= 0])
+        if cand.size == 0:
+            continue
+        if cand[-1] >= len(docs):
+            raise ValueError(f"candidate position {int(cand[-1])} out of range for {len(docs)} documents")
+        lens = off[cand + 1] - off[cand]
+        cand = cand[lens > 0]
+        lens = lens[lens > 0]
+        if cand.size == 0:
+            continue
+        q = np.asarray(queries[i], dtype=np.float32)
+        rows = np.concatenate([np.arange(off[c], off[c + 1]) for c in cand])
+        sims = np.asarray(docs.vectors[rows], dtype=np.float32) @ q.T
+        starts = np.zeros(cand.size, np.int64)
+        np.cumsum(lens[:-1], out=starts[1:])
+        s = np.maximum.reduceat(sims, starts, axis=0).sum(axis=1) if q.shape[0] else np.zeros(cand.size)
+        order = np.lexsort((cand, -s))[:k]
+        ids[i, :order.size] = cand[order]
+        scores[i, :order.size] = s[order]
+    return ids, scores
+
+
+def save_multivectors(directory: str | os.PathLike, mv: MultiVectors, prefix: str = "multivectors") -> dict:
+    """Convenience wrapper of :meth:`MultiVectors.save` for a path."""
+    return mv.save(Path(directory), prefix)
