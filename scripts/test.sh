@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Install lsr with every extra into ./.venv (CPU torch pinned first) and run the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+exec .venv/bin/python -m pytest -q "$@"
