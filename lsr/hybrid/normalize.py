@@ -35,7 +35,7 @@ normalisations (ranx gives every missing document 0 in the normalised space, Bor
 
 >>> import numpy as np
 >>> s = np.array([[3.0, 2.0, 1.0], [5.0, 0.0, 0.0]]); n = np.array([3, 1])
->>> normalize("min-max", s, n)[0][0].tolist(), normalize("min-max", s, n)[0][1, 0]
+>>> normalize("min-max", s, n)[0][0].tolist(), float(normalize("min-max", s, n)[0][1, 0])
 ([1.0, 0.5, 0.0], 0.0)
 """
 from __future__ import annotations
