@@ -33,6 +33,16 @@ _EXPORTS = {
     "SearchResults": "lsr.hybrid.base",
     "SparseRetriever": "lsr.hybrid.sparse",
     "load_retriever": "lsr.hybrid.base",
+    "DenseEncoder": "lsr.encoders.dense",
+    "MultiVectorEncoder": "lsr.encoders.multivector",
+    "MultiVectors": "lsr.index.multivectors",
+    "DenseIndex": "lsr.index.dense",
+    "FDEConfig": "lsr.index.muvera",
+    "FDEEncoder": "lsr.index.muvera",
+    "FDEIndex": "lsr.index.muvera",
+    "DenseRetriever": "lsr.hybrid.dense",
+    "MaxSimRetriever": "lsr.hybrid.dense",
+    "MuveraRetriever": "lsr.hybrid.dense",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -38,6 +38,18 @@ def retriever_options(fn: Callable) -> Callable:
         click.option("--device", default=None, help="torch device for encoders (default: cuda if available, else cpu)."),
         click.option("--k1", type=click.FloatRange(min=0), default=0.9, show_default=True, help="BM25 k1."),
         click.option("--b", "b", type=click.FloatRange(0, 1), default=0.4, show_default=True, help="BM25 b."),
+        click.option("--index-type", type=click.Choice(["flat", "hnsw", "ivf", "ivfpq"]), default=None,
+                     help="FAISS index for dense and muvera (default: flat, exact inner product)."),
+        click.option("--embedding-cache", type=click.Path(file_okay=False), default=None,
+                     help="Directory caching dense/multi-vector encodings by content hash (reruns are free)."),
+        click.option("--fde-reps", type=click.IntRange(min=1), default=None, help="MUVERA repetitions R."),
+        click.option("--fde-k-sim", type=click.IntRange(0, 30), default=None, help="MUVERA SimHash bits k_sim."),
+        click.option("--fde-d-proj", type=click.IntRange(min=0), default=None,
+                     help="MUVERA inner projection dimension (0: identity)."),
+        click.option("--fde-final-dim", type=click.IntRange(min=1), default=None,
+                     help="MUVERA final Count-sketch dimension (default: none)."),
+        click.option("--candidates", type=click.IntRange(min=1), default=None,
+                     help="MUVERA: FDE candidates re-ranked by exact MaxSim (default 100)."),
     ]
     for option in reversed(options):
         fn = option(fn)

@@ -34,6 +34,9 @@ RETRIEVER_FORMAT_VERSION = 1
 # name -> "module:Class". Add a line here to make a retriever available to the CLI.
 RETRIEVERS: dict[str, str] = {
     "bm25": "lsr.hybrid.sparse:BM25Retriever",
+    "dense": "lsr.hybrid.dense:DenseRetriever",
+    "maxsim": "lsr.hybrid.dense:MaxSimRetriever",
+    "muvera": "lsr.hybrid.dense:MuveraRetriever",
 }
 
 

@@ -1,0 +1,100 @@
+"""Tiny generated models for the dense / multi-vector tests (no downloads).
+
+Each builder writes a randomly initialised 2-layer BERT (hidden 32) with the shared
+bert-base-uncased WordPiece vocabulary into a directory, plus the extra files of the format
+under test: sentence-transformers modules, a colbert-ir ``linear.weight`` or a PyLate Dense.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+VOCAB_SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "all-MiniLM-L6-v2"
+HIDDEN = 32
+
+
+def build_bert(directory: Path, seed: int = 0) -> Path:
+    """Tiny random BERT + the shared bert-base-uncased tokenizer, saved into ``directory``."""
+    import pytest
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    if not (VOCAB_SOURCE / "tokenizer.json").is_file():
+        pytest.skip(f"needs the shared bert-base-uncased tokenizer at {VOCAB_SOURCE}")
+    directory.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(str(VOCAB_SOURCE))
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    BertModel(cfg).eval().save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
+
+
+def build_sentence_transformer(directory: Path, pooling: str = "mean", normalize: bool = True,
+                               prompts: dict | None = None, max_seq_length: int = 64) -> Path:
+    """Tiny bi-encoder directory in the sentence-transformers layout."""
+    build_bert(directory)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (directory / "modules.json").write_text(json.dumps(modules))
+    (directory / "1_Pooling").mkdir(exist_ok=True)
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": HIDDEN, "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_lasttoken": pooling == "lasttoken"}))
+    (directory / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length}))
+    if prompts:
+        (directory / "config_sentence_transformers.json").write_text(json.dumps({"prompts": prompts}))
+    return directory
+
+
+def build_colbert_ir(directory: Path, dim: int = 16, query_maxlen: int = 12, doc_maxlen: int = 40) -> Path:
+    """colbert-ir style checkpoint: ``bert.*`` weights plus ``linear.weight`` in one safetensors file."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    build_bert(directory)
+    state = load_file(str(directory / "model.safetensors"))
+    state = {("bert." + k if not k.startswith("bert.") else k): v for k, v in state.items()}
+    torch.manual_seed(1)
+    state["linear.weight"] = torch.randn(dim, HIDDEN) / HIDDEN ** 0.5
+    save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"),
+              metadata={"format": "pt"})
+    (directory / "artifact.metadata").write_text(json.dumps({
+        "query_token_id": "[unused0]", "doc_token_id": "[unused1]", "query_maxlen": query_maxlen,
+        "doc_maxlen": doc_maxlen, "mask_punctuation": True, "attend_to_mask_tokens": False, "dim": dim}))
+    return directory
+
+
+def build_pylate(directory: Path, dim: int = 16, query_length: int = 12, document_length: int = 40) -> Path:
+    """PyLate style checkpoint: Transformer + ``1_Dense`` module, [Q]/[D] added tokens."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer
+
+    build_bert(directory)
+    tok = AutoTokenizer.from_pretrained(str(directory))
+    tok.add_tokens(["[Q] ", "[D] "])
+    tok.save_pretrained(directory)
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(directory))
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(directory)
+    (directory / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"}]))
+    (directory / "1_Dense").mkdir(exist_ok=True)
+    (directory / "1_Dense" / "config.json").write_text(json.dumps({
+        "in_features": HIDDEN, "out_features": dim, "bias": False,
+        "activation_function": "torch.nn.modules.linear.Identity"}))
+    torch.manual_seed(2)
+    save_file({"linear.weight": (torch.randn(dim, HIDDEN) / HIDDEN ** 0.5).contiguous()},
+              str(directory / "1_Dense" / "model.safetensors"))
+    (directory / "config_sentence_transformers.json").write_text(json.dumps({
+        "query_prefix": "[Q] ", "document_prefix": "[D] ", "query_length": query_length,
+        "document_length": document_length, "do_query_expansion": True, "attend_to_expansion_tokens": False,
+        "skiplist_words": list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")}))
+    return directory

@@ -1,0 +1,103 @@
+"""DenseEncoder against plain transformers code on tiny generated sentence-transformers models."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from conftest_dense import build_sentence_transformer  # noqa: E402
+
+from lsr.encoders.dense import DenseEncoder, cache_key  # noqa: E402
+
+TEXTS = ["what causes heart disease", "Heart disease is mostly caused by high blood pressure, high "
+         "cholesterol and smoking.", "", "stock market", "The stock market fell sharply on Tuesday."]
+
+
+@pytest.fixture(scope="session")
+def st_dirs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("st")
+    return {p: build_sentence_transformer(base / p, pooling=p, normalize=(p != "cls"),
+                                          prompts={"query": "query: ", "document": "passage: "} if p == "mean" else None)
+            for p in ("mean", "cls", "lasttoken")}
+
+
+def reference(model_dir, texts, pooling, normalize, prefix="", max_length=64):
+    """Straight transformers: tokenize each text alone (no padding), pool, normalise."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    net = AutoModel.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    out = []
+    with torch.no_grad():
+        for t in texts:
+            enc = tok(prefix + t, return_tensors="pt", truncation=True, max_length=max_length)
+            h = net(**enc).last_hidden_state[0]
+            v = h.mean(0) if pooling == "mean" else h[0] if pooling == "cls" else h[-1]
+            if normalize:
+                v = v / v.norm()
+            out.append(v.numpy())
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "lasttoken"])
+def test_matches_plain_transformers(st_dirs, pooling):
+    enc = DenseEncoder(st_dirs[pooling], batch_size=2, device="cpu")
+    assert enc.pooling == pooling and enc.normalize == (pooling != "cls") and enc.dim == 32
+    prefix = "passage: " if pooling == "mean" else ""
+    got = enc.encode_documents(TEXTS)
+    assert got.dtype == np.float32 and got.shape == (len(TEXTS), 32)
+    np.testing.assert_allclose(got, reference(st_dirs[pooling], TEXTS, pooling, enc.normalize, prefix), atol=2e-5)
+
+
+def test_query_prefix_and_lengths(st_dirs):
+    enc = DenseEncoder(st_dirs["mean"], query_max_length=4, device="cpu")
+    assert (enc.query_prefix, enc.document_prefix) == ("query: ", "passage: ")
+    np.testing.assert_allclose(enc.encode_queries(TEXTS[:2]),
+                               reference(st_dirs["mean"], TEXTS[:2], "mean", True, "query: ", 4), atol=2e-5)
+    assert enc.encode_queries([]).shape == (0, 32)
+
+
+def test_batching_does_not_change_vectors(st_dirs):
+    a = DenseEncoder(st_dirs["mean"], batch_size=1, device="cpu").encode_documents(TEXTS)
+    b = DenseEncoder(st_dirs["mean"], batch_size=16, device="cpu").encode_documents(TEXTS)
+    np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_embedding_cache_and_save_load(st_dirs, tmp_path):
+    enc = DenseEncoder(st_dirs["mean"], device="cpu", cache_dir=tmp_path / "cache")
+    first = enc.encode_documents(TEXTS)
+    key = cache_key(enc.config(), "documents", TEXTS)
+    assert (tmp_path / "cache" / f"{key}.dense.npy").is_file()
+    np.testing.assert_array_equal(enc.encode_documents(TEXTS), first)
+    enc.save(tmp_path)
+    again = DenseEncoder.load(tmp_path, device="cpu")
+    assert again.config() == enc.config()
+
+
+def test_bad_arguments(st_dirs, tmp_path):
+    with pytest.raises(ValueError, match="pooling"):
+        DenseEncoder(st_dirs["mean"], pooling="max")
+    with pytest.raises(FileNotFoundError):
+        DenseEncoder(str(tmp_path / "missing" / "model"))
+
+
+@pytest.mark.slow
+def test_minilm_matches_manifest():
+    from conftest import shared_model
+
+    enc = DenseEncoder(shared_model("all-MiniLM-L6-v2"), device="cpu")
+    q = enc.encode_queries(["what causes heart disease"])
+    d = enc.encode_documents([TEXTS[1], "The stock market fell sharply on Tuesday after the announcement."])
+    assert abs(float(q[0] @ d[0]) - 0.8320) < 2e-3
+
+
+@pytest.mark.gpu
+def test_cuda_autocast_close_to_cpu(st_dirs):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    cpu = DenseEncoder(st_dirs["mean"], device="cpu").encode_documents(TEXTS)
+    gpu = DenseEncoder(st_dirs["mean"], device="cuda").encode_documents(TEXTS)
+    assert gpu.dtype == np.float32
+    np.testing.assert_allclose(gpu, cpu, atol=2e-2)

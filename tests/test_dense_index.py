@@ -1,0 +1,117 @@
+"""DenseIndex (FAISS) against numpy brute force on deterministic synthetic data."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+faiss = pytest.importorskip("faiss")
+
+from lsr.index._format import IndexFormatError  # noqa: E402
+from lsr.index.dense import DenseIndex, faiss_gpu_available  # noqa: E402
+
+
+def clustered(n, dim, seed=0, centers=20):
+    """Normalised vectors around a few centres (like text embeddings, unlike pure noise)."""
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centers, dim))
+    x = c[rng.integers(0, centers, n)] + 0.5 * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def brute(q, x, k):
+    s = q @ x.T
+    ids = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return ids, np.take_along_axis(s, ids, 1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    x = clustered(3000, 48)
+    q = clustered(60, 48, seed=1)
+    return x, q
+
+
+def test_flat_equals_brute_force(data):
+    x, q = data
+    idx = DenseIndex.build(x, doc_ids=[f"d{i}" for i in range(len(x))])
+    ids, scores = idx.search(q, k=10, threads=2)
+    ref_ids, ref_scores = brute(q, x, 10)
+    assert ids.dtype == np.int64 and scores.dtype == np.float32 and ids.shape == (60, 10)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-5)
+    assert np.mean(ids == ref_ids) > 0.99  # equal up to exact ties
+    assert idx.doc_ids[ids[0, 0]] == f"d{ref_ids[0, 0]}"
+
+
+@pytest.mark.parametrize("kind, floor", [("hnsw", 0.98), ("ivf", 0.9), ("ivfpq", 0.5)])
+def test_approximate_types_recall(data, kind, floor):
+    x, q = data
+    idx = DenseIndex.build(x, index_type=kind)
+    ids, _ = idx.search(q, k=10)
+    ref, _ = brute(q, x, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, ref)])
+    assert recall >= floor, (kind, recall)
+
+
+def test_padding_when_k_exceeds_corpus():
+    x = np.eye(3, dtype=np.float32)
+    ids, scores = DenseIndex.build(x, doc_ids=["a", "b", "c"]).search(np.array([[0, 1, 0.5]], np.float32), k=5)
+    assert ids.tolist() == [[1, 2, 0, -1, -1]]
+    assert scores.tolist() == [[1.0, 0.5, 0.0, 0.0, 0.0]]
+    empty = DenseIndex.build(np.zeros((0, 3), np.float32))
+    assert empty.search(np.ones((2, 3), np.float32), k=2)[0].tolist() == [[-1, -1], [-1, -1]]
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_save_load_roundtrip(data, tmp_path, kind):
+    x, q = data
+    idx = DenseIndex.build(x, doc_ids=[f"d{i}" for i in range(len(x))], index_type=kind)
+    idx.save(tmp_path / "idx")
+    again = DenseIndex.load(tmp_path / "idx")
+    assert (again.index_type, again.params, len(again), again.dim) == (kind, idx.params, len(x), 48)
+    a, b = idx.search(q, 10), again.search(q, 10)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(again.doc_ids, idx.doc_ids)
+
+
+def test_load_refuses_damaged_directory(data, tmp_path):
+    DenseIndex.build(data[0][:50]).save(tmp_path / "idx")
+    with open(tmp_path / "idx" / "faiss.index", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(IndexFormatError, match="checksum"):
+        DenseIndex.load(tmp_path / "idx")
+    with pytest.raises(IndexFormatError):
+        DenseIndex.load(tmp_path / "nothing")
+
+
+def test_bad_input():
+    x = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match="index_type"):
+        DenseIndex.build(x, index_type="lsh")
+    with pytest.raises(ValueError, match="duplicate"):
+        DenseIndex.build(x, doc_ids=["a", "a", "b", "c"])
+    with pytest.raises(ValueError, match="unknown index parameters"):
+        DenseIndex.build(x, efsearch=3)
+    idx = DenseIndex.build(x)
+    with pytest.raises(ValueError, match="shape"):
+        idx.search(np.ones((1, 4), np.float32))
+    with pytest.raises(ValueError, match="k must"):
+        idx.search(np.ones((1, 3), np.float32), k=0)
+
+
+def test_gpu_request_without_gpu_fails_clearly():
+    if faiss_gpu_available():
+        pytest.skip("a FAISS GPU is present")
+    with pytest.raises(RuntimeError, match="faiss-gpu"):
+        DenseIndex.build(np.ones((4, 3), np.float32), use_gpu=True)
+
+
+@pytest.mark.gpu
+def test_gpu_matches_cpu(data):
+    if not faiss_gpu_available():
+        pytest.skip("needs a FAISS GPU build and a GPU")
+    x, q = data
+    cpu = DenseIndex.build(x, use_gpu=False)
+    gpu = DenseIndex.build(x, use_gpu=True)
+    assert gpu.on_gpu and not cpu.on_gpu
+    np.testing.assert_allclose(gpu.search(q, 10)[1], cpu.search(q, 10)[1], atol=1e-4)
