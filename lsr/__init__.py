@@ -43,6 +43,20 @@ _EXPORTS = {
     "DenseRetriever": "lsr.hybrid.dense",
     "MaxSimRetriever": "lsr.hybrid.dense",
     "MuveraRetriever": "lsr.hybrid.dense",
+    # hybrid layer
+    "HybridRetriever": "lsr.hybrid.hybrid",
+    "fuse": "lsr.hybrid.fusion",
+    "fuse_arrays": "lsr.hybrid.fusion",
+    "FUSIONS": "lsr.hybrid.fusion",
+    "normalize": "lsr.hybrid.normalize",
+    "NORMALIZERS": "lsr.hybrid.normalize",
+    "tune_weights": "lsr.hybrid.tuning",
+    "cross_validate": "lsr.hybrid.tuning",
+    "SparsePRF": "lsr.hybrid.prf",
+    "DensePRF": "lsr.hybrid.prf",
+    "rm3": "lsr.hybrid.prf",
+    "rocchio": "lsr.hybrid.prf",
+    # end hybrid layer
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -56,6 +56,42 @@ def retriever_options(fn: Callable) -> Callable:
     return fn
 
 
+def _parse_weights(ctx: Any, param: Any, value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(w) for w in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+
+
+def hybrid_options(fn: Callable) -> Callable:
+    """Options of ``--retriever hybrid`` (ignored by the other retrievers)."""
+    options = [
+        click.option("--components", default=None,
+                     help="hybrid: components as name[=model], comma-separated, e.g. "
+                          "bm25,splade=models/splade-tiny,dense=models/all-MiniLM-L6-v2."),
+        click.option("--norm", default="min-max", show_default=True,
+                     help="hybrid: score normaliser (min-max, zmuv, l2, max, sum, tmm, rank, borda, none)."),
+        click.option("--fusion", default="wsum", show_default=True,
+                     help="hybrid: fusion method (wsum, sum, mnz, rrf, wrrf, max, min, anz, med, ...)."),
+        click.option("--weights", default=None, callback=_parse_weights,
+                     help="hybrid: one weight per component, comma-separated (default: equal)."),
+        click.option("--fusion-depth", type=click.IntRange(min=1), default=1000, show_default=True,
+                     help="hybrid: candidates taken from each component."),
+        click.option("--prf", type=click.Choice(["none", "before", "after", "both"]), default="none",
+                     show_default=True, help="hybrid: pseudo-relevance feedback and where to interpolate."),
+        click.option("--tune", is_flag=True,
+                     help="hybrid: tune the weights (on the dev split if the dataset has one, else by k-fold "
+                          "cross-validation over the evaluated queries; the run written is then held-out only)."),
+        click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+                     help="hybrid --tune: cross-validation folds."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 def _build_retriever(retriever: str, **options: Any):
     from lsr.hybrid.base import retriever_class
 
@@ -175,6 +211,7 @@ def _print_table(title: str, metrics: dict[str, float]) -> None:
 @main.command("eval")
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @retriever_options
+@hybrid_options
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Directory for run.trec, metrics.json, per_query.tsv and config.json.")
 @click.option("--split", default="test", show_default=True, help="Qrels split (qrels/<split>.tsv).")
@@ -196,18 +233,23 @@ def eval_cmd(dataset: Path, retriever: str, output: Path, split: str, depth: int
         ds = load_beir(dataset, split=split)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--split") from exc
+    tune, folds = options.pop("tune", False), options.pop("folds", 5)
+    if tune and retriever != "hybrid":
+        raise click.BadParameter("--tune needs --retriever hybrid", param_hint="--tune")
     r = _build_retriever(retriever, **options)
     t0 = time.perf_counter()
     r.index(ds.corpus.ids, ds.corpus.all_contents(), show_progress=True)
     t1 = time.perf_counter()
-    if save_index is not None:
-        r.save(save_index)
     qids = list(ds.queries)
     # one extra result so that dropping a self-hit still leaves `depth` results
-    res = r.search([ds.queries[q] for q in qids], k=depth + (0 if keep_self_hits else 1), threads=threads,
-                   show_progress=True)
+    held_out = _tune_hybrid(r, dataset, ds, folds, depth + 1, threads) if tune else None
+    if save_index is not None:
+        r.save(save_index)
+    if held_out is None:
+        res = r.search([ds.queries[q] for q in qids], k=depth + (0 if keep_self_hits else 1), threads=threads,
+                       show_progress=True)
     t2 = time.perf_counter()
-    run = res.to_run(qids)
+    run = res.to_run(qids) if held_out is None else held_out
     if not keep_self_hits:
         run = remove_self_hits(run)
     from lsr.eval.runs import ranked
@@ -230,10 +272,155 @@ def eval_cmd(dataset: Path, retriever: str, output: Path, split: str, depth: int
         "index_seconds": round(t1 - t0, 3), "search_seconds": round(t2 - t1, 3),
         "queries_per_second": round(len(qids) / max(t2 - t1, 1e-9), 1),
     }
+    if retriever == "hybrid":
+        config["hybrid"] = r.config()
     (output / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     _print_table(f"{ds.name} ({split}, {len(qids)} queries) with {retriever}: "
                  f"index {t1 - t0:.1f}s, search {t2 - t1:.1f}s", means)
     click.echo(f"wrote {output}/run.trec, metrics.json, per_query.tsv, config.json", err=True)
+
+
+# ------------------------------------------------------------------------------ hybrid: fuse, report
+def _tune_hybrid(r: Any, dataset: Path, ds: Any, folds: int, k: int, threads: int) -> dict | None:
+    """Tune a hybrid's weights: on qrels/dev.tsv when the dataset has it (returns None: the test
+    queries are then searched with the tuned weights), else by k-fold CV over the evaluated
+    queries (returns the held-out run)."""
+    from lsr.eval.datasets import load_beir
+
+    if (dataset / "qrels" / "dev.tsv").is_file():
+        dev = load_beir(dataset, split="dev")
+        res = r.tune(dev.queries, dev.qrels, threads=threads, show_progress=True)
+        click.echo(f"tuned on {len(dev.queries)} dev queries: weights {res.weights} (dev {res.score:.4f})", err=True)
+        return None
+    cv = r.tune(ds.queries, ds.qrels, folds=folds, threads=threads, show_progress=True, k=k)
+    for i, w in enumerate(cv.fold_weights):
+        click.echo(f"fold {i + 1}: weights {w}  held-out {cv.heldout_scores[i]:.4f}", err=True)
+    click.echo(f"{folds}-fold cross-validated ndcg@10 {cv.score:.4f}; weights on all queries {r.weights}", err=True)
+    return cv.run
+
+
+@main.command("fuse")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--norm", default="min-max", show_default=True,
+              help="Normaliser: min-max, zmuv (z-score), l2, max, sum, tmm, rank, borda, none.")
+@click.option("--method", default="wsum", show_default=True,
+              help="Fusion: wsum, sum, mnz, anz, gmnz, max, min, med, wmnz, mixed, rrf, wrrf, isr, log_isr, "
+                   "logn_isr, rbc, bordafuse, w_bordafuse.")
+@click.option("--weights", default=None, callback=_parse_weights, help="One weight per run, comma-separated.")
+@click.option("--depth", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Candidates taken from each run.")
+@click.option("--k", "k", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Documents per query in the fused run.")
+@click.option("--floor", type=click.Choice(["zero", "min"]), default="zero", show_default=True,
+              help="Normalised score of a document missing from a run (zero: ranx's; min: the run's lowest).")
+@click.option("--lower-bounds", default=None, callback=_parse_weights,
+              help="tmm: each run's known lowest score, comma-separated (e.g. 0,0,-1).")
+@click.option("--rrf-k", type=click.FloatRange(min=0), default=60, show_default=True, help="RRF's k.")
+@click.option("--tune", "tune_qrels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Qrels to tune the weights on (instead of --weights); with --folds the run is cross-validated.")
+@click.option("--folds", type=click.IntRange(min=0), default=5, show_default=True,
+              help="--tune: k-fold CV over the queries (0: tune on all of them: only for dev qrels).")
+@click.option("--metric", default="ndcg@10", show_default=True, help="--tune: metric to maximise.")
+@click.option("--search", type=click.Choice(["grid", "coordinate"]), default="grid", show_default=True,
+              help="--tune: simplex grid or coordinate ascent.")
+@click.option("--step", type=float, default=0.1, show_default=True, help="--tune: weight grid step.")
+@click.option("--seed", type=int, default=0, show_default=True, help="--tune: fold shuffle seed.")
+@click.option("--tuning-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="--tune: also write the tuned weights and fold scores as JSON.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, allow_dash=True), default="-", show_default=True,
+              help="Fused TREC run ('-' for stdout).")
+@click.option("--tag", default=None, help="Run tag (default: <norm>-<method>).")
+@_friendly_errors
+def fuse_cmd(runs: tuple[Path, ...], norm: str, method: str, weights: list[float] | None, depth: int, k: int,
+             floor: str, lower_bounds: list[float] | None, rrf_k: float, tune_qrels: Path | None, folds: int,
+             metric: str, search: str, step: float, seed: int, tuning_json: Path | None, output: str,
+             tag: str | None) -> None:
+    """Fuse TREC run files RUN1 RUN2 ... into one run (normalise, then combine)."""
+    from lsr.eval.datasets import read_qrels
+    from lsr.eval.runs import read_run, write_run
+    from lsr.hybrid.fusion import FUSIONS, RANK_BASED, canonical_fusion, fuse
+    from lsr.hybrid.normalize import canonical_normalizer
+
+    try:
+        norm, method = canonical_normalizer(norm), canonical_fusion(method)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--norm/--method") from exc
+    loaded = [read_run(p) for p in runs]
+    for name, values in (("--weights", weights), ("--lower-bounds", lower_bounds)):
+        if values is not None and len(values) != len(loaded):
+            raise click.BadParameter(f"{len(values)} values for {len(loaded)} runs", param_hint=name)
+    if tune_qrels is not None and weights is not None:
+        raise click.UsageError("give --weights or --tune, not both")
+    params: dict[str, Any] = {"rrf_k": rrf_k} if method in ("rrf", "wrrf") else {}
+    norm_params = None if lower_bounds is None else [{"lower_bound": b} for b in lower_bounds]
+    common = dict(norm=norm, method=method, depth=depth, floor=floor, norm_params=norm_params, **params)
+    tag = tag or f"{norm}-{method}"
+    if tune_qrels is None:
+        try:
+            fused = fuse(loaded, weights=weights, k=k, **common)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from exc
+    else:
+        from lsr.hybrid.tuning import WEIGHTABLE, cross_validate, tune_weights
+
+        if method not in WEIGHTABLE:
+            raise click.BadParameter(f"{method!r} has no weights to tune", param_hint="--method")
+        qrels = read_qrels(tune_qrels)
+        kw = dict(metric=metric, search=search, step=step, **common)
+        if folds >= 2:
+            cv = cross_validate(loaded, qrels, folds=folds, k=k, seed=seed, **kw)
+            fused = cv.run
+            for i, (w, h) in enumerate(zip(cv.fold_weights, cv.heldout_scores)):
+                click.echo(f"fold {i + 1}: weights {w}  held-out {metric} {h:.4f}", err=True)
+            click.echo(f"{folds}-fold cross-validated {metric}: {cv.score:.4f}", err=True)
+            report = {"folds": folds, "seed": seed, "fold_weights": cv.fold_weights,
+                      "fold_queries": cv.fold_queries, "train_scores": cv.train_scores,
+                      "heldout_scores": cv.heldout_scores, "cv_score": cv.score}
+        else:
+            res = tune_weights(loaded, qrels, **kw)
+            fused = fuse(loaded, weights=res.weights, k=k, **common)
+            click.echo(f"tuned weights {res.weights}: {metric} {res.score:.4f} on the tuning queries", err=True)
+            report = {"weights": res.weights, "score": res.score}
+        if tuning_json is not None:
+            tuning_json.write_text(json.dumps({"runs": [str(p) for p in runs], "norm": norm, "method": method,
+                                               "metric": metric, "search": search, "step": step, **report},
+                                              indent=2) + "\n")
+    if output == "-":
+        write_run(fused, sys.stdout, tag=tag)
+    else:
+        write_run(fused, output, tag=tag)
+        click.echo(f"wrote {sum(map(len, fused.values()))} results for {len(fused)} queries to {output}", err=True)
+
+
+@main.command("report")
+@click.argument("out_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--metric", "metrics", multiple=True, default=["ndcg@10"], show_default=True,
+              help="Metric(s) to tabulate (repeat the option for several).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, allow_dash=True), default="-", show_default=True,
+              help="Markdown file ('-' for stdout).")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PNG bar chart of the first metric (needs matplotlib: pip install 'lsr[report]').")
+@_friendly_errors
+def report_cmd(out_dirs: tuple[Path, ...], metrics: tuple[str, ...], output: str, plot: Path | None) -> None:
+    """Gather the metrics.json of `lsr eval` output directories into one table (and chart).
+
+    Each OUT_DIR is an eval directory or a folder holding some (searched recursively). Rows are
+    retrievers (the directory name), columns datasets (config.json's dataset, else the parent
+    directory's name); the best value of each column is bold."""
+    from lsr.hybrid.report import collect, markdown_table, plot_bars
+
+    table = collect(out_dirs)
+    if not table:
+        raise click.UsageError("no metrics.json found under the given directories")
+    text = "\n\n".join(markdown_table(table, m) for m in metrics) + "\n"
+    if output == "-":
+        click.echo(text, nl=False)
+    else:
+        Path(output).write_text(text)
+        click.echo(f"wrote {output}", err=True)
+    if plot is not None:
+        plot_bars(table, metrics[0], plot)
+        click.echo(f"wrote {plot}", err=True)
 
 
 if __name__ == "__main__":

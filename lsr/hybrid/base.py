@@ -37,6 +37,7 @@ RETRIEVERS: dict[str, str] = {
     "dense": "lsr.hybrid.dense:DenseRetriever",
     "maxsim": "lsr.hybrid.dense:MaxSimRetriever",
     "muvera": "lsr.hybrid.dense:MuveraRetriever",
+    "hybrid": "lsr.hybrid.hybrid:HybridRetriever",
 }
 
 
