@@ -34,6 +34,8 @@ RETRIEVER_FORMAT_VERSION = 1
 # name -> "module:Class". Add a line here to make a retriever available to the CLI.
 RETRIEVERS: dict[str, str] = {
     "bm25": "lsr.hybrid.sparse:BM25Retriever",
+    "splade": "lsr.hybrid.sparse:SpladeRetriever",
+    "inference-free": "lsr.hybrid.sparse:InferenceFreeRetriever",
     "dense": "lsr.hybrid.dense:DenseRetriever",
     "maxsim": "lsr.hybrid.dense:MaxSimRetriever",
     "muvera": "lsr.hybrid.dense:MuveraRetriever",

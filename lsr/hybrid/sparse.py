@@ -18,7 +18,7 @@ from lsr.index.inverted import InvertedIndex
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SparseRetriever", "BM25Retriever", "SEARCH_BATCH"]
+__all__ = ["SparseRetriever", "BM25Retriever", "SpladeRetriever", "InferenceFreeRetriever", "SEARCH_BATCH"]
 
 SEARCH_BATCH = 256  # queries encoded and searched per step (progress granularity)
 
@@ -105,3 +105,87 @@ class BM25Retriever(SparseRetriever):
 
         return cls(BM25Encoder.load(directory / "encoder"),
                    InvertedIndex.load(directory / "index", mmap=mmap, verify=False))
+
+
+# ---------------------------------------------------------------------------- learned sparse
+def _learned_encoder_args(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    model = options.get("model")
+    if not model:
+        raise ValueError(f"the {name} retriever needs --model (a model directory or Hugging Face hub id)")
+    args: dict[str, Any] = {"model": model}
+    for key in ("doc_max_length", "query_max_length", "batch_size", "device", "threads", "top_k", "min_weight",
+                "precision"):
+        if options.get(key) is not None:
+            args[key] = options[key]
+    return args
+
+
+class SpladeRetriever(SparseRetriever):
+    """SPLADE documents and queries (:class:`~lsr.encoders.splade.SpladeEncoder`) over the inverted index.
+
+    >>> r = SpladeRetriever.from_options(model="path/to/splade")    # doctest: +SKIP
+    >>> r.index(doc_ids, texts); r.search(["what causes heart disease"], k=10)  # doctest: +SKIP
+    """
+
+    name = "splade"
+
+    def __init__(self, encoder: Any, index: InvertedIndex | None = None,
+                 doc_vectors: str | Path | None = None) -> None:
+        super().__init__(encoder, index)
+        self.doc_vectors = doc_vectors
+
+    @classmethod
+    def encoder_class(cls) -> type:
+        from lsr.encoders.splade import SpladeEncoder
+
+        return SpladeEncoder
+
+    @classmethod
+    def from_options(cls, **options: Any) -> "SpladeRetriever":
+        encoder = cls.encoder_class()(**_learned_encoder_args(cls.name, options))
+        encoder.load_model()  # fail now, with a clear message, if the checkpoint does not load
+        return cls(encoder, doc_vectors=options.get("doc_vectors"))
+
+    def index(self, doc_ids: Sequence[str], texts: Sequence[str], show_progress: bool = False) -> None:
+        """Encode and index the corpus, or index the pre-encoded ``doc_vectors`` shards (``lsr encode``)."""
+        if self.doc_vectors is None:
+            return super().index(doc_ids, texts, show_progress)
+        from lsr.encoders.shards import load_shards, read_progress
+
+        saved = read_progress(self.doc_vectors).get("encoder", {})
+        mine = self.encoder.config()
+        for key in ("model", "doc_max_length", "top_k", "min_weight", "vocab_size"):
+            if saved.get(key) != mine.get(key):
+                raise ValueError(f"{self.doc_vectors}: encoded with {key}={saved.get(key)!r}, "
+                                 f"but this retriever has {key}={mine.get(key)!r}")
+        ids, vectors = load_shards(self.doc_vectors)
+        if len(ids) != len(doc_ids) or set(ids) != set(map(str, doc_ids)):
+            raise ValueError(f"{self.doc_vectors}: encoded documents do not match the corpus "
+                             f"({len(ids)} vs {len(doc_ids)} ids)")
+        logger.info("indexing %d pre-encoded documents from %s", len(ids), self.doc_vectors)
+        self.index_vectors(ids, vectors)
+
+    @classmethod
+    def _read(cls, directory: Path, config: dict[str, Any], mmap: bool) -> "SparseRetriever":
+        cls.encoder_type = cls.encoder_class()
+        return super()._read(directory, config, mmap)
+
+
+class InferenceFreeRetriever(SpladeRetriever):
+    """Inference-free sparse retrieval: model-encoded documents, IDF-weighted tokenizer queries."""
+
+    name = "inference-free"
+
+    @classmethod
+    def encoder_class(cls) -> type:
+        from lsr.encoders.inference_free import InferenceFreeEncoder
+
+        return InferenceFreeEncoder
+
+    @classmethod
+    def from_options(cls, **options: Any) -> "InferenceFreeRetriever":
+        args = _learned_encoder_args(cls.name, options)
+        encoder = cls.encoder_class()(idf=options.get("idf"), **args)
+        if options.get("doc_vectors") is None:
+            encoder.load_model()  # documents will be encoded: check the model loads
+        return cls(encoder, doc_vectors=options.get("doc_vectors"))

@@ -1,0 +1,132 @@
+"""Inference-free learned sparse retrieval: SPLADE documents, tokenizer-only queries.
+
+Documents go through a masked-LM exactly as in :class:`~lsr.encoders.splade.SpladeEncoder`.
+Queries are only tokenised: each distinct non-special token gets the weight of an IDF table
+(``idf.json``, token -> weight, as the OpenSearch inference-free models ship it). The query path
+loads no model and never imports torch, so query latency is that of a tokenizer plus the index.
+
+A real inference-free checkpoint directory holds the model files and ``idf.json`` side by side;
+``idf=`` overrides the table (for example a stand-in document model with a separate table).
+
+>>> enc = InferenceFreeEncoder("path/to/model-dir")             # doctest: +SKIP
+>>> enc.decode(enc.encode_queries(["What's the weather in ny now?"]), top_k=2)  # doctest: +SKIP
+[('ny', 5.7729), ('weather', 4.5684)]
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from lsr.encoders.splade import SpladeEncoder, tokenize
+from lsr.sparse import SparseBatch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["InferenceFreeEncoder", "read_idf"]
+
+IDF_FILE = "idf.json"
+
+
+def read_idf(path: str | os.PathLike, vocab: Sequence[str]) -> np.ndarray:
+    """An ``idf.json`` (token -> weight) as a float32 vector over ``vocab`` (missing tokens weigh 0)."""
+    path = Path(path)
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable IDF table ({exc})") from exc
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: expected a JSON object mapping token -> weight, got {type(table).__name__}")
+    ids = {t: i for i, t in enumerate(vocab)}
+    idf = np.zeros(len(vocab), dtype=np.float32)
+    unknown = 0
+    for token, weight in table.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not np.isfinite(weight):
+            raise ValueError(f"{path}: field {token!r}: weight must be a finite number, got {weight!r}")
+        i = ids.get(token)
+        if i is None:
+            unknown += 1
+        else:
+            idf[i] = weight
+    if unknown:
+        logger.warning("%s: %d of %d tokens are not in the tokenizer vocabulary (ignored)", path, unknown, len(table))
+    if unknown == len(table) and table:
+        raise ValueError(f"{path}: no token of the IDF table is in the tokenizer vocabulary")
+    return idf
+
+
+def _resolve_idf(model_name: str, idf: str | os.PathLike | None) -> Path:
+    if idf is not None:
+        path = Path(idf)
+        if not path.is_file():
+            raise ValueError(f"IDF file {path} does not exist")
+        return path
+    local = Path(model_name)
+    if local.is_dir():
+        if not (local / IDF_FILE).is_file():
+            raise ValueError(f"{local} has no {IDF_FILE}: pass the query IDF table with --idf FILE")
+        return local / IDF_FILE
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(model_name, IDF_FILE))
+    except Exception as exc:  # hub errors come in many types
+        raise ValueError(f"cannot fetch {IDF_FILE} for {model_name!r} ({type(exc).__name__}: {exc}); "
+                         "pass the query IDF table with --idf FILE") from exc
+
+
+class InferenceFreeEncoder(SpladeEncoder):
+    """SPLADE document encoder + IDF-weighted tokenizer queries (no model at query time).
+
+    Args:
+        model: document model directory or hub id (its tokenizer also tokenises queries).
+        idf: path of the query ``idf.json``; default: ``idf.json`` in the model directory.
+        other arguments: as :class:`~lsr.encoders.splade.SpladeEncoder` (document side).
+    """
+
+    name = "inference-free"
+
+    def __init__(self, model: str | os.PathLike, idf: str | os.PathLike | None = None, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.idf_path = _resolve_idf(self.model_name, idf).resolve()
+        self.idf = read_idf(self.idf_path, self.vocab)
+        self.idf[self.special_ids] = 0.0
+
+    def encode_queries(self, texts: Sequence[str], batch_size: int | None = None,
+                       show_progress: bool = False) -> SparseBatch:
+        """Each distinct non-special token of a query, weighted by its IDF (tokenizer only, no torch)."""
+        rows = []
+        for seq in tokenize(self.tokenizer, texts, self.query_max_length):
+            ids = np.unique(np.asarray(seq, dtype=np.int64))
+            w = self.idf[ids]
+            keep = w != 0
+            rows.append((ids[keep], w[keep]))
+        return SparseBatch.from_rows(rows, vocab_size=self.vocab_size, vocab=self.vocab)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "idf": str(self.idf_path)}
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """``encoder.json`` plus a copy of ``idf.json``, so the query side is self-contained."""
+        directory = Path(directory)
+        shutil.copyfile(self.idf_path, directory / IDF_FILE)
+        cfg = {**self.config(), "idf": IDF_FILE, "idf_source": str(self.idf_path)}
+        (directory / "encoder.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, **overrides: Any) -> "InferenceFreeEncoder":
+        cfg = cls._read_config(directory)
+        args = {k: cfg[k] for k in ("doc_max_length", "query_max_length", "batch_size", "precision", "top_k",
+                                    "min_weight") if k in cfg}
+        args.update(overrides)
+        idf = Path(directory) / cfg.get("idf", IDF_FILE)
+        enc = cls(cfg["model"], idf=args.pop("idf", idf), **args)
+        if enc.vocab_size != cfg.get("vocab_size", enc.vocab_size):
+            raise ValueError(f"{directory}: tokenizer of {cfg['model']} has {enc.vocab_size} tokens, "
+                             f"the saved encoder {cfg['vocab_size']}")
+        return enc
