@@ -3,91 +3,122 @@
 They work on integer document ids and float scores only. ``ids`` of a run are padded per
 query with ``-1``; every id is a non-negative int64 whose order is the order of the external
 document ids (so "id descending" breaks ties exactly as trec_eval does).
+
+Each kernel has a serial and a ``prange`` driver over queries around one per-query function:
+small batches (a RAG pipeline's single question) skip the thread pool, whose start-up costs
+more than the work.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
+PARALLEL_MIN_QUERIES = 64
+
 
 @njit(cache=True, nogil=True)
-def _query_union(ids, n, q, buf_ids, buf_run, buf_pos):
-    """Gather query q's entries of all runs into the buffers sorted by id; return their count."""
+def _union_one(ids, n, q, start, cand_ids, cand_pos):
+    """Write query q's distinct ids (ascending) at ``start``; ``cand_pos[u, r]`` = position of
+    candidate u in run r. Returns the number of distinct ids."""
+    R = ids.shape[0]
     t = 0
-    for r in range(ids.shape[0]):
+    for r in range(R):
+        t += n[r, q]
+    buf = np.empty(t, dtype=np.int64)
+    run = np.empty(t, dtype=np.int64)
+    pos = np.empty(t, dtype=np.int64)
+    t = 0
+    for r in range(R):
         for j in range(n[r, q]):
-            buf_ids[t] = ids[r, q, j]
-            buf_run[t] = r
-            buf_pos[t] = j
+            buf[t] = ids[r, q, j]
+            run[t] = r
+            pos[t] = j
             t += 1
-    order = np.argsort(buf_ids[:t], kind="mergesort")
-    return t, order
+    order = np.argsort(buf)
+    u = -1
+    prev = -1
+    for i in range(t):
+        o = order[i]
+        d = buf[o]
+        if u < 0 or d != prev:
+            u += 1
+            prev = d
+            cand_ids[start + u] = d
+        cand_pos[start + u, run[o]] = pos[o]
+    return u + 1
+
+
+@njit(cache=True, nogil=True)
+def union_serial(ids, n, starts, cand_ids, cand_pos, counts):
+    """ids: (R, nq, K) int64, n: (R, nq) int64, starts: (nq,) region of each query in the outputs."""
+    for q in range(ids.shape[1]):
+        counts[q] = _union_one(ids, n, q, starts[q], cand_ids, cand_pos)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def count_union(ids, n):
-    """Number of distinct ids per query over all runs. ids: (R, nq, K) int64; n: (R, nq) int64."""
-    nq = ids.shape[1]
-    cap = ids.shape[0] * ids.shape[2]
-    out = np.zeros(nq, dtype=np.int64)
-    for q in prange(nq):
-        buf_ids = np.empty(cap, dtype=np.int64)
-        buf_run = np.empty(cap, dtype=np.int64)
-        buf_pos = np.empty(cap, dtype=np.int64)
-        t, order = _query_union(ids, n, q, buf_ids, buf_run, buf_pos)
-        u = 0
-        prev = -1
-        for i in range(t):
-            d = buf_ids[order[i]]
-            if i == 0 or d != prev:
-                u += 1
-                prev = d
-        out[q] = u
-    return out
+def union_parallel(ids, n, starts, cand_ids, cand_pos, counts):
+    for q in prange(ids.shape[1]):
+        counts[q] = _union_one(ids, n, q, starts[q], cand_ids, cand_pos)
+
+
+@njit(cache=True, nogil=True)
+def _top_one(indptr, cand_ids, fused, k, q, out_ids, out_scores):
+    s, e = indptr[q], indptr[q + 1]
+    m = e - s
+    if m == 0:
+        return
+    neg = np.empty(m, dtype=np.float64)
+    for i in range(m):
+        neg[i] = -fused[s + i]
+    order = np.argsort(neg)
+    # equal scores: larger candidate index first (candidates are id-ascending -> id descending)
+    i = 0
+    while i < m:
+        j = i + 1
+        while j < m and neg[order[j]] == neg[order[i]]:
+            j += 1
+        if j - i > 1:
+            order[i:j] = np.sort(order[i:j])[::-1]
+        i = j
+    for i in range(min(k, m)):
+        out_ids[q, i] = cand_ids[s + order[i]]
+        out_scores[q, i] = fused[s + order[i]]
+
+
+@njit(cache=True, nogil=True)
+def top_k_serial(indptr, cand_ids, fused, out_ids, out_scores):
+    """Per query the best ``k = out_ids.shape[1]`` by (score desc, id desc); outputs pre-filled."""
+    for q in range(indptr.shape[0] - 1):
+        _top_one(indptr, cand_ids, fused, out_ids.shape[1], q, out_ids, out_scores)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def fill_union(ids, n, indptr, cand_ids, cand_pos):
-    """Fill the candidate ids (ascending per query) and, per run, each candidate's 0-based
-    position in that run (-1 when the run did not retrieve it)."""
-    nq = ids.shape[1]
-    cap = ids.shape[0] * ids.shape[2]
-    for q in prange(nq):
-        buf_ids = np.empty(cap, dtype=np.int64)
-        buf_run = np.empty(cap, dtype=np.int64)
-        buf_pos = np.empty(cap, dtype=np.int64)
-        t, order = _query_union(ids, n, q, buf_ids, buf_run, buf_pos)
-        u = indptr[q] - 1
-        prev = -1
-        for i in range(t):
-            o = order[i]
-            d = buf_ids[o]
-            if i == 0 or d != prev:
-                u += 1
-                prev = d
-                cand_ids[u] = d
-            cand_pos[u, buf_run[o]] = buf_pos[o]
+def top_k_parallel(indptr, cand_ids, fused, out_ids, out_scores):
+    for q in prange(indptr.shape[0] - 1):
+        _top_one(indptr, cand_ids, fused, out_ids.shape[1], q, out_ids, out_scores)
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def top_k(indptr, cand_ids, fused, k):
-    """Per query, the k best candidates by (score descending, id descending), padded with -1."""
+def union(ids: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate union: ``(indptr, cand_ids, cand_pos)`` (positions -1 where a run lacks the id)."""
+    R, nq, _ = ids.shape
+    upper = n.sum(axis=0) if nq else np.zeros(0, np.int64)
+    starts = np.zeros(nq + 1, dtype=np.int64)
+    np.cumsum(upper, out=starts[1:])
+    cand_ids = np.empty(int(starts[-1]), dtype=np.int64)
+    cand_pos = np.full((int(starts[-1]), R), -1, dtype=np.int64)
+    counts = np.zeros(nq, dtype=np.int64)
+    (union_parallel if nq >= PARALLEL_MIN_QUERIES else union_serial)(ids, n, starts[:-1], cand_ids, cand_pos, counts)
+    indptr = np.zeros(nq + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    if indptr[-1] != starts[-1]:  # drop the unused tail of each query's region
+        keep = np.arange(int(starts[-1])) - np.repeat(starts[:-1], upper) < np.repeat(counts, upper)
+        cand_ids, cand_pos = cand_ids[keep], cand_pos[keep]
+    return indptr, cand_ids, cand_pos
+
+
+def top_k(indptr: np.ndarray, cand_ids: np.ndarray, fused: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     nq = indptr.shape[0] - 1
     out_ids = np.full((nq, k), -1, dtype=np.int64)
     out_scores = np.zeros((nq, k), dtype=np.float64)
-    for q in prange(nq):
-        s, e = indptr[q], indptr[q + 1]
-        m = e - s
-        if m == 0:
-            continue
-        # candidates are sorted by id ascending: reversing gives id descending, and a stable
-        # sort on -score keeps that order among equal scores
-        rev_scores = np.empty(m, dtype=np.float64)
-        for i in range(m):
-            rev_scores[i] = -fused[e - 1 - i]
-        order = np.argsort(rev_scores, kind="mergesort")
-        for i in range(min(k, m)):
-            j = e - 1 - order[i]
-            out_ids[q, i] = cand_ids[j]
-            out_scores[q, i] = fused[j]
+    (top_k_parallel if nq >= PARALLEL_MIN_QUERIES else top_k_serial)(indptr, cand_ids, fused, out_ids, out_scores)
     return out_ids, out_scores

@@ -64,8 +64,18 @@ class Candidates:
     values: np.ndarray      # (N, R) float64 normalised score, the run's floor where missing
     present: np.ndarray     # (N, R) bool, in run r's normalised list (retrieved; Borda: always)
     ranks: np.ndarray       # (N, R) int64 1-based rank in run r, 0 where missing
-    run_len: np.ndarray     # (N, R) int64 candidates of run r for this candidate's query
-    pool: np.ndarray        # (N,) int64 size of the candidate union of this candidate's query
+    lengths: np.ndarray     # (nq, R) int64 candidates of run r for each query
+    query_of: np.ndarray    # (N,) int64 query row of each candidate
+
+    @property
+    def run_len(self) -> np.ndarray:
+        """(N, R): how many candidates run r has for this candidate's query."""
+        return self.lengths[self.query_of]
+
+    @property
+    def pool(self) -> np.ndarray:
+        """(N,): size of the candidate union of this candidate's query."""
+        return np.diff(self.indptr)[self.query_of]
 
     @property
     def count(self) -> np.ndarray:
@@ -202,7 +212,9 @@ def register_fusion(name: str, fn: Fusion, weighted: bool = False, rank_based: b
 
 # ------------------------------------------------------------------------------ arrays
 def _sorted_rows(ids: np.ndarray, scores: np.ndarray, depth: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows sorted by (score desc, id desc), padding (-1) last, cut to depth; returns ids, scores, n."""
+    """Rows sorted by (score desc, id desc), padding (-1) last, cut to depth; returns ids, scores, n.
+
+    Rows already in that order (what retrievers return) are left alone; only the others are sorted."""
     ids = np.asarray(ids)
     scores = np.asarray(scores, dtype=np.float64)
     if ids.ndim != 2 or ids.shape != scores.shape:
@@ -213,11 +225,19 @@ def _sorted_rows(ids: np.ndarray, scores: np.ndarray, depth: int | None) -> tupl
     valid = ids >= 0
     if not np.isfinite(scores[valid]).all():
         raise ValueError("scores must be finite")
-    key_s = np.where(valid, -scores, np.inf)
-    order = np.lexsort((-ids, key_s), axis=-1)
-    ids = np.take_along_axis(ids, order, axis=1)
-    scores = np.take_along_axis(np.where(valid, scores, 0.0), order, axis=1)
-    n = (ids >= 0).sum(axis=1)
+    n = valid.sum(axis=1)
+    if ids.shape[1] > 1:
+        a, b = scores[:, :-1], scores[:, 1:]
+        va, vb = valid[:, :-1], valid[:, 1:]
+        in_order = (a > b) | ((a == b) & (ids[:, :-1] > ids[:, 1:]))
+        ok = np.where(vb, va & in_order, True).all(axis=1)      # valid pairs ordered, padding only at the end
+        bad = np.flatnonzero(~ok)
+        if bad.size:
+            ids, scores = ids.copy(), scores.copy()
+            sub_i, sub_s, sub_v = ids[bad], scores[bad], valid[bad]
+            order = np.lexsort((-sub_i, np.where(sub_v, -sub_s, np.inf)), axis=-1)
+            ids[bad] = np.take_along_axis(sub_i, order, axis=1)
+            scores[bad] = np.take_along_axis(np.where(sub_v, sub_s, 0.0), order, axis=1)
     if depth is not None and ids.shape[1] > depth:
         ids, scores, n = ids[:, :depth], scores[:, :depth], np.minimum(n, depth)
     return ids, scores, n.astype(np.int64)
@@ -253,13 +273,9 @@ def prepare(ids: Sequence[np.ndarray], scores: Sequence[np.ndarray], norm: str =
     for r, (i, _, _) in enumerate(rows):
         stack[r, :, :i.shape[1]] = i
     n = np.stack([r[2] for r in rows]) if nq else np.zeros((R, 0), np.int64)
-    counts = K.count_union(stack, n)
-    indptr = np.zeros(nq + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
+    indptr, cand_ids, pos = K.union(stack, n)
+    counts = np.diff(indptr)
     N = int(indptr[-1])
-    cand_ids = np.empty(N, dtype=np.int64)
-    pos = np.full((N, R), -1, dtype=np.int64)
-    K.fill_union(stack, n, indptr, cand_ids, pos)
     qof = np.repeat(np.arange(nq), counts)
     retrieved = pos >= 0
     # a Borda-normalised run scores the whole candidate pool (missing: unranked points), as ranx
@@ -271,9 +287,9 @@ def prepare(ids: Sequence[np.ndarray], scores: Sequence[np.ndarray], norm: str =
             last = np.maximum(nr - 1, 0)
             fl = np.where(nr > 0, normed[np.arange(nq), last], 0.0)
         p = pos[:, r]
-        got = normed[qof, np.maximum(p, 0)]
-        values[:, r] = np.where(p >= 0, got, fl[qof])
-    return Candidates(indptr, cand_ids, values, present, np.where(retrieved, pos + 1, 0), n.T[qof], counts[qof])
+        flat = qof * normed.shape[1] + np.maximum(p, 0)
+        values[:, r] = np.where(p >= 0, normed.ravel().take(flat), fl.take(qof))
+    return Candidates(indptr, cand_ids, values, present, pos + 1, n.T, qof)
 
 
 def combine(c: Candidates, method: str = "wsum", weights: Sequence[float] | None = None,
@@ -291,7 +307,6 @@ def combine(c: Candidates, method: str = "wsum", weights: Sequence[float] | None
         if method not in WEIGHTED and not np.allclose(w, w[0]):
             raise ValueError(f"fusion method {method!r} takes no weights (weighted: {', '.join(sorted(WEIGHTED))})")
     fused = np.ascontiguousarray(FUSIONS[method](c, w, **params), dtype=np.float64)
-    nq = c.indptr.shape[0] - 1
     if k is None:
         k = int(np.diff(c.indptr).max(initial=0))
     return K.top_k(c.indptr, c.ids, fused, max(int(k), 0))
