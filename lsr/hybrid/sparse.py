@@ -151,16 +151,17 @@ class SpladeRetriever(SparseRetriever):
         if self.doc_vectors is None:
             return super().index(doc_ids, texts, show_progress)
         from lsr.encoders.shards import load_shards, read_progress
+        from lsr.index._format import IndexFormatError
 
         saved = read_progress(self.doc_vectors).get("encoder", {})
         mine = self.encoder.config()
         for key in ("model", "doc_max_length", "top_k", "min_weight", "vocab_size"):
             if saved.get(key) != mine.get(key):
-                raise ValueError(f"{self.doc_vectors}: encoded with {key}={saved.get(key)!r}, "
+                raise IndexFormatError(f"{self.doc_vectors}: encoded with {key}={saved.get(key)!r}, "
                                  f"but this retriever has {key}={mine.get(key)!r}")
         ids, vectors = load_shards(self.doc_vectors)
         if len(ids) != len(doc_ids) or set(ids) != set(map(str, doc_ids)):
-            raise ValueError(f"{self.doc_vectors}: encoded documents do not match the corpus "
+            raise IndexFormatError(f"{self.doc_vectors}: encoded documents do not match the corpus "
                              f"({len(ids)} vs {len(doc_ids)} ids)")
         logger.info("indexing %d pre-encoded documents from %s", len(ids), self.doc_vectors)
         self.index_vectors(ids, vectors)
