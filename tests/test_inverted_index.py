@@ -183,7 +183,7 @@ def test_save_load_roundtrip_mmap(built):
     assert list(loaded.doc_ids) == list(index.doc_ids)
     assert loaded.metadata == {"note": "x"}
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["format"] == "lsr.inverted" and manifest["format_version"] == 1
+    assert manifest["format"] == "lsr.inverted" and manifest["format_version"] == InvertedIndex.VERSION == 2
     in_memory = InvertedIndex.load(path, mmap=False)
     assert not isinstance(in_memory.post_docs, np.memmap)
 

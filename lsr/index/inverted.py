@@ -48,15 +48,59 @@ def _as_csr_parts(queries: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int
     return b.indptr, b.indices, b.data, b.vocab_size
 
 
-class InvertedIndex:
-    """Term-major postings (document positions and float32 impacts) searched exactly.
+_MODES = ("exact", "approximate", "exhaustive")
 
-    Build with :meth:`from_csr`, query with :meth:`search`, persist with :meth:`save` and
-    :meth:`load` (memory-mapped). ``doc_ids`` maps row positions to external ids.
+
+def quantization_for(max_weight: float) -> dict[str, Any]:
+    """Quantisation parameters for documents whose largest weight is ``max_weight``."""
+    fine = float(max_weight) / 65535.0 if max_weight > 0 else 1.0
+    return {"bits": 8, "scale": 257.0 * fine, "fine_bits": 16, "fine_scale": fine}
+
+
+def fine_codes(weights: np.ndarray, quant: dict[str, Any]) -> np.ndarray:
+    """16-bit codes of positive weights: ``clip(rint(w / fine_scale), 1, 65535)``."""
+    return np.clip(np.rint(np.asarray(weights, np.float64) / quant["fine_scale"]), 1, 65535).astype(np.uint16)
+
+
+def coarse_codes(codes16: np.ndarray) -> np.ndarray:
+    """8-bit impacts of 16-bit codes: ``max(1, (c16 + 128) // 257)`` (exact integer arithmetic)."""
+    return np.maximum(1, (codes16.astype(np.int32) + 128) // 257).astype(np.uint8)
+
+
+def _forward(offsets: np.ndarray, post_docs: np.ndarray, post_w: np.ndarray, n_docs: int):
+    """Doc-major copy (indptr, term ids, weights) of term-major postings; term ids ascending."""
+    import scipy.sparse as sp
+
+    vocab_size = offsets.size - 1
+    csc = sp.csc_matrix((np.asarray(post_w), np.asarray(post_docs), np.asarray(offsets)),
+                        shape=(n_docs, vocab_size))
+    csr = csc.tocsr()
+    csr.sort_indices()
+    tdtype = np.uint16 if vocab_size <= 65536 else np.int32
+    return (np.ascontiguousarray(csr.indptr, dtype=np.int64), np.ascontiguousarray(csr.indices, dtype=tdtype),
+            np.ascontiguousarray(csr.data, dtype=post_w.dtype))
+
+
+class InvertedIndex:
+    """Term-major postings with per-term upper bounds and a doc-major copy, searched with pruning.
+
+    Build with :meth:`from_csr` (optionally with 8-bit impacts), query with :meth:`search`
+    (exact MaxScore by default, or an approximate mode with explicit knobs), persist with
+    :meth:`save` and :meth:`load` (memory-mapped). ``doc_ids`` maps row positions to external ids.
+
+    Attributes: ``offsets`` / ``post_docs`` / ``post_weights`` (term-major postings; weights are
+    float32, or uint8 impact codes when quantised), ``term_max`` (largest impact of each term),
+    ``bm_offsets`` / ``bm_values`` (largest impact per block of 64 document positions, for the
+    terms with at least one posting per block on average),
+    ``fwd_indptr`` / ``fwd_terms`` / ``fwd_weights`` (doc-major copy; weights float32, or uint16
+    fine codes when quantised), ``quantization`` (``None`` or ``{"bits": 8, "scale": s8,
+    "fine_bits": 16, "fine_scale": s16}``: a document weight ``w`` has the 16-bit code
+    ``c16 = clip(rint(w / s16), 1, 65535)`` and the impact ``c8 = max(1, (c16 + 128) // 257)``,
+    ``s8 = 257 * s16``; exact scores are ``s8 * sum(query weight * c8)``).
     """
 
     FORMAT = "lsr.inverted"
-    VERSION = 1
+    VERSION = 2
 
     def __init__(
         self,
@@ -66,9 +110,15 @@ class InvertedIndex:
         n_docs: int,
         doc_ids: Sequence[str] | np.ndarray | None = None,
         metadata: dict[str, Any] | None = None,
+        *,
+        forward: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+        term_max: np.ndarray | None = None,
+        block_max: tuple[np.ndarray, np.ndarray] | None = None,
+        quantization: dict[str, Any] | None = None,
     ) -> None:
-        if offsets.dtype != np.int64 or post_docs.dtype != np.int32 or post_weights.dtype != np.float32:
-            raise TypeError("postings must be int64 offsets, int32 document positions, float32 weights")
+        wdtype = np.uint8 if quantization else np.float32
+        if offsets.dtype != np.int64 or post_docs.dtype != np.int32 or post_weights.dtype != wdtype:
+            raise TypeError(f"postings must be int64 offsets, int32 document positions, {np.dtype(wdtype)} weights")
         if offsets.ndim != 1 or offsets.size < 1 or post_docs.shape != post_weights.shape:
             raise ValueError("inconsistent posting arrays")
         if int(offsets[-1]) != post_docs.size:
@@ -83,9 +133,31 @@ class InvertedIndex:
         if doc_ids.shape != (self.n_docs,):
             raise ValueError(f"{doc_ids.size} doc_ids for {self.n_docs} documents")
         self.doc_ids = doc_ids
-        # all impacts > 0 lets the kernel find matches by score instead of tracking them
+        # all impacts > 0 lets the kernels find matches by score and use upper bounds
         self.positive = bool(post_weights.size == 0 or float(post_weights.min()) > 0.0)
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self.quantization = dict(quantization) if quantization else None
+        if forward is None:
+            if quantization:
+                raise ValueError("a quantised index needs its forward arrays (16-bit codes)")
+            forward = _forward(offsets, post_docs, post_weights, self.n_docs)
+        self.fwd_indptr, self.fwd_terms, self.fwd_weights = forward
+        if self.fwd_indptr.shape != (self.n_docs + 1,) or self.fwd_terms.shape != post_docs.shape:
+            raise ValueError("forward arrays do not match the postings")
+        if term_max is None:
+            from lsr.index import _pruning
+
+            term_max = _pruning.term_maxima(offsets, post_weights)
+        self.term_max = term_max
+        if block_max is None:
+            from lsr.index import _pruning
+
+            # tables for terms with at least one posting per block on average: <= n_postings entries
+            block_max = _pruning.block_maxima(offsets, post_docs, post_weights, self.n_docs,
+                                              max(1, (self.n_docs >> 6) + 1))
+        self.bm_offsets, self.bm_values = block_max
+        self._pruned: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._pruned_lock = threading.Lock()
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -94,14 +166,19 @@ class InvertedIndex:
         matrix: Any,
         doc_ids: Sequence[str] | None = None,
         metadata: dict[str, Any] | None = None,
+        quantize: int | None = None,
     ) -> "InvertedIndex":
         """Build from a documents x vocabulary sparse matrix (scipy or :class:`SparseBatch`).
 
         Duplicate entries are summed and explicit zeros dropped. Documents with no terms are
-        kept (they can never be returned).
+        kept (they can never be returned). ``quantize=8`` stores 8-bit impacts (global scale,
+        see the class docstring; weights must then be positive): smaller and faster, and
+        exact search returns the true top-k of the quantised scores. ``None`` keeps float32.
         """
         import scipy.sparse as sp
 
+        if quantize not in (None, 8):
+            raise ValueError(f"quantize must be None or 8, got {quantize!r}")
         if isinstance(matrix, SparseBatch):
             matrix = matrix.to_scipy()
         if not sp.issparse(matrix):
@@ -111,6 +188,7 @@ class InvertedIndex:
             raise ValueError("document weights must be finite (found NaN or inf)")
         m.sum_duplicates()
         m.eliminate_zeros()
+        m.sort_indices()
         n_docs, vocab_size = m.shape
         if doc_ids is not None:
             doc_ids = [str(x) for x in doc_ids]
@@ -120,16 +198,27 @@ class InvertedIndex:
                 seen: set[str] = set()
                 dup = next(x for x in doc_ids if x in seen or seen.add(x))
                 raise ValueError(f"duplicate document id {dup!r}")
-        csc = m.tocsc()
-        csc.sort_indices()
-        return cls(
-            np.ascontiguousarray(csc.indptr, dtype=np.int64),
-            np.ascontiguousarray(csc.indices, dtype=np.int32),
-            np.ascontiguousarray(csc.data, dtype=np.float32),
-            n_docs,
-            doc_ids,
-            metadata,
-        )
+        quant = None
+        if quantize:
+            if m.nnz and float(m.data.min()) <= 0.0:
+                raise ValueError("quantize=8 needs positive document weights; use quantize=None")
+            quant = quantization_for(float(m.data.max()) if m.nnz else 1.0)
+            codes = fine_codes(m.data, quant)
+            fwd_w = codes
+        else:
+            fwd_w = m.data
+        tdtype = np.uint16 if vocab_size <= 65536 else np.int32
+        forward = (np.ascontiguousarray(m.indptr, dtype=np.int64), np.ascontiguousarray(m.indices, dtype=tdtype),
+                   np.ascontiguousarray(fwd_w))
+        # term-major copy: stable counting sort of the entries by term (documents stay ascending)
+        order = np.argsort(m.indices, kind="stable")
+        offsets = np.zeros(vocab_size + 1, dtype=np.int64)
+        np.cumsum(np.bincount(m.indices, minlength=vocab_size), out=offsets[1:])
+        rows = np.repeat(np.arange(n_docs, dtype=np.int32), np.diff(m.indptr))
+        post_docs = np.ascontiguousarray(rows[order])
+        del rows
+        post_w = coarse_codes(fwd_w[order]) if quant else np.ascontiguousarray(fwd_w[order])
+        return cls(offsets, post_docs, post_w, n_docs, doc_ids, metadata, forward=forward, quantization=quant)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -144,17 +233,59 @@ class InvertedIndex:
         return self.n_docs
 
     def __repr__(self) -> str:
-        return f"InvertedIndex(n_docs={self.n_docs}, vocab_size={self.vocab_size}, postings={self.nnz})"
+        q = f", quantization={self.quantization['bits']}-bit" if self.quantization else ""
+        return f"InvertedIndex(n_docs={self.n_docs}, vocab_size={self.vocab_size}, postings={self.nnz}{q})"
+
+    def to_csr(self):
+        """Doc-major ``scipy.sparse.csr_matrix`` of the weights the exact search scores with
+        (dequantised 8-bit impacts when quantised)."""
+        import scipy.sparse as sp
+
+        w = self.fwd_weights
+        if self.quantization:
+            w = coarse_codes(np.asarray(w)).astype(np.float32) * np.float32(self.quantization["scale"])
+        return sp.csr_matrix((np.asarray(w, dtype=np.float32), np.asarray(self.fwd_terms, dtype=np.int32),
+                              np.asarray(self.fwd_indptr)), shape=(self.n_docs, self.vocab_size))
+
+    def pruned(self, n_postings: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Statically pruned copy (offsets, docs, impacts) keeping each list's ``n_postings``
+        highest impacts in document order; computed once per value and cached in memory."""
+        with self._pruned_lock:
+            if n_postings not in self._pruned:
+                from lsr.index import _pruning
+
+                self._pruned[n_postings] = _pruning.prune_lists(self.offsets, self.post_docs, self.post_weights,
+                                                                int(n_postings))
+            return self._pruned[n_postings]
 
     # ------------------------------------------------------------------ search
-    def search(self, queries: Any, k: int = 10, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-``k`` by inner product for a batch of sparse queries.
+    def search(
+        self,
+        queries: Any,
+        k: int = 10,
+        threads: int = 1,
+        mode: str = "exact",
+        n_postings: int | None = None,
+        query_cut: int | None = None,
+        heap_factor: float = 1.0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` by inner product for a batch of sparse queries.
 
         Args:
             queries: a :class:`SparseBatch` or scipy sparse matrix (queries x vocabulary).
-                Term ids outside the index vocabulary match nothing.
+                Term ids outside the index vocabulary match nothing; duplicates are summed.
             k: results per query.
             threads: worker threads over queries (results do not depend on it).
+            mode: ``"exact"`` (MaxScore dynamic pruning; returns exactly the top ``k`` of the
+                index's scores), ``"exhaustive"`` (same result, no pruning; a baseline), or
+                ``"approximate"`` (the knobs below; candidates are re-scored with the 16-bit
+                or float weights, so its scores are finer than the 8-bit exact ones).
+            n_postings: approximate mode: read only the ``n_postings`` highest impacts of each
+                posting list (static pruning; ``None`` reads whole lists).
+            query_cut: approximate mode: use only the ``query_cut`` query terms with the largest
+                upper bounds to find candidates (``None``: all); scoring uses all terms.
+            heap_factor: approximate mode: a candidate is re-scored only if its partial score
+                is at least ``heap_factor`` times the current ``k``-th score (0 re-scores all).
 
         Returns:
             ``(ids, scores)``: ``int64`` row positions and ``float32`` scores, both of shape
@@ -165,6 +296,14 @@ class InvertedIndex:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if n_postings is not None and (isinstance(n_postings, bool) or int(n_postings) < 1):
+            raise ValueError(f"n_postings must be a positive integer or None, got {n_postings!r}")
+        if query_cut is not None and (isinstance(query_cut, bool) or int(query_cut) < 1):
+            raise ValueError(f"query_cut must be a positive integer or None, got {query_cut!r}")
+        if not np.isfinite(heap_factor) or heap_factor < 0:
+            raise ValueError(f"heap_factor must be >= 0, got {heap_factor!r}")
         indptr, indices, data, _ = _as_csr_parts(queries)
         nq = indptr.size - 1
         k = int(k)
@@ -172,22 +311,47 @@ class InvertedIndex:
         scores = np.empty((nq, k), dtype=np.float32)
         if nq == 0:
             return ids, scores
-        from lsr.index import _kernels
-
         threads = min(int(threads), nq)
-        args = (indptr, indices, data, self.offsets, self.post_docs, self.post_weights, self.n_docs,
-                self.positive, k)
-        if threads == 1:
-            _kernels.search_serial(*args, ids, scores)
-        else:
+        if threads > 1:
             import numba
 
             threads = min(threads, numba.config.NUMBA_NUM_THREADS)
-            # numba's default 'workqueue' layer cannot run two parallel regions at once.
-            with _PARALLEL_LOCK:
-                numba.set_num_threads(threads)
-                _kernels.search_parallel(*args, threads, ids, scores)
+        q = self.quantization
+        out_scale = float(q["scale"]) if q else 1.0
+        if mode == "exhaustive" or not self.positive:
+            from lsr.index import _kernels
+
+            args = (indptr, indices, data, self.offsets, self.post_docs, self.post_weights, self.n_docs,
+                    self.positive, k)
+            self._call(_kernels.search_serial, _kernels.search_parallel, args, threads, ids, scores)
+            if q:
+                scores[ids >= 0] *= np.float32(out_scale)
+            return ids, scores
+        from lsr.index import _pruning
+
+        approx = mode == "approximate"
+        if approx and n_postings is not None:
+            p_off, p_docs, p_w = self.pruned(int(n_postings))
+        else:
+            p_off, p_docs, p_w = self.offsets, self.post_docs, self.post_weights
+        args = (indptr, indices, data, self.offsets, self.post_docs, self.post_weights, self.term_max,
+                self.bm_offsets, self.bm_values, self.fwd_indptr, self.fwd_terms, self.fwd_weights, bool(q), p_off, p_docs, p_w, approx,
+                int(query_cut or 0), float(heap_factor), self.n_docs, k, out_scale,
+                float(q["fine_scale"]) if q else 1.0)
+        self._call(_pruning.search_serial, _pruning.search_parallel, args, threads, ids, scores)
         return ids, scores
+
+    @staticmethod
+    def _call(serial: Any, parallel: Any, args: tuple, threads: int, ids: np.ndarray, scores: np.ndarray) -> None:
+        if threads == 1:
+            serial(*args, ids, scores)  # lock-free: the kernel releases the GIL
+            return
+        import numba
+
+        # numba's default 'workqueue' layer cannot run two parallel regions at once.
+        with _PARALLEL_LOCK:
+            numba.set_num_threads(threads)
+            parallel(*args, threads, ids, scores)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, overwrite: bool = True) -> None:
@@ -196,9 +360,12 @@ class InvertedIndex:
             self._write(tmp)
 
     def _write(self, directory: Path) -> None:
-        save_array(directory, "offsets.npy", self.offsets)
-        save_array(directory, "postings_docs.npy", self.post_docs)
-        save_array(directory, "postings_weights.npy", self.post_weights)
+        arrays = {"offsets": self.offsets, "postings_docs": self.post_docs, "postings_weights": self.post_weights,
+                  "term_max": self.term_max, "block_max_offsets": self.bm_offsets,
+                  "block_max_values": self.bm_values, "forward_indptr": self.fwd_indptr, "forward_terms": self.fwd_terms,
+                  "forward_weights": self.fwd_weights}
+        for name, arr in arrays.items():
+            save_array(directory, name + ".npy", np.asarray(arr))
         save_ids(directory, "doc_ids.parquet", self.doc_ids)
         write_manifest(
             directory,
@@ -208,7 +375,8 @@ class InvertedIndex:
                 "n_docs": self.n_docs,
                 "vocab_size": self.vocab_size,
                 "n_postings": self.nnz,
-                "dtypes": {"offsets": "int64", "postings_docs": "int32", "postings_weights": "float32"},
+                "dtypes": {name: str(np.asarray(arr).dtype) for name, arr in arrays.items()},
+                "quantization": self.quantization,
                 "metadata": self.metadata,
             },
         )
@@ -219,17 +387,33 @@ class InvertedIndex:
 
         ``verify`` checks every file's SHA-256 against the manifest (sizes, dtypes, shapes
         and posting order are always checked). Raises :class:`IndexFormatError` on a
-        missing, truncated, edited, foreign or newer-version directory.
+        missing, truncated, edited, foreign or newer-version directory. Version 1
+        directories (no forward copy) are read too; their forward copy is rebuilt in memory.
         """
         path = Path(path)
-        m = read_manifest(path, cls.FORMAT, cls.VERSION, verify=verify)
+        version = cls.VERSION
+        try:
+            import json
+
+            if json.loads((path / "manifest.json").read_text()).get("format_version") == 1:
+                version = 1
+        except (OSError, ValueError, AttributeError):
+            pass  # read_manifest reports it
+        m = read_manifest(path, cls.FORMAT, version, verify=verify)
         try:
             n_docs, vocab_size, nnz = int(m["n_docs"]), int(m["vocab_size"]), int(m["n_postings"])
+            quant = m.get("quantization") if version == 2 else None
+            if quant is not None:
+                quant = {key: float(quant[key]) if "scale" in key else int(quant[key])
+                         for key in ("bits", "scale", "fine_bits", "fine_scale")}
+                if quant["bits"] != 8 or quant["fine_bits"] != 16:
+                    raise ValueError(f"unsupported quantization {quant}")
         except (KeyError, TypeError, ValueError) as exc:
-            raise IndexFormatError(f"{path}/manifest.json: missing or bad count field ({exc})") from exc
+            raise IndexFormatError(f"{path}/manifest.json: missing or bad field ({exc})") from exc
+        wdtype = np.uint8 if quant else np.float32
         offsets = load_array(path, "offsets.npy", np.int64, (vocab_size + 1,), mmap)
         post_docs = load_array(path, "postings_docs.npy", np.int32, (nnz,), mmap)
-        post_w = load_array(path, "postings_weights.npy", np.float32, (nnz,), mmap)
+        post_w = load_array(path, "postings_weights.npy", wdtype, (nnz,), mmap)
         if offsets[-1] != nnz:
             raise IndexFormatError(f"{path}/offsets.npy: ends at {int(offsets[-1])}, expected {nnz}")
         from lsr.index import _kernels
@@ -237,5 +421,18 @@ class InvertedIndex:
         bad = _kernels.check_postings(offsets, post_docs, n_docs)
         if bad >= 0:
             raise IndexFormatError(f"{path}/postings_docs.npy: malformed postings at position {bad}")
+        forward = term_max = block_max = None
+        if version == 2:
+            tdtype = np.uint16 if vocab_size <= 65536 else np.int32
+            term_max = load_array(path, "term_max.npy", np.float32, (vocab_size,), mmap)
+            forward = (load_array(path, "forward_indptr.npy", np.int64, (n_docs + 1,), mmap),
+                       load_array(path, "forward_terms.npy", tdtype, (nnz,), mmap),
+                       load_array(path, "forward_weights.npy", np.uint16 if quant else np.float32, (nnz,), mmap))
+            bm_off = load_array(path, "block_max_offsets.npy", np.int64, (vocab_size + 1,), mmap)
+            n_bm = int(bm_off[-1]) if bm_off.size else 0
+            block_max = (bm_off, load_array(path, "block_max_values.npy", wdtype, (n_bm,), mmap))
+            if forward[0][0] != 0 or forward[0][-1] != nnz:
+                raise IndexFormatError(f"{path}/forward_indptr.npy: does not span the {nnz} postings")
         doc_ids = load_ids(path, "doc_ids.parquet", n_docs)
-        return cls(offsets, post_docs, post_w, n_docs, doc_ids, m.get("metadata") or {})
+        return cls(offsets, post_docs, post_w, n_docs, doc_ids, m.get("metadata") or {}, forward=forward,
+                   term_max=term_max, block_max=block_max, quantization=quant)

@@ -1,0 +1,347 @@
+"""Numba kernels for pruned search of the inverted index. Private: use :class:`lsr.InvertedIndex`.
+
+Exact mode is term-at-a-time MaxScore: query terms are processed in decreasing order of their
+upper bound (query weight x the term's largest impact) into a dense accumulator while the sum
+of the bounds of the terms not yet processed can still lift a document into the top ``k``
+(the ``k``-th best partial score is a valid lower bound of the final threshold). The remaining
+("non-essential") terms are then added only to the documents whose partial score plus that
+sum still reaches the threshold, by reading each such document's row in a doc-major (forward)
+copy of the index. Every bound carries a small relative slack for float rounding, so the
+result is exactly the top ``k`` of the index's scores, ties to the lower position.
+
+Approximate mode reads only the first ``n_postings`` highest-impact entries of each posting
+list (a statically pruned copy) for the ``query_cut`` heaviest query terms, then re-scores the
+best candidates on the forward index with fine (16-bit or float) weights over all query terms.
+
+Kernels take contiguous arrays and scalars, release the GIL, and allocate per thread only.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from lsr.index._kernels import _drain, _one_query, _push, _sift_down
+
+_SLACK = 1e-4  # relative slack on upper bounds (float32 sums of <= thousands of terms)
+_SHIFT = 6  # documents per block = 64 (block flags and block-max tables)
+
+
+@njit(inline="always")
+def _fine(w, q16):
+    """Forward weight -> fine value (16-bit code or float as is)."""
+    return np.float32(w)
+
+
+@njit(inline="always")
+def _coarse(w, q16):
+    """Forward weight -> the impact stored in the posting lists (8-bit code from a 16-bit one)."""
+    if q16:
+        c = (np.int64(w) + 128) // 257
+        return np.float32(c if c > 0 else 1)
+    return np.float32(w)
+
+
+@njit(inline="always")
+def _kth(acc, bf, n_docs, k, hs, hd):
+    """Heap of the k best positive accumulator values over the flagged blocks; returns
+    (k-th value or 0 if fewer than k, heap size)."""
+    n = 0
+    thr = np.float32(0.0)
+    for blk in range(bf.size):
+        if bf[blk] == 0:
+            continue
+        for d in range(blk << _SHIFT, min((blk + 1) << _SHIFT, n_docs)):
+            s = acc[d]
+            if s > thr:  # ascending positions: an equal score never displaces a kept one
+                n = _push(hs, hd, n, k, s, d)
+                if n == k:
+                    thr = hs[0]
+    return thr, n
+
+
+@njit(inline="always")
+def _rescore(d, fwd_indptr, fwd_terms, fwd_w, qmap, q16, fine):
+    """Sum of qmap[t] * weight over document d's terms (coarse 8-bit or fine values)."""
+    s = np.float32(0.0)
+    for p in range(fwd_indptr[d], fwd_indptr[d + 1]):
+        wq = qmap[fwd_terms[p]]
+        if wq != 0.0:
+            if fine:
+                s += wq * _fine(fwd_w[p], q16)
+            else:
+                s += wq * _coarse(fwd_w[p], q16)
+    return s
+
+
+@njit(inline="always")
+def _unique_terms(qi, qw, vocab_size, qpos, ut, uw):
+    """Merge duplicate query terms; drop out-of-vocabulary and zero ones. Returns (m, positive)."""
+    m = 0
+    for j in range(qi.size):
+        t = qi[j]
+        if t < 0 or t >= vocab_size or qw[j] == 0.0:
+            continue
+        p = qpos[t]
+        if p < 0:
+            qpos[t] = m
+            ut[m] = t
+            uw[m] = qw[j]
+            m += 1
+        else:
+            uw[p] += qw[j]
+    positive = True
+    for j in range(m):
+        qpos[ut[j]] = -1
+        if uw[j] < 0.0:
+            positive = False
+    return m, positive
+
+
+@njit(inline="always")
+def _sort_desc(key, a, b, m):
+    """Insertion sort of key[:m] descending, permuting a and b alongside (m is small)."""
+    for i in range(1, m):
+        kv, av, bv = key[i], a[i], b[i]
+        j = i - 1
+        while j >= 0 and key[j] < kv:
+            key[j + 1], a[j + 1], b[j + 1] = key[j], a[j], b[j]
+            j -= 1
+        key[j + 1], a[j + 1], b[j + 1] = kv, av, bv
+
+
+@njit(nogil=True, cache=True)
+def _query(
+    qi, qw, offsets, post_docs, post_w, term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, q16,
+    p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_docs, k, out_scale, fine_scale,
+    acc, bf, qmap, qpos, ut, uw, ub, hs, hd, fs, fd, seen, touched, out_ids, out_scores,
+):
+    vocab_size = offsets.size - 1
+    m, positive = _unique_terms(qi, qw, vocab_size, qpos, ut, uw)
+    if m == 0:
+        _drain(fs, fd, 0, k, out_ids, out_scores)
+        return
+    if not positive:
+        _one_query(qi, qw, offsets, post_docs, post_w, vocab_size, False, k, acc, seen, touched, hs, hd,
+                   out_ids, out_scores)
+        for i in range(k):
+            if out_ids[i] >= 0:
+                out_scores[i] *= out_scale
+        return
+    for j in range(m):
+        ub[j] = uw[j] * term_max[ut[j]]
+    _sort_desc(ub, ut, uw, m)
+    # approximate mode: bounds scaled by heap_factor, at most query_cut essential terms read from
+    # the pruned lists, candidates scored with the fine weights of all terms
+    factor = (1.0 + _SLACK) * (heap_factor if approx else 1.0)
+    cut_terms = m if (not approx or query_cut <= 0) else min(query_cut, m)
+    conv = 1.0 / out_scale if approx else 1.0  # final-heap units -> accumulator units
+    # ---- phase 1: essential terms, OR mode, while the remaining bounds can reach the threshold
+    rest = np.float32(0.0)
+    for j in range(m):
+        rest += ub[j]
+    theta = np.float32(0.0)
+    j = 0
+    while j < m:
+        if rest * factor < theta or j >= cut_terms:
+            break
+        t = ut[j]
+        w = uw[j]
+        # k best documents of this list after the update: distinct documents, so their k-th
+        # partial score (or the previous threshold, as placeholders) bounds the final threshold
+        for i in range(k):
+            hs[i] = theta
+            hd[i] = -1
+        for p in range(p_offsets[t], p_offsets[t + 1]):
+            d = p_docs[p]
+            v = acc[d] + w * p_w[p]
+            acc[d] = v
+            bf[d >> _SHIFT] = 1
+            if v > hs[0]:
+                hs[0] = v
+                hd[0] = d
+                _sift_down(hs, hd, k, 0)
+        theta = hs[0]
+        rest -= ub[j]
+        if rest < 0.0:
+            rest = np.float32(0.0)
+        j += 1
+    n = 0
+    if j == m and not approx:  # every term was essential: the accumulator holds final scores
+        thr = np.float32(0.0)
+        for blk in range(bf.size):
+            if bf[blk] == 0:
+                continue
+            bf[blk] = 0
+            lo, hi = blk << _SHIFT, min((blk + 1) << _SHIFT, n_docs)
+            for d in range(lo, hi):
+                s = acc[d]
+                if s > thr:
+                    n = _push(fs, fd, n, k, s, d)
+                    if n == k:
+                        thr = fs[0]
+            acc[lo:hi] = 0.0
+    else:
+        # ---- phase 2: finish candidates on the forward index, skipping by block maxima
+        for jj in range(0 if approx else j, m):
+            qmap[ut[jj]] = uw[jj]
+        for i in range(k):  # seed the final heap with the last list's best documents
+            d = hd[i]
+            if d >= 0:
+                if approx:
+                    s = _rescore(d, fwd_indptr, fwd_terms, fwd_w, qmap, q16, True) * fine_scale
+                else:
+                    s = acc[d] + _rescore(d, fwd_indptr, fwd_terms, fwd_w, qmap, q16, False)
+                acc[d] = -np.inf
+                n = _push(fs, fd, n, k, s, d)
+        for blk in range(bf.size):
+            if bf[blk] == 0:
+                continue
+            bf[blk] = 0
+            bb = np.float32(0.0)  # bound of the non-essential terms within this block
+            for jj in range(j, m):
+                t = ut[jj]
+                o = bm_offsets[t]
+                if bm_offsets[t + 1] > o:
+                    bb += uw[jj] * bm_values[o + blk]
+                else:
+                    bb += ub[jj]
+            lo, hi = blk << _SHIFT, min((blk + 1) << _SHIFT, n_docs)
+            thr = theta if n < k or fs[0] * conv < theta else fs[0] * conv
+            cut = thr / factor - bb  # partial scores below this cannot reach the top k
+            for d in range(lo, hi):
+                s = acc[d]
+                if s >= cut:
+                    if approx:
+                        if s <= 0.0:
+                            continue
+                        s = _rescore(d, fwd_indptr, fwd_terms, fwd_w, qmap, q16, True) * fine_scale
+                    else:
+                        s += _rescore(d, fwd_indptr, fwd_terms, fwd_w, qmap, q16, False)
+                    if s > 0.0:
+                        n = _push(fs, fd, n, k, s, d)
+                        thr = theta if n < k or fs[0] * conv < theta else fs[0] * conv
+                        cut = thr / factor - bb
+            acc[lo:hi] = 0.0
+        for jj in range(m):
+            qmap[ut[jj]] = 0.0
+    _drain(fs, fd, n, k, out_ids, out_scores)
+    if not approx:
+        for i in range(n):
+            out_scores[i] *= out_scale
+
+
+@njit(nogil=True, cache=True)
+def _run(
+    q_indptr, q_indices, q_data, offsets, post_docs, post_w, term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, q16,
+    p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_docs, k, out_scale, fine_scale,
+    q_start, q_stop, q_step, out_ids, out_scores,
+):
+    """Search queries q_start, q_start + q_step, ... < q_stop with one set of scratch buffers."""
+    vocab_size = offsets.size - 1
+    max_terms = 1
+    for q in range(q_start, q_stop, q_step):
+        max_terms = max(max_terms, q_indptr[q + 1] - q_indptr[q])
+    acc = np.zeros(n_docs, np.float32)
+    bf = np.zeros((n_docs >> _SHIFT) + 1, np.uint8)
+    seen = np.zeros(n_docs, np.uint8)
+    touched = np.empty(n_docs, np.int32)
+    qmap = np.zeros(vocab_size, np.float32)
+    qpos = np.full(vocab_size, -1, np.int32)
+    ut = np.empty(max_terms, np.int64)
+    uw = np.empty(max_terms, np.float32)
+    ub = np.empty(max_terms, np.float32)
+    hs = np.empty(k, np.float32)
+    hd = np.empty(k, np.int64)
+    fs = np.empty(k, np.float32)
+    fd = np.empty(k, np.int64)
+    for q in range(q_start, q_stop, q_step):
+        a, b = q_indptr[q], q_indptr[q + 1]
+        _query(q_indices[a:b], q_data[a:b], offsets, post_docs, post_w, term_max, bm_offsets, bm_values,
+               fwd_indptr, fwd_terms, fwd_w, q16, p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_docs,
+               k, out_scale, fine_scale, acc, bf, qmap, qpos, ut, uw, ub, hs, hd, fs, fd, seen, touched,
+               out_ids[q], out_scores[q])
+
+
+@njit(nogil=True, cache=True)
+def search_serial(
+    q_indptr, q_indices, q_data, offsets, post_docs, post_w, term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, q16,
+    p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_docs, k, out_scale, fine_scale, out_ids, out_scores,
+):
+    _run(q_indptr, q_indices, q_data, offsets, post_docs, post_w, term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, q16,
+         p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_docs, k, out_scale, fine_scale,
+         0, q_indptr.size - 1, 1, out_ids, out_scores)
+
+
+@njit(nogil=True, parallel=True, cache=True)
+def search_parallel(
+    q_indptr, q_indices, q_data, offsets, post_docs, post_w, term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, q16,
+    p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_docs, k, out_scale, fine_scale, n_chunks,
+    out_ids, out_scores,
+):
+    nq = q_indptr.size - 1
+    for c in prange(n_chunks):
+        _run(q_indptr, q_indices, q_data, offsets, post_docs, post_w, term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w,
+             q16, p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_docs, k, out_scale, fine_scale,
+             c, nq, n_chunks, out_ids, out_scores)
+
+
+# ---------------------------------------------------------------------------- build helpers
+@njit(nogil=True, cache=True)
+def term_maxima(offsets, post_w):
+    """Largest impact of each posting list (0 for empty lists)."""
+    v = offsets.size - 1
+    out = np.zeros(v, np.float32)
+    for t in range(v):
+        mx = np.float32(0.0)
+        for p in range(offsets[t], offsets[t + 1]):
+            if post_w[p] > mx:
+                mx = np.float32(post_w[p])
+        out[t] = mx
+    return out
+
+
+@njit(nogil=True, cache=True)
+def prune_lists(offsets, post_docs, post_w, n_postings):
+    """Keep the ``n_postings`` highest-impact entries of every list (ties to lower positions), in
+    document order. Returns (offsets, docs, weights) of the pruned copy."""
+    v = offsets.size - 1
+    new_off = np.zeros(v + 1, np.int64)
+    for t in range(v):
+        new_off[t + 1] = new_off[t] + min(offsets[t + 1] - offsets[t], n_postings)
+    docs = np.empty(new_off[v], post_docs.dtype)
+    ws = np.empty(new_off[v], post_w.dtype)
+    for t in range(v):
+        a, b = offsets[t], offsets[t + 1]
+        o = new_off[t]
+        if b - a <= n_postings:
+            docs[o:o + b - a] = post_docs[a:b]
+            ws[o:o + b - a] = post_w[a:b]
+            continue
+        # stable descending sort by impact, take the head, restore document order
+        order = np.argsort(-post_w[a:b].astype(np.float64), kind="mergesort")[:n_postings]
+        order.sort()
+        for i in range(n_postings):
+            docs[o + i] = post_docs[a + order[i]]
+            ws[o + i] = post_w[a + order[i]]
+    return new_off, docs, ws
+
+
+@njit(nogil=True, cache=True)
+def block_maxima(offsets, post_docs, post_w, n_docs, min_df):
+    """Per-term maxima over blocks of 64 document positions, for terms with at least ``min_df``
+    postings (others have an empty range). Returns (offsets into values, values)."""
+    v = offsets.size - 1
+    nb = (n_docs >> _SHIFT) + 1
+    bm_off = np.zeros(v + 1, np.int64)
+    for t in range(v):
+        bm_off[t + 1] = bm_off[t] + (nb if offsets[t + 1] - offsets[t] >= min_df else 0)
+    vals = np.zeros(bm_off[v], post_w.dtype)
+    for t in range(v):
+        o = bm_off[t]
+        if bm_off[t + 1] == o:
+            continue
+        for p in range(offsets[t], offsets[t + 1]):
+            b = o + (post_docs[p] >> _SHIFT)
+            if post_w[p] > vals[b]:
+                vals[b] = post_w[p]
+    return bm_off, vals
