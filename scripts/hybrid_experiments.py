@@ -228,7 +228,6 @@ def _retrievers(args, ds):
 def cmd_prf(args: argparse.Namespace) -> None:
     """nDCG@10 / recall@1000 without PRF and with PRF interpolated before / after / both."""
     from lsr.eval.datasets import load_beir
-    from lsr.eval.runs import ranked
     from lsr.hybrid.hybrid import HybridRetriever
 
     ds = load_beir(DATA / args.dataset)

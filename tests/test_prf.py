@@ -61,7 +61,6 @@ def test_rm3_edge_cases():
 
 
 def test_doc_major_inverts_the_postings():
-    rng = np.random.default_rng(1)
     m = sp.random(30, 40, density=0.2, random_state=2, dtype=np.float32, format="csr")
     index = InvertedIndex.from_csr(m, doc_ids=[f"d{i}" for i in range(30)])
     assert (doc_major(index) != m).nnz == 0
@@ -143,3 +142,41 @@ def test_hybrid_retriever_prf_modes_run(mode):
     h.index(ids, texts)
     res = h.search(["heart disease"], k=3)
     assert res.ids.shape == (1, 3) and res.hits(0)[0][0] in ("d0", "d1")
+
+
+class _BagEncoder:
+    """A tiny deterministic 'dense' encoder: normalised bag of hashed words (no model download)."""
+
+    dim = 16
+
+    def _enc(self, texts):
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for i, t in enumerate(texts):
+            for w in t.split():
+                out[i, sum(map(ord, w)) % self.dim] += 1
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+    encode_queries = encode_documents = lambda self, texts, **kw: self._enc(texts)
+
+    def config(self):
+        return {"type": "bag"}
+
+
+def test_dense_prf_uses_index_vectors_and_matches_rocchio():
+    pytest.importorskip("faiss")
+    from lsr.hybrid.dense import DenseRetriever
+    from lsr.hybrid.prf import DensePRF
+
+    texts = ["heart disease cholesterol", "heart attack cholesterol statin", "stock market", "statin drug trial"]
+    r = DenseRetriever(_BagEncoder())
+    r.index_vectors(["d1", "d2", "d3", "d4"], r.encoder.encode_documents(texts))
+    prf = prf_for(r, dense={"fb_docs": 2, "alpha": 1.0, "beta": 0.5})
+    assert isinstance(prf, DensePRF)
+    res = prf.search(["heart disease"], k=4)
+    q = r.encoder.encode_queries(["heart disease"])
+    first = r.search(["heart disease"], k=2)
+    docs = r.encoder.encode_documents(texts)
+    q2 = rocchio(q, docs, first.ids, alpha=1.0, beta=0.5)
+    expected = np.argsort(-(docs @ q2[0]), kind="stable")
+    assert res.ids[0].tolist() == expected.tolist()
+    np.testing.assert_allclose(res.scores[0], np.sort(docs @ q2[0])[::-1], rtol=1e-5)
