@@ -112,10 +112,11 @@ def main() -> None:
             t = time.perf_counter()
             index = FDEIndex.build(docs, cfg, doc_ids=ds.corpus.ids, candidates=args.candidates)
             build_s = time.perf_counter() - t
+            index.search(queries.take(range(min(5, len(queries)))), k=10, threads=args.threads)  # warm-up
             t = time.perf_counter()
             qf = index.encoder.encode_queries(queries)
             cand, _ = index.dense.search(qf, k=args.candidates, threads=args.threads)
-            ids, sc = maxsim_rerank(queries, index.docs, cand, k=100)
+            ids, sc = maxsim_rerank(queries, index.docs, cand, k=100, threads=args.threads)
             search_s = time.perf_counter() - t
             rec = recall_within(exact10, cand)
             nd = ndcg10(ds.qrels, ids, sc, ds.corpus.ids, qids)

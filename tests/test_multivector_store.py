@@ -33,9 +33,10 @@ def test_maxsim_scores_match_naive_across_block_sizes(sets):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_search_and_rerank_agree_with_naive(sets):
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_search_and_rerank_agree_with_naive(sets, dtype):
     docs, queries = sets
-    d, q = MultiVectors.from_list(docs, dtype=np.float16), MultiVectors.from_list(queries)
+    d, q = MultiVectors.from_list(docs, dtype=dtype), MultiVectors.from_list(queries)
     ref = naive(queries, docs)
     ids, scores = maxsim_search(q, d, k=50)  # k above the corpus size: padded
     n_nonempty = sum(len(x) > 0 for x in docs)
@@ -45,11 +46,14 @@ def test_search_and_rerank_agree_with_naive(sets):
         np.testing.assert_allclose(scores[i, :n_nonempty], ref[i, order], rtol=1e-5)
     cand = np.argsort(-ref, axis=1)[:, :12]
     cand[:, -1] = -1
-    r_ids, r_scores = maxsim_rerank(q, d, cand, k=5)
-    for i in range(7):
-        c = [j for j in cand[i] if j >= 0]
-        best = sorted(c, key=lambda j: (-ref[i, j], j))[:5]
-        np.testing.assert_allclose(r_scores[i], ref[i, best], rtol=1e-5)
+    cand[:, -2] = cand[:, 0]  # a duplicate counts once
+    for threads in (1, 2):
+        r_ids, r_scores = maxsim_rerank(q, d, cand, k=5, threads=threads)
+        for i in range(7):
+            c = [j for j in dict.fromkeys(cand[i]) if j >= 0 and len(docs[j])]
+            best = sorted(c, key=lambda j: (-ref[i, j], j))[:5]
+            np.testing.assert_allclose(r_scores[i, :len(best)], ref[i, best], rtol=1e-5)
+            assert r_ids[i, :len(best)].tolist() == best
 
 
 def test_store_roundtrip_is_float16_mmap(sets, tmp_path):

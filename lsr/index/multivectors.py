@@ -17,6 +17,7 @@ MaxSim(q, d) = sum over query vectors of the maximum inner product with any docu
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -194,37 +195,116 @@ def maxsim_search(queries: MultiVectors, docs: MultiVectors, k: int = 10,
 
 
 def maxsim_rerank(queries: MultiVectors, docs: MultiVectors, candidates: np.ndarray,
-                  k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Re-rank candidate positions (``(nq, c)``, ``-1`` = none) by exact MaxSim; keep the top ``k``."""
+                  k: int = 10, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Re-rank candidate positions (``(nq, c)``, ``-1`` = none) by exact MaxSim; keep the top ``k``.
+
+    A Numba kernel reads the float16 store directly (conversion through a 64k-entry table, fused
+    with the dot products), so no float32 copy of the candidates is made. Duplicate candidates
+    count once; candidates without vectors are dropped.
+    """
     _check(queries, docs)
     candidates = np.asarray(candidates, dtype=np.int64)
     if candidates.ndim != 2 or candidates.shape[0] != len(queries):
         raise ValueError(f"candidates must have shape ({len(queries)}, c), got {candidates.shape}")
-    nq = len(queries)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if candidates.size and int(candidates.max()) >= len(docs):
+        raise ValueError(f"candidate position {int(candidates.max())} out of range for {len(docs)} documents")
+    nq, k = len(queries), int(k)
     ids = np.full((nq, k), -1, dtype=np.int64)
     scores = np.zeros((nq, k), dtype=np.float32)
-    off = docs.offsets
+    if nq == 0 or candidates.shape[1] == 0:
+        return ids, scores
+    cand = np.sort(candidates, axis=1)
+    cand[:, 1:][cand[:, 1:] == cand[:, :-1]] = -1  # duplicates count once
+    lens = np.where(cand >= 0, docs.offsets[cand + 1] - docs.offsets[np.maximum(cand, 0)], 0)
+    cand[lens == 0] = -1
+    q = np.ascontiguousarray(queries.vectors, dtype=np.float32)
+    q_off = np.ascontiguousarray(queries.offsets)
+    d_off = np.ascontiguousarray(docs.offsets)
+    out = np.full(cand.shape, -np.inf, dtype=np.float32)
+    with _PARALLEL_LOCK:  # numba's default threading layer runs one parallel region at a time
+        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+        if docs.vectors.dtype == np.float16:
+            bits = np.asarray(docs.vectors).view(np.uint16)
+            _rerank_f16(q, q_off, bits, d_off, cand, _half_table(), out)
+        else:
+            _rerank_f32(q, q_off, np.ascontiguousarray(docs.vectors, dtype=np.float32), d_off, cand, out)
     for i in range(nq):
-        cand = np.unique(candidates[i][candidates[i] >= 0])
-        if cand.size == 0:
-            continue
-        if cand[-1] >= len(docs):
-            raise ValueError(f"candidate position {int(cand[-1])} out of range for {len(docs)} documents")
-        lens = off[cand + 1] - off[cand]
-        cand = cand[lens > 0]
-        lens = lens[lens > 0]
-        if cand.size == 0:
-            continue
-        q = np.asarray(queries[i], dtype=np.float32)
-        rows = np.concatenate([np.arange(off[c], off[c + 1]) for c in cand])
-        sims = np.asarray(docs.vectors[rows], dtype=np.float32) @ q.T
-        starts = np.zeros(cand.size, np.int64)
-        np.cumsum(lens[:-1], out=starts[1:])
-        s = np.maximum.reduceat(sims, starts, axis=0).sum(axis=1) if q.shape[0] else np.zeros(cand.size)
-        order = np.lexsort((cand, -s))[:k]
-        ids[i, :order.size] = cand[order]
-        scores[i, :order.size] = s[order]
+        keep = np.flatnonzero(cand[i] >= 0)
+        order = keep[np.lexsort((cand[i, keep], -out[i, keep]))][:k]
+        ids[i, :order.size] = cand[i, order]
+        scores[i, :order.size] = out[i, order]
     return ids, scores
+
+
+_HALF_TABLE: list[np.ndarray] = []
+_PARALLEL_LOCK = threading.Lock()
+
+
+def _half_table() -> np.ndarray:
+    """float32 value of every float16 bit pattern."""
+    if not _HALF_TABLE:
+        _HALF_TABLE.append(np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32))
+    return _HALF_TABLE[0]
+
+
+# ---------------------------------------------------------------------------- numba kernels
+import numba  # noqa: E402  (lsr/__init__ never imports this module eagerly)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _maxsim_one_f32(q: np.ndarray, a: int, b: int, row: np.ndarray, best: np.ndarray) -> None:
+    """Update per-query-token maxima ``best`` with one document vector ``row``."""
+    d = row.shape[0]
+    for i in range(a, b):
+        s = np.float32(0.0)
+        for j in range(d):
+            s += q[i, j] * row[j]
+        if s > best[i - a]:
+            best[i - a] = s
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _rerank_f16(q, q_off, bits, d_off, cand, table, out):  # pragma: no cover - compiled
+    nq, c = cand.shape
+    dim = bits.shape[1]
+    for qi in numba.prange(nq):
+        a, b = q_off[qi], q_off[qi + 1]
+        row = np.empty(dim, np.float32)
+        best = np.empty(max(b - a, 1), np.float32)
+        for ci in range(c):
+            doc = cand[qi, ci]
+            if doc < 0:
+                continue
+            best[:] = -np.inf
+            for t in range(d_off[doc], d_off[doc + 1]):
+                for j in range(dim):
+                    row[j] = table[bits[t, j]]
+                _maxsim_one_f32(q, a, b, row, best)
+            total = np.float32(0.0)
+            for i in range(b - a):
+                total += best[i]
+            out[qi, ci] = total
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _rerank_f32(q, q_off, vectors, d_off, cand, out):  # pragma: no cover - compiled
+    nq, c = cand.shape
+    for qi in numba.prange(nq):
+        a, b = q_off[qi], q_off[qi + 1]
+        best = np.empty(max(b - a, 1), np.float32)
+        for ci in range(c):
+            doc = cand[qi, ci]
+            if doc < 0:
+                continue
+            best[:] = -np.inf
+            for t in range(d_off[doc], d_off[doc + 1]):
+                _maxsim_one_f32(q, a, b, vectors[t], best)
+            total = np.float32(0.0)
+            for i in range(b - a):
+                total += best[i]
+            out[qi, ci] = total
 
 
 def save_multivectors(directory: str | os.PathLike, mv: MultiVectors, prefix: str = "multivectors") -> dict:

@@ -160,6 +160,10 @@ class FDEEncoder:
                 m = np.zeros((c.dim, c.projection_dim), dtype=np.float32)
                 m[np.arange(c.dim), rng.integers(0, c.projection_dim, c.dim)] = rng.choice([-1.0, 1.0], c.dim)
                 self.ams.append(m)
+        # the same AMS matrices as (target coordinate, sign) per input coordinate: O(tokens * dim) to apply
+        self._ams_sparse = [None if m is None else (np.argmax(m != 0, axis=1).astype(np.int64),
+                                                    m[np.arange(c.dim), np.argmax(m != 0, axis=1)].copy())
+                            for m in self.ams]
         self.count_sketch: tuple[np.ndarray, np.ndarray] | None = None
         if c.final_dim is not None:
             rng = np.random.default_rng([c.seed, 2])
@@ -220,7 +224,12 @@ class FDEEncoder:
             sketch = x @ self.simhash[rep]
             bits = (sketch > 0).astype(np.int64)
             label = gray_partition_index(bits) if c.k_sim else np.zeros(t, np.int64)
-            proj = x if self.ams[rep] is None else x @ self.ams[rep]
+            ams = self._ams_sparse[rep]
+            if ams is None:
+                proj = x
+            else:
+                proj = np.zeros((t, dp), dtype=np.float32)
+                _ams_project(x, ams[0], ams[1], proj)
             assign = sp.csr_matrix((np.ones(t, np.float32), (item * parts + label, np.arange(t))),
                                    shape=(n * parts, t))
             sums = np.asarray(assign @ proj, dtype=np.float32).reshape(n, parts, dp)
@@ -306,7 +315,7 @@ class FDEIndex:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         c = max(int(candidates or self.candidates), int(k))
         cand, _ = self.search_fde(queries, c, threads)
-        return maxsim_rerank(queries, self.docs, cand, int(k))
+        return maxsim_rerank(queries, self.docs, cand, int(k), threads=threads)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, overwrite: bool = True) -> None:
@@ -343,3 +352,16 @@ class FDEIndex:
                                    f"expected {n_docs} of dimension {config.dim}")
         return cls(FDEEncoder(config), dense, docs, load_ids(path, "doc_ids.parquet", n_docs),
                    int(m.get("candidates", DEFAULT_CANDIDATES)))
+
+
+# ---------------------------------------------------------------------------- numba kernel
+import numba  # noqa: E402  (lsr/__init__ never imports this module eagerly)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _ams_project(x, target, sign, out):  # pragma: no cover - compiled
+    """``out[t, target[i]] += sign[i] * x[t, i]``: the AMS sketch without a dense matrix."""
+    for t in numba.prange(x.shape[0]):
+        for i in range(x.shape[1]):
+            out[t, target[i]] += sign[i] * x[t, i]
+
