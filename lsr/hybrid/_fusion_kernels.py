@@ -19,32 +19,33 @@ PARALLEL_MIN_QUERIES = 64
 @njit(cache=True, nogil=True)
 def _union_one(ids, n, q, start, cand_ids, cand_pos):
     """Write query q's distinct ids (ascending) at ``start``; ``cand_pos[u, r]`` = position of
-    candidate u in run r. Returns the number of distinct ids."""
-    R = ids.shape[0]
+    candidate u in run r. Returns the number of distinct ids.
+
+    One sort of packed keys ``(id * R + r) * K + position`` (the wrapper checks they fit in int64)
+    groups equal ids and carries run and position along, with no indirect argsort."""
+    R, K = ids.shape[0], ids.shape[2]
     t = 0
     for r in range(R):
         t += n[r, q]
-    buf = np.empty(t, dtype=np.int64)
-    run = np.empty(t, dtype=np.int64)
-    pos = np.empty(t, dtype=np.int64)
+    keys = np.empty(t, dtype=np.int64)
     t = 0
     for r in range(R):
         for j in range(n[r, q]):
-            buf[t] = ids[r, q, j]
-            run[t] = r
-            pos[t] = j
+            keys[t] = (ids[r, q, j] * R + r) * K + j
             t += 1
-    order = np.argsort(buf)
+    keys.sort()
     u = -1
     prev = -1
+    RK = R * K
     for i in range(t):
-        o = order[i]
-        d = buf[o]
+        key = keys[i]
+        d = key // RK
+        rest = key - d * RK
         if u < 0 or d != prev:
             u += 1
             prev = d
             cand_ids[start + u] = d
-        cand_pos[start + u, run[o]] = pos[o]
+        cand_pos[start + u, rest // K] = rest % K
     return u + 1
 
 
@@ -70,17 +71,23 @@ def _top_one(indptr, cand_ids, fused, k, q, out_ids, out_scores):
     neg = np.empty(m, dtype=np.float64)
     for i in range(m):
         neg[i] = -fused[s + i]
-    order = np.argsort(neg)
+    if k < m:  # sort only the candidates that can make the top k (ties at the boundary included)
+        thr = np.partition(neg, k - 1)[k - 1]
+        sel = np.flatnonzero(neg <= thr)
+        order = sel[np.argsort(neg[sel])]
+    else:
+        order = np.argsort(neg)
     # equal scores: larger candidate index first (candidates are id-ascending -> id descending)
+    c = order.shape[0]
     i = 0
-    while i < m:
+    while i < c:
         j = i + 1
-        while j < m and neg[order[j]] == neg[order[i]]:
+        while j < c and neg[order[j]] == neg[order[i]]:
             j += 1
         if j - i > 1:
             order[i:j] = np.sort(order[i:j])[::-1]
         i = j
-    for i in range(min(k, m)):
+    for i in range(min(k, c)):
         out_ids[q, i] = cand_ids[s + order[i]]
         out_scores[q, i] = fused[s + order[i]]
 
@@ -100,7 +107,9 @@ def top_k_parallel(indptr, cand_ids, fused, out_ids, out_scores):
 
 def union(ids: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidate union: ``(indptr, cand_ids, cand_pos)`` (positions -1 where a run lacks the id)."""
-    R, nq, _ = ids.shape
+    R, nq, K = ids.shape
+    if nq and (int(ids.max(initial=0)) + 1) * R * K >= 2 ** 62:
+        raise ValueError(f"document ids up to {int(ids.max())} are too large to fuse {R} runs of depth {K}")
     upper = n.sum(axis=0) if nq else np.zeros(0, np.int64)
     starts = np.zeros(nq + 1, dtype=np.int64)
     np.cumsum(upper, out=starts[1:])
