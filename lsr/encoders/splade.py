@@ -259,7 +259,7 @@ class SpladeEncoder:
             raise RuntimeError(f"unexpected MLM hidden size {hidden.shape[-1]} (decoder expects {self._W.shape[1]})")
         if self.device.type != "cpu":
             return self._pooled_head(hidden, mask)
-        return [self._exact_head(hidden[i, :n]) for i, n in enumerate(lengths)]
+        return self._exact_head(hidden, mask, lengths)
 
     def _pooled_head(self, hidden: Any, mask: Any) -> list[tuple[np.ndarray, np.ndarray]]:
         """Max-pool the logits (padding at -inf), then log1p(relu) on the pooled batch x vocab matrix."""
@@ -277,20 +277,51 @@ class SpladeEncoder:
                 out.append((nz.cpu().numpy(), r[nz].cpu().numpy().astype(np.float32)))
         return out
 
-    def _exact_head(self, h: Any) -> tuple[np.ndarray, np.ndarray]:
-        """fp32-exact pooled weights of one sequence's hidden states ``h`` (tokens x dim), CPU."""
+    def _exact_head(self, hidden: Any, mask: Any, lengths: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """fp32-exact pooled weights of a batch of hidden states (batch x tokens x dim), on CPU.
+
+        Per sequence, the (tokens x vocab) matmul and its max over tokens run into reused buffers
+        (allocating ~15 MB per sequence costs page faults as slow as the matmul). With screening,
+        that pass is in bf16 and only bounds the logits; the entries whose bound is positive are
+        then recomputed in fp32 for the whole batch in one batched matmul.
+        """
         torch = require_torch()
-        if self._screen:
-            approx = (h.bfloat16() @ self._Wb.T).amax(dim=0).float()
-            bound = approx + self._b_masked + h.norm(dim=1).max() * self._margin
-            cand = torch.nonzero(bound > 0).squeeze(1)
-            z = (h @ self._W[cand].T).amax(dim=0) + self._b_masked[cand]
-        else:
-            cand = None
-            z = (h @ self._W.T).amax(dim=0) + self._b_masked
-        keep = z > 0
-        ids = torch.nonzero(keep).squeeze(1) if cand is None else cand[keep]
-        return ids.numpy().astype(np.int64), torch.log1p(z[keep]).numpy().astype(np.float32)
+        n_seq, vocab = hidden.shape[0], self._W.shape[0]
+        dtype = torch.bfloat16 if self._screen else torch.float32
+        buf = getattr(self, "_buf", None)
+        if buf is None or buf.dtype != dtype or buf.shape[0] < hidden.shape[1]:
+            buf = self._buf = torch.empty((max(hidden.shape[1], 64), vocab), dtype=dtype)
+        pooled = torch.empty((n_seq, vocab), dtype=dtype)
+        h_all = hidden.bfloat16() if self._screen else hidden
+        weight = self._Wb if self._screen else self._W
+        for i, n in enumerate(lengths):
+            logits = buf[:n]
+            torch.mm(h_all[i, :n], weight.T, out=logits)
+            torch.amax(logits, dim=0, out=pooled[i])
+        if not self._screen:
+            z = pooled + self._b_masked
+            return [_positive_log1p(r) for r in z]
+        # upper bound of every fp32 logit: bf16 value + rounding margin (see _SCREEN_MARGIN)
+        norms = (hidden.norm(dim=2) * mask).amax(dim=1)
+        bound = pooled.float() + self._b_masked + norms[:, None] * self._margin
+        pairs = torch.nonzero(bound > 0)  # (doc, vocab id) rows, sorted by doc
+        counts = torch.bincount(pairs[:, 0], minlength=n_seq)
+        width = max(int(counts.max()), 1) if pairs.numel() else 1
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(pairs.shape[0]) - starts[pairs[:, 0]]
+        cand = torch.zeros((n_seq, width), dtype=torch.long)
+        valid = torch.zeros((n_seq, width), dtype=torch.bool)
+        cand[pairs[:, 0], slot] = pairs[:, 1]
+        valid[pairs[:, 0], slot] = True
+        z = torch.bmm(hidden, self._W[cand].transpose(1, 2))  # (batch, tokens, candidates), fp32
+        z = z.masked_fill(mask[:, :, None] == 0, float("-inf")).amax(dim=1) + self._b_masked[cand]
+        z = z.masked_fill(~valid, float("-inf")).numpy()
+        cand = cand.numpy()
+        out = []
+        for i in range(n_seq):
+            keep = z[i] > 0
+            out.append((cand[i][keep].astype(np.int64), np.log1p(z[i][keep]).astype(np.float32)))
+        return out
 
     def _prune(self, ids: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.min_weight > 0:
@@ -346,6 +377,13 @@ class SpladeEncoder:
             raise ValueError(f"{directory}: tokenizer of {cfg['model']} has {enc.vocab_size} tokens, "
                              f"the saved encoder {cfg['vocab_size']}")
         return enc
+
+
+def _positive_log1p(z: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, log1p(z)) of the positive entries of a 1-d float tensor."""
+    z = z.float().numpy()
+    ids = np.flatnonzero(z > 0)
+    return ids.astype(np.int64), np.log1p(z[ids]).astype(np.float32)
 
 
 def _find_parent(model: Any, module: Any) -> tuple[Any, str]:
