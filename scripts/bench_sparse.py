@@ -36,12 +36,16 @@ import peers_bench as pb  # noqa: E402  (sets *_NUM_THREADS=1: single-threaded s
 LSR_SETTINGS = [
     ("lsr exhaustive TAAT (8-bit, exact)", dict(mode="exhaustive")),
     ("lsr exact MaxScore (8-bit)", dict(mode="exact")),
-    ("lsr approximate heap_factor=1.0", dict(mode="approximate", heap_factor=1.0)),
-    ("lsr approximate heap_factor=0.9", dict(mode="approximate", heap_factor=0.9)),
-    ("lsr approximate heap_factor=0.9 n_postings=5000", dict(mode="approximate", heap_factor=0.9, n_postings=5000)),
-    ("lsr approximate heap_factor=0.85 n_postings=3000", dict(mode="approximate", heap_factor=0.85,
-                                                              n_postings=3000)),
-    ("lsr approximate heap_factor=0.8", dict(mode="approximate", heap_factor=0.8)),
+    ("lsr approx query_cut=15 n_postings=2000 candidates=100", dict(mode="approximate", query_cut=15,
+                                                                    n_postings=2000, candidates=100)),
+    ("lsr approx query_cut=12 n_postings=1000 candidates=50 heap_factor=0.8",
+     dict(mode="approximate", query_cut=12, n_postings=1000, candidates=50, heap_factor=0.8)),
+    ("lsr approx query_cut=10 n_postings=1000 candidates=40 heap_factor=0.8",
+     dict(mode="approximate", query_cut=10, n_postings=1000, candidates=40, heap_factor=0.8)),
+    ("lsr approx query_cut=8 n_postings=1000 candidates=30 heap_factor=0.8",
+     dict(mode="approximate", query_cut=8, n_postings=1000, candidates=30, heap_factor=0.8)),
+    ("lsr approx query_cut=6 n_postings=500 candidates=20 heap_factor=0.8",
+     dict(mode="approximate", query_cut=6, n_postings=500, candidates=20, heap_factor=0.8)),
 ]
 
 
@@ -62,6 +66,35 @@ def synthetic(ndocs: int, nq: int, cache: Path):
     return D, Q
 
 
+def real_data(name: str, cache: Path, data_root: Path, model: Path):
+    """(D, Q) for a BEIR dataset: splade-tiny document vectors from the ``lsr encode`` shards under
+    ``cache/splade/<name>/``, test queries encoded with :class:`lsr.SpladeEncoder` (query max length 64)
+    and cached as ``cache/sparse_real/<name>_queries.npz``."""
+    import scipy.sparse as sp
+
+    from lsr.encoders.shards import load_shards
+
+    shard_dirs = sorted((cache / "splade" / name).glob("*/progress.json"))
+    if not shard_dirs:
+        raise SystemExit(f"no document shards under {cache / 'splade' / name}: run `lsr encode` first")
+    _, docs = load_shards(shard_dirs[0].parent)
+    D = docs.to_scipy().tocsr()
+    fq = cache / "sparse_real" / f"{name}_queries.npz"
+    if not fq.exists():
+        from lsr import SpladeEncoder
+        from lsr.eval import load_beir
+
+        ds = load_beir(data_root / name, "test")
+        enc = SpladeEncoder(model, query_max_length=64)
+        Q = enc.encode_queries(list(ds.queries.values())).to_scipy().tocsr()
+        fq.parent.mkdir(parents=True, exist_ok=True)
+        sp.save_npz(fq, Q, compressed=False)
+    Q = sp.load_npz(fq).tocsr()
+    D.sort_indices()
+    Q.sort_indices()
+    return D.astype(np.float32), Q.astype(np.float32)
+
+
 def truth_for(D, Q, k: int, cache: Path, tag: str) -> np.ndarray:
     f = cache / (f"bench_T{tag}.npy" if k == 10 else f"bench_T{tag}_k{k}.npy")
     if f.exists():
@@ -71,7 +104,7 @@ def truth_for(D, Q, k: int, cache: Path, tag: str) -> np.ndarray:
     return t
 
 
-def run_lsr(D, Q, truth, k: int, repeat: int, workdir: Path) -> list[dict]:
+def run_lsr(D, Q, truth, k: int, repeat: int, workdir: Path, settings=LSR_SETTINGS) -> list[dict]:
     from lsr import InvertedIndex
 
     rows = []
@@ -87,8 +120,15 @@ def run_lsr(D, Q, truth, k: int, repeat: int, workdir: Path) -> list[dict]:
     search_size = size - files.get("doc_ids.parquet", 0) - files.get("manifest.json", 0)
     note = (f"build {build:.1f}s (1 thread, in memory); peak RSS growth {max(0, rss1 - rss0) / 1024:.0f} MiB; "
             f"index {size / 2**20:.1f} MiB = {search_size / D.nnz:.2f} B/posting without ids")
-    for name, kw in LSR_SETTINGS:
-        index.search(Q[:20], k=k, **kw)  # warm-up (JIT, pruned lists)
+    prune_s = {}
+    for n_post in sorted({kw["n_postings"] for _, kw in settings if kw.get("n_postings")}):
+        t = time.perf_counter()
+        index.pruned(n_post)  # static pruning: part of the build, timed separately
+        prune_s[n_post] = time.perf_counter() - t
+    if prune_s:
+        note += "; static pruning " + ", ".join(f"n_postings={n}: {v:.1f}s" for n, v in prune_s.items())
+    for name, kw in settings:
+        index.search(Q[:20], k=k, **kw)  # warm-up (JIT)
         best, ids = 1e9, None
         for _ in range(repeat):
             t = time.perf_counter()
@@ -193,6 +233,10 @@ def main() -> None:
     ap.add_argument("--seismic-postings", default="3500")
     ap.add_argument("--cache", default="/work/cache")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--real", default="", help="BEIR datasets with splade-tiny vectors, e.g. scifact,nfcorpus")
+    ap.add_argument("--real-peers", default="scipy,seismic,pyserini", help="peers for the --real datasets")
+    ap.add_argument("--beir", default=str(HERE.parent.parent / "shared" / "data" / "beir"))
+    ap.add_argument("--model", default=str(HERE.parent.parent / "shared" / "models" / "splade-tiny"))
     ap.add_argument("--markdown", default=None, help="write the tables to this file")
     ap.add_argument("--peer-worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--data", default=None, help=argparse.SUPPRESS)
@@ -210,7 +254,7 @@ def main() -> None:
         print(f"note: {args.peers_python} not found: peers skipped", file=sys.stderr)
         peers = []
     sections = []
-    for ndocs in [int(x) for x in args.sizes.split(",")]:
+    for ndocs in [int(x) for x in args.sizes.split(",") if x]:
         tag = f"{ndocs // 1000}k"
         D, Q = synthetic(ndocs, args.nq, cache)
         truth = truth_for(D, Q, args.k, cache, tag)
@@ -227,6 +271,26 @@ def main() -> None:
         sections.append(table(title, rows, args.k))
         print(sections[-1], flush=True)
         del D, Q
+    for name in [x for x in args.real.split(",") if x]:
+        D, Q = real_data(name, cache, Path(args.beir), Path(args.model))
+        workdir = workroot / name
+        workdir.mkdir(parents=True, exist_ok=True)
+        truth = pb.exact_topk(D, Q, args.k)
+        print(f"== {name}: {D.shape[0]} docs ({D.nnz / D.shape[0]:.1f} nnz), {Q.shape[0]} queries "
+              f"({Q.nnz / Q.shape[0]:.1f} nnz)", file=sys.stderr)
+        rows = run_lsr(D, Q, truth, args.k, args.repeat, workdir)
+        shutil.rmtree(workdir / "lsr_index", ignore_errors=True)
+        import scipy.sparse as sp
+
+        dfile, qfile, tfile = workdir / "D.npz", workdir / "Q.npz", workdir / "truth.npy"
+        sp.save_npz(dfile, D, compressed=False)
+        sp.save_npz(qfile, Q, compressed=False)
+        np.save(tfile, truth)
+        rows += run_peers(args.peers_python, [p for p in args.real_peers.split(",") if p in peers], dfile, qfile, tfile, args.k, workdir)
+        title = (f"{name}, splade-tiny vectors: {D.shape[0]} docs ({D.nnz / D.shape[0]:.0f} terms each), "
+                 f"{Q.shape[0]} test queries ({Q.nnz / Q.shape[0]:.0f} terms each)")
+        sections.append(table(title, rows, args.k))
+        print(sections[-1], flush=True)
     header = (f"Machine: {os.cpu_count()} cores (shared), Python {sys.version.split()[0]}; command: "
               f"`python scripts/bench_sparse.py {' '.join(sys.argv[1:])}`")
     text = "\n\n".join([header] + sections) + "\n"

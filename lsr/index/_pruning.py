@@ -9,9 +9,13 @@ sum still reaches the threshold, by reading each such document's row in a doc-ma
 copy of the index. Every bound carries a small relative slack for float rounding, so the
 result is exactly the top ``k`` of the index's scores, ties to the lower position.
 
-Approximate mode reads only the first ``n_postings`` highest-impact entries of each posting
-list (a statically pruned copy) for the ``query_cut`` heaviest query terms, then re-scores the
-best candidates on the forward index with fine (16-bit or float) weights over all query terms.
+Approximate mode (Seismic-like, but with exact re-scoring of a few candidates): the
+``query_cut`` query terms with the largest upper bounds are accumulated from a statically
+pruned copy of their lists (each list's ``n_postings`` highest impacts), touching only the
+documents they contain; the ``candidates`` best partial scores (those at least
+``heap_factor`` times the ``k``-th best partial score) are re-scored on the forward index
+with fine (16-bit or float) weights over ALL query terms, and the best ``k`` returned.
+Cost: about ``query_cut * n_postings + candidates * terms per document`` operations.
 
 Kernels take contiguous arrays and scalars, release the GIL, and allocate per thread only.
 """
@@ -109,11 +113,56 @@ def _sort_desc(key, a, b, m):
         key[j + 1], a[j + 1], b[j + 1] = kv, av, bv
 
 
+@njit(inline="always")
+def _approx_query(m, ut, uw, p_offsets, p_docs, p_w, fwd_indptr, fwd_terms, fwd_w, q16, query_cut, heap_factor,
+                  n_cand, k, fine_scale, acc, qmap, touched, cs, cd, ss, sd, fs, fd, out_ids, out_scores):
+    """Approximate search of one query whose m unique positive terms are sorted by bound."""
+    cut = m if query_cut <= 0 else min(query_cut, m)
+    nt = 0
+    for j in range(cut):  # partial scores of the touched documents (all contributions > 0)
+        t = ut[j]
+        w = uw[j]
+        for p in range(p_offsets[t], p_offsets[t + 1]):
+            d = p_docs[p]
+            v = acc[d]
+            if v == 0.0:
+                touched[nt] = d
+                nt += 1
+            acc[d] = v + w * np.float32(p_w[p])
+    # the n_cand best partial scores (ties to lower positions), reset the accumulator
+    c = max(n_cand, k)
+    n = 0
+    thr = np.float32(-1.0)
+    for i in range(nt):
+        d = touched[i]
+        s = acc[d]
+        acc[d] = 0.0
+        if s >= thr:
+            n = _push(cs, cd, n, c, s, d)
+            if n == c:
+                thr = cs[0]
+    # best first; rescore those at least heap_factor times the k-th best partial score
+    _drain(cs, cd, n, c, sd, ss)
+    lim = heap_factor * ss[k - 1] if n >= k else np.float32(0.0)
+    for j in range(m):
+        qmap[ut[j]] = uw[j]
+    nf = 0
+    for i in range(n):
+        if ss[i] < lim:
+            break
+        d = sd[i]
+        s = _rescore(d, fwd_indptr, fwd_terms, fwd_w, qmap, q16, True) * fine_scale
+        nf = _push(fs, fd, nf, k, s, d)
+    for j in range(m):
+        qmap[ut[j]] = 0.0
+    _drain(fs, fd, nf, k, out_ids, out_scores)
+
+
 @njit(nogil=True, cache=True)
 def _query(
     qi, qw, offsets, post_docs, post_w, term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, q16,
-    p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_docs, k, out_scale, fine_scale,
-    acc, bf, qmap, qpos, ut, uw, ub, hs, hd, fs, fd, seen, touched, out_ids, out_scores,
+    p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_cand, n_docs, k, out_scale, fine_scale,
+    acc, bf, qmap, qpos, ut, uw, ub, hs, hd, cs, cd, ss, sd, fs, fd, seen, touched, out_ids, out_scores,
 ):
     vocab_size = offsets.size - 1
     m, positive = _unique_terms(qi, qw, vocab_size, qpos, ut, uw)
@@ -130,11 +179,11 @@ def _query(
     for j in range(m):
         ub[j] = uw[j] * term_max[ut[j]]
     _sort_desc(ub, ut, uw, m)
-    # approximate mode: bounds scaled by heap_factor, at most query_cut essential terms read from
-    # the pruned lists, candidates scored with the fine weights of all terms
-    factor = (1.0 + _SLACK) * (heap_factor if approx else 1.0)
-    cut_terms = m if (not approx or query_cut <= 0) else min(query_cut, m)
-    conv = 1.0 / out_scale if approx else 1.0  # final-heap units -> accumulator units
+    if approx:
+        _approx_query(m, ut, uw, p_offsets, p_docs, p_w, fwd_indptr, fwd_terms, fwd_w, q16, query_cut,
+                      heap_factor, n_cand, k, fine_scale, acc, qmap, touched, cs, cd, ss, sd, fs, fd, out_ids, out_scores)
+        return
+    factor = 1.0 + _SLACK
     # ---- phase 1: essential terms, OR mode, while the remaining bounds can reach the threshold
     rest = np.float32(0.0)
     for j in range(m):
@@ -142,7 +191,7 @@ def _query(
     theta = np.float32(0.0)
     j = 0
     while j < m:
-        if rest * factor < theta or j >= cut_terms:
+        if rest * factor < theta:
             break
         t = ut[j]
         w = uw[j]
@@ -166,7 +215,7 @@ def _query(
             rest = np.float32(0.0)
         j += 1
     n = 0
-    if j == m and not approx:  # every term was essential: the accumulator holds final scores
+    if j == m:  # every term was essential: the accumulator holds final scores
         thr = np.float32(0.0)
         for blk in range(bf.size):
             if bf[blk] == 0:
@@ -182,15 +231,12 @@ def _query(
             acc[lo:hi] = 0.0
     else:
         # ---- phase 2: finish candidates on the forward index, skipping by block maxima
-        for jj in range(0 if approx else j, m):
+        for jj in range(j, m):
             qmap[ut[jj]] = uw[jj]
         for i in range(k):  # seed the final heap with the last list's best documents
             d = hd[i]
             if d >= 0:
-                if approx:
-                    s = _rescore(d, fwd_indptr, fwd_terms, fwd_w, qmap, q16, True) * fine_scale
-                else:
-                    s = acc[d] + _rescore(d, fwd_indptr, fwd_terms, fwd_w, qmap, q16, False)
+                s = acc[d] + _rescore(d, fwd_indptr, fwd_terms, fwd_w, qmap, q16, False)
                 acc[d] = -np.inf
                 n = _push(fs, fd, n, k, s, d)
         for blk in range(bf.size):
@@ -206,34 +252,28 @@ def _query(
                 else:
                     bb += ub[jj]
             lo, hi = blk << _SHIFT, min((blk + 1) << _SHIFT, n_docs)
-            thr = theta if n < k or fs[0] * conv < theta else fs[0] * conv
+            thr = theta if n < k or fs[0] < theta else fs[0]
             cut = thr / factor - bb  # partial scores below this cannot reach the top k
             for d in range(lo, hi):
                 s = acc[d]
                 if s >= cut:
-                    if approx:
-                        if s <= 0.0:
-                            continue
-                        s = _rescore(d, fwd_indptr, fwd_terms, fwd_w, qmap, q16, True) * fine_scale
-                    else:
-                        s += _rescore(d, fwd_indptr, fwd_terms, fwd_w, qmap, q16, False)
+                    s += _rescore(d, fwd_indptr, fwd_terms, fwd_w, qmap, q16, False)
                     if s > 0.0:
                         n = _push(fs, fd, n, k, s, d)
-                        thr = theta if n < k or fs[0] * conv < theta else fs[0] * conv
+                        thr = theta if n < k or fs[0] < theta else fs[0]
                         cut = thr / factor - bb
             acc[lo:hi] = 0.0
         for jj in range(m):
             qmap[ut[jj]] = 0.0
     _drain(fs, fd, n, k, out_ids, out_scores)
-    if not approx:
-        for i in range(n):
-            out_scores[i] *= out_scale
+    for i in range(n):
+        out_scores[i] *= out_scale
 
 
 @njit(nogil=True, cache=True)
 def _run(
     q_indptr, q_indices, q_data, offsets, post_docs, post_w, term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, q16,
-    p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_docs, k, out_scale, fine_scale,
+    p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_cand, n_docs, k, out_scale, fine_scale,
     q_start, q_stop, q_step, out_ids, out_scores,
 ):
     """Search queries q_start, q_start + q_step, ... < q_stop with one set of scratch buffers."""
@@ -254,34 +294,38 @@ def _run(
     hd = np.empty(k, np.int64)
     fs = np.empty(k, np.float32)
     fd = np.empty(k, np.int64)
+    cs = np.empty(max(n_cand, k), np.float32)
+    cd = np.empty(max(n_cand, k), np.int64)
+    ss = np.empty(max(n_cand, k), np.float32)
+    sd = np.empty(max(n_cand, k), np.int64)
     for q in range(q_start, q_stop, q_step):
         a, b = q_indptr[q], q_indptr[q + 1]
         _query(q_indices[a:b], q_data[a:b], offsets, post_docs, post_w, term_max, bm_offsets, bm_values,
-               fwd_indptr, fwd_terms, fwd_w, q16, p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_docs,
-               k, out_scale, fine_scale, acc, bf, qmap, qpos, ut, uw, ub, hs, hd, fs, fd, seen, touched,
+               fwd_indptr, fwd_terms, fwd_w, q16, p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_cand,
+               n_docs, k, out_scale, fine_scale, acc, bf, qmap, qpos, ut, uw, ub, hs, hd, cs, cd, ss, sd, fs, fd, seen, touched,
                out_ids[q], out_scores[q])
 
 
 @njit(nogil=True, cache=True)
 def search_serial(
     q_indptr, q_indices, q_data, offsets, post_docs, post_w, term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, q16,
-    p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_docs, k, out_scale, fine_scale, out_ids, out_scores,
+    p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_cand, n_docs, k, out_scale, fine_scale, out_ids, out_scores,
 ):
     _run(q_indptr, q_indices, q_data, offsets, post_docs, post_w, term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, q16,
-         p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_docs, k, out_scale, fine_scale,
+         p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_cand, n_docs, k, out_scale, fine_scale,
          0, q_indptr.size - 1, 1, out_ids, out_scores)
 
 
 @njit(nogil=True, parallel=True, cache=True)
 def search_parallel(
     q_indptr, q_indices, q_data, offsets, post_docs, post_w, term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, q16,
-    p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_docs, k, out_scale, fine_scale, n_chunks,
+    p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_cand, n_docs, k, out_scale, fine_scale, n_chunks,
     out_ids, out_scores,
 ):
     nq = q_indptr.size - 1
     for c in prange(n_chunks):
         _run(q_indptr, q_indices, q_data, offsets, post_docs, post_w, term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w,
-             q16, p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_docs, k, out_scale, fine_scale,
+             q16, p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_cand, n_docs, k, out_scale, fine_scale,
              c, nq, n_chunks, out_ids, out_scores)
 
 

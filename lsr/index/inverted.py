@@ -161,6 +161,14 @@ class InvertedIndex:
 
     # ------------------------------------------------------------------ build
     @classmethod
+    def from_shards(cls, shards: Any, path: str | os.PathLike, **kwargs: Any) -> "InvertedIndex":
+        """Build from document shards larger than memory straight into directory ``path``; see
+        :func:`lsr.index.build.build_index` (same arrays as :meth:`from_csr` on the concatenation)."""
+        from lsr.index.build import build_index
+
+        return build_index(shards, path, **kwargs)
+
+    @classmethod
     def from_csr(
         cls,
         matrix: Any,
@@ -267,7 +275,8 @@ class InvertedIndex:
         mode: str = "exact",
         n_postings: int | None = None,
         query_cut: int | None = None,
-        heap_factor: float = 1.0,
+        heap_factor: float = 0.0,
+        candidates: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` by inner product for a batch of sparse queries.
 
@@ -281,13 +290,15 @@ class InvertedIndex:
                 ``"approximate"`` (the knobs below; candidates are re-scored with the 16-bit
                 or float weights, so its scores are finer than the 8-bit exact ones).
             n_postings: approximate mode: read only the ``n_postings`` highest impacts of each
-                posting list (static pruning; ``None`` reads whole lists).
-            query_cut: approximate mode: use only the ``query_cut`` query terms with the largest
-                upper bounds to find candidates (``None``: all); scoring uses all terms.
-            heap_factor: approximate mode: a candidate is re-scored only if its partial score
-                is at least ``heap_factor`` times the current ``k``-th score (0 re-scores all).
+                posting list (static pruning, computed once and cached; ``None`` reads whole lists).
+            query_cut: approximate mode: find candidates with only the ``query_cut`` query terms
+                of largest upper bound (``None``: all); re-scoring uses all terms.
+            heap_factor: approximate mode: re-score only candidates whose partial score is at
+                least ``heap_factor`` times the ``k``-th best partial score (0: all candidates).
+            candidates: approximate mode: re-score at most this many documents, those of best
+                partial score (``None``: ``10 * k``).
 
-        Returns:
+                Returns:
             ``(ids, scores)``: ``int64`` row positions and ``float32`` scores, both of shape
             ``(nq, k)``, best first, ties broken by lower position; rows are padded with
             ``-1`` / ``0.0`` when fewer than ``k`` documents share a term with the query.
@@ -302,6 +313,8 @@ class InvertedIndex:
             raise ValueError(f"n_postings must be a positive integer or None, got {n_postings!r}")
         if query_cut is not None and (isinstance(query_cut, bool) or int(query_cut) < 1):
             raise ValueError(f"query_cut must be a positive integer or None, got {query_cut!r}")
+        if candidates is not None and (isinstance(candidates, bool) or int(candidates) < 1):
+            raise ValueError(f"candidates must be a positive integer or None, got {candidates!r}")
         if not np.isfinite(heap_factor) or heap_factor < 0:
             raise ValueError(f"heap_factor must be >= 0, got {heap_factor!r}")
         indptr, indices, data, _ = _as_csr_parts(queries)
@@ -336,7 +349,7 @@ class InvertedIndex:
             p_off, p_docs, p_w = self.offsets, self.post_docs, self.post_weights
         args = (indptr, indices, data, self.offsets, self.post_docs, self.post_weights, self.term_max,
                 self.bm_offsets, self.bm_values, self.fwd_indptr, self.fwd_terms, self.fwd_weights, bool(q), p_off, p_docs, p_w, approx,
-                int(query_cut or 0), float(heap_factor), self.n_docs, k, out_scale,
+                int(query_cut or 0), float(heap_factor), int(candidates or 10 * k), self.n_docs, k, out_scale,
                 float(q["fine_scale"]) if q else 1.0)
         self._call(_pruning.search_serial, _pruning.search_parallel, args, threads, ids, scores)
         return ids, scores
@@ -359,13 +372,15 @@ class InvertedIndex:
         with atomic_directory(path, self.FORMAT, overwrite=overwrite) as tmp:
             self._write(tmp)
 
-    def _write(self, directory: Path) -> None:
+    def _write(self, directory: Path, written: Sequence[str] = ()) -> None:
+        """Save the arrays (except those named in ``written``, already in ``directory``), ids and manifest."""
         arrays = {"offsets": self.offsets, "postings_docs": self.post_docs, "postings_weights": self.post_weights,
                   "term_max": self.term_max, "block_max_offsets": self.bm_offsets,
                   "block_max_values": self.bm_values, "forward_indptr": self.fwd_indptr, "forward_terms": self.fwd_terms,
                   "forward_weights": self.fwd_weights}
         for name, arr in arrays.items():
-            save_array(directory, name + ".npy", np.asarray(arr))
+            if name not in written:
+                save_array(directory, name + ".npy", np.asarray(arr))
         save_ids(directory, "doc_ids.parquet", self.doc_ids)
         write_manifest(
             directory,
