@@ -100,13 +100,18 @@ class InferenceFreeEncoder(SpladeEncoder):
     def encode_queries(self, texts: Sequence[str], batch_size: int | None = None,
                        show_progress: bool = False) -> SparseBatch:
         """Each distinct non-special token of a query, weighted by its IDF (tokenizer only, no torch)."""
-        rows = []
-        for seq in tokenize(self.tokenizer, texts, self.query_max_length):
-            ids = np.unique(np.asarray(seq, dtype=np.int64))
+        indptr = np.zeros(len(texts) + 1, dtype=np.int64)
+        ids_list, w_list = [], []
+        for i, seq in enumerate(tokenize(self.tokenizer, texts, self.query_max_length)):
+            ids = np.unique(np.asarray(seq, dtype=np.int32))  # sorted and distinct, as CSR wants
             w = self.idf[ids]
             keep = w != 0
-            rows.append((ids[keep], w[keep]))
-        return SparseBatch.from_rows(rows, vocab_size=self.vocab_size, vocab=self.vocab)
+            ids_list.append(ids[keep])
+            w_list.append(w[keep])
+            indptr[i + 1] = indptr[i] + ids_list[-1].size
+        if not ids_list:
+            return SparseBatch(indptr, np.zeros(0, np.int32), np.zeros(0, np.float32), self.vocab_size, self.vocab)
+        return SparseBatch(indptr, np.concatenate(ids_list), np.concatenate(w_list), self.vocab_size, self.vocab)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "idf": str(self.idf_path)}

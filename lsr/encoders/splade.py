@@ -94,11 +94,12 @@ def load_tokenizer(model: str | os.PathLike) -> tuple[Any, list[str], list[int]]
 
 def tokenize(tok: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
     """Token ids with special tokens, truncated to ``max_length`` (special tokens included)."""
-    tok.enable_truncation(max_length=max_length)
-    try:
-        return [e.ids for e in tok.encode_batch([str(t) for t in texts], add_special_tokens=True)]
-    finally:
-        tok.no_truncation()
+    trunc = tok.truncation
+    if trunc is None or trunc.get("max_length") != max_length:
+        tok.enable_truncation(max_length=max_length)
+    if len(texts) == 1:  # one query: skip the batch machinery
+        return [tok.encode(str(texts[0]), add_special_tokens=True).ids]
+    return [e.ids for e in tok.encode_batch([str(t) for t in texts], add_special_tokens=True)]
 
 
 def decode_vector(vector: Any, vocab: Sequence[str], top_k: int | None = None, row: int = 0) -> list[tuple[str, float]]:
