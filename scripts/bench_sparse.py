@@ -35,9 +35,11 @@ import peers_bench as pb  # noqa: E402  (sets *_NUM_THREADS=1: single-threaded s
 
 LSR_SETTINGS = [
     ("lsr exhaustive TAAT (8-bit, exact)", dict(mode="exhaustive")),
-    ("lsr exact MaxScore (8-bit)", dict(mode="exact")),
+    ("lsr exact (8-bit; MaxScore, or a scan below 32768 docs)", dict(mode="exact")),
     ("lsr approx query_cut=15 n_postings=2000 candidates=100", dict(mode="approximate", query_cut=15,
                                                                     n_postings=2000, candidates=100)),
+    ("lsr approx query_cut=30 n_postings=1000 candidates=60", dict(mode="approximate", query_cut=30,
+                                                                   n_postings=1000, candidates=60)),
     ("lsr approx query_cut=12 n_postings=1000 candidates=50 heap_factor=0.8",
      dict(mode="approximate", query_cut=12, n_postings=1000, candidates=50, heap_factor=0.8)),
     ("lsr approx query_cut=10 n_postings=1000 candidates=40 heap_factor=0.8",
@@ -46,6 +48,10 @@ LSR_SETTINGS = [
      dict(mode="approximate", query_cut=8, n_postings=1000, candidates=30, heap_factor=0.8)),
     ("lsr approx query_cut=6 n_postings=500 candidates=20 heap_factor=0.8",
      dict(mode="approximate", query_cut=6, n_postings=500, candidates=20, heap_factor=0.8)),
+    ("lsr approx query_cut=12 n_postings=3000 candidates=50 heap_factor=0.8",
+     dict(mode="approximate", query_cut=12, n_postings=3000, candidates=50, heap_factor=0.8)),
+    ("lsr approx query_cut=10 n_postings=2000 candidates=40 heap_factor=0.8",
+     dict(mode="approximate", query_cut=10, n_postings=2000, candidates=40, heap_factor=0.8)),
 ]
 
 

@@ -66,6 +66,22 @@ def zipf_docs(rng, n, v, nnz, ties=False):
     return m
 
 
+@pytest.fixture(autouse=True)
+def _maxscore_on_small_corpora(monkeypatch):
+    """Exercise the pruned kernels on these tiny corpora (exact mode scans small ones by default)."""
+    monkeypatch.setattr(InvertedIndex, "EXACT_SCAN_BELOW", 0)
+
+
+def test_small_corpora_scan_gives_the_same_result(data, monkeypatch):
+    docs, queries = data
+    index = InvertedIndex.from_csr(docs, quantize=8)
+    pruned = index.search(queries, k=10)
+    monkeypatch.setattr(InvertedIndex, "EXACT_SCAN_BELOW", 10**9)
+    scanned = index.search(queries, k=10)
+    assert (pruned[0] == scanned[0]).all()
+    np.testing.assert_allclose(pruned[1], scanned[1], rtol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(0)

@@ -101,6 +101,10 @@ class InvertedIndex:
 
     FORMAT = "lsr.inverted"
     VERSION = 2
+    #: exact mode scans exhaustively below this many documents: on small corpora (BEIR scifact,
+    #: nfcorpus with SPLADE vectors) the dense scan is faster than MaxScore's bookkeeping; the
+    #: result is the same (exact top-k of the index's scores, ties to the lower position)
+    EXACT_SCAN_BELOW = 32768
 
     def __init__(
         self,
@@ -331,7 +335,7 @@ class InvertedIndex:
             threads = min(threads, numba.config.NUMBA_NUM_THREADS)
         q = self.quantization
         out_scale = float(q["scale"]) if q else 1.0
-        if mode == "exhaustive" or not self.positive:
+        if mode == "exhaustive" or not self.positive or (mode == "exact" and self.n_docs < self.EXACT_SCAN_BELOW):
             from lsr.index import _kernels
 
             args = (indptr, indices, data, self.offsets, self.post_docs, self.post_weights, self.n_docs,
