@@ -15,7 +15,7 @@ Exports from ``lsr encode`` are laid out as ``OUT/collection/part-00000.jsonl`` 
 >>> import io, numpy as np
 >>> from lsr.sparse import SparseBatch
 >>> b = SparseBatch.from_rows([([0, 2], [1.234, 0.5])], vocab=["heart", "##s", "disease"])
->>> f = io.StringIO(); write_vector_jsonl(f, ["d1"], b, fmt="jsonvector", scale=100)
+>>> f = io.StringIO(); n = write_vector_jsonl(f, ["d1"], b, fmt="jsonvector", scale=100)
 >>> f.getvalue()
 '{"id": "d1", "contents": "", "vector": {"heart": 123, "disease": 50}}\\n'
 """
