@@ -69,8 +69,8 @@ def _default_nlist(n: int) -> int:
 
 
 def _default_pq_m(dim: int) -> int:
-    """Largest divisor of ``dim`` giving sub-vectors of at least 4 dimensions (at most 64)."""
-    for m in range(min(64, dim // 4), 0, -1):
+    """Largest divisor of ``dim`` giving sub-vectors of at least 8 dimensions (at most 64)."""
+    for m in range(min(64, dim // 8), 0, -1):
         if dim % m == 0:
             return m
     return 1
@@ -114,8 +114,8 @@ class DenseIndex:
         """Index the rows of ``vectors`` (``(n, dim)``, converted to float32).
 
         Parameters (defaults in ``DEFAULTS``): ``hnsw_m``, ``ef_construction``, ``ef_search``
-        (HNSW); ``nlist`` (default ``4 sqrt(n)``, at most ``n / 39``), ``nprobe`` (default ``nlist // 8``, at least
-        8) for IVF; ``pq_m`` (sub-quantizers, a divisor of dim) and ``pq_bits`` for IVF-PQ.
+        (HNSW); ``nlist`` (default ``4 sqrt(n)``, at most ``n / 39``), ``nprobe`` (default ``nlist // 4``, at least
+        16) for IVF; ``pq_m`` (sub-quantizers, a divisor of dim) and ``pq_bits`` for IVF-PQ.
         """
         faiss = import_faiss()
         if index_type not in INDEX_TYPES:
@@ -150,7 +150,7 @@ class DenseIndex:
             p["nlist"] = int(p["nlist"] or _default_nlist(n))
             if p["nlist"] > n:
                 raise ValueError(f"nlist={p['nlist']} is more than the {n} training vectors")
-            p["nprobe"] = int(p["nprobe"] or min(p["nlist"], max(8, p["nlist"] // 8)))
+            p["nprobe"] = int(p["nprobe"] or min(p["nlist"], max(16, p["nlist"] // 4)))
             quantizer = faiss.IndexFlatIP(dim)
             if index_type == "ivf":
                 index = faiss.IndexIVFFlat(quantizer, dim, p["nlist"], metric)
