@@ -61,7 +61,7 @@ def test_padding_when_k_exceeds_corpus():
     assert empty.search(np.ones((2, 3), np.float32), k=2)[0].tolist() == [[-1, -1], [-1, -1]]
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
 def test_save_load_roundtrip(data, tmp_path, kind):
     x, q = data
     idx = DenseIndex.build(x, doc_ids=[f"d{i}" for i in range(len(x))], index_type=kind)
