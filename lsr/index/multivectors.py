@@ -11,7 +11,7 @@ MaxSim(q, d) = sum over query vectors of the maximum inner product with any docu
 >>> docs = MultiVectors.from_list([np.eye(2, dtype=np.float32), np.array([[0.6, 0.8]], np.float32)])
 >>> q = MultiVectors.from_list([np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)])
 >>> ids, scores = maxsim_search(q, docs, k=2)
->>> ids.tolist(), np.round(scores, 3).tolist()
+>>> ids.tolist(), [[round(float(s), 3) for s in row] for row in scores]
 ([[0, 1]], [[2.0, 1.4]])
 """
 from __future__ import annotations
