@@ -48,7 +48,7 @@ class SparseBatch:
         data = np.ascontiguousarray(self.data, dtype=np.float32)
         if indptr.ndim != 1 or indptr.size == 0 or indptr[0] != 0:
             raise ValueError("indptr must be a 1-d array starting at 0")
-        if np.any(np.diff(indptr) < 0):
+        if indptr.size > 1 and (indptr[1:] < indptr[:-1]).any():
             raise ValueError("indptr must be non-decreasing")
         if indices.shape != data.shape or indices.ndim != 1 or indptr[-1] != indices.size:
             raise ValueError(
@@ -56,10 +56,12 @@ class SparseBatch:
                 f"len(indices)={indices.size}, len(data)={data.size}"
             )
         vocab_size = int(self.vocab_size)
-        if indices.size and (indices.min() < 0 or indices.max() >= vocab_size):
-            raise ValueError(f"term ids must lie in [0, {vocab_size}); got {indices.min()}..{indices.max()}")
-        if not np.all(np.isfinite(data)):
-            raise ValueError("weights must be finite (found NaN or inf)")
+        if indices.size:
+            lo, hi = int(indices.min()), int(indices.max())
+            if lo < 0 or hi >= vocab_size:
+                raise ValueError(f"term ids must lie in [0, {vocab_size}); got {lo}..{hi}")
+            if not np.isfinite(data.sum(dtype=np.float64)) and not np.isfinite(data).all():
+                raise ValueError("weights must be finite (found NaN or inf)")
         if self.vocab is not None and len(self.vocab) != vocab_size:
             raise ValueError(f"vocab has {len(self.vocab)} entries but vocab_size is {vocab_size}")
         object.__setattr__(self, "indptr", indptr)

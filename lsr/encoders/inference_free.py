@@ -23,7 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lsr.encoders.splade import SpladeEncoder, tokenize
+from lsr.encoders._query_tokenizer import QueryTokenizer
+from lsr.encoders.splade import SpladeEncoder
 from lsr.sparse import SparseBatch
 
 logger = logging.getLogger(__name__)
@@ -96,22 +97,28 @@ class InferenceFreeEncoder(SpladeEncoder):
         self.idf_path = _resolve_idf(self.model_name, idf).resolve()
         self.idf = read_idf(self.idf_path, self.vocab)
         self.idf[self.special_ids] = 0.0
+        self._query_tokenizer: QueryTokenizer | None = None
 
     def encode_queries(self, texts: Sequence[str], batch_size: int | None = None,
                        show_progress: bool = False) -> SparseBatch:
         """Each distinct non-special token of a query, weighted by its IDF (tokenizer only, no torch)."""
+        qt = self._query_tokenizer
+        if qt is None or qt.max_length != self.query_max_length:
+            qt = self._query_tokenizer = QueryTokenizer(self.tokenizer, self.query_max_length)
         indptr = np.zeros(len(texts) + 1, dtype=np.int64)
-        ids_list, w_list = [], []
-        for i, seq in enumerate(tokenize(self.tokenizer, texts, self.query_max_length)):
-            ids = np.unique(np.asarray(seq, dtype=np.int32))  # sorted and distinct, as CSR wants
-            w = self.idf[ids]
+        ids_list: list[int] = []
+        for i, text in enumerate(texts):
+            distinct = sorted(set(qt(str(text))))  # sorted and distinct, as CSR wants
+            ids_list.extend(distinct)
+            indptr[i + 1] = len(ids_list)
+        ids = np.asarray(ids_list, dtype=np.int32)
+        w = self.idf[ids]
+        if ids.size and not w.all():  # tokens with no IDF weight are dropped
             keep = w != 0
-            ids_list.append(ids[keep])
-            w_list.append(w[keep])
-            indptr[i + 1] = indptr[i] + ids_list[-1].size
-        if not ids_list:
-            return SparseBatch(indptr, np.zeros(0, np.int32), np.zeros(0, np.float32), self.vocab_size, self.vocab)
-        return SparseBatch(indptr, np.concatenate(ids_list), np.concatenate(w_list), self.vocab_size, self.vocab)
+            rows = np.repeat(np.arange(len(texts)), np.diff(indptr))
+            indptr[1:] = np.cumsum(np.bincount(rows[keep], minlength=len(texts)))
+            ids, w = ids[keep], w[keep]
+        return SparseBatch(indptr, ids, w, self.vocab_size, self.vocab)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "idf": str(self.idf_path)}

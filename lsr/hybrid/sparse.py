@@ -51,6 +51,9 @@ class SparseRetriever(Retriever):
                show_progress: bool = False) -> SearchResults:
         if self.inverted_index is None:
             raise RuntimeError("nothing indexed yet: call index() or load a saved retriever")
+        if not show_progress and 0 < len(queries) <= SEARCH_BATCH:  # the RAG path: one small batch
+            i, sc = self.inverted_index.search(self.encoder.encode_queries(list(queries)), k=k, threads=threads)
+            return SearchResults(i, sc, self.inverted_index.doc_ids)
         from tqdm.auto import tqdm
 
         ids, scores = [], []
