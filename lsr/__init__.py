@@ -32,6 +32,7 @@ _EXPORTS = {
     "Retriever": "lsr.hybrid.base",
     "SearchResults": "lsr.hybrid.base",
     "SparseRetriever": "lsr.hybrid.sparse",
+    "BM25Retriever": "lsr.hybrid.sparse",
     "load_retriever": "lsr.hybrid.base",
     "SpladeEncoder": "lsr.encoders.splade",
     "InferenceFreeEncoder": "lsr.encoders.inference_free",
