@@ -186,6 +186,44 @@ def test_approximate_recall_is_measured_and_knobs_work(data):
         index.search(queries, mode="approximate", heap_factor=-1)
 
 
+def fine_dequantised(docs: sp.csr_matrix) -> sp.csr_matrix:
+    """The 16-bit scores' document matrix (what approximate mode re-scores with)."""
+    m = sp.csr_matrix(docs, dtype=np.float32, copy=True)
+    m.sum_duplicates()
+    m.eliminate_zeros()
+    q = quantization_for(float(m.data.max()))
+    m.data = np.clip(np.rint(m.data.astype(np.float64) / q["fine_scale"]), 1, 65535) * q["fine_scale"]
+    return m
+
+
+@pytest.mark.parametrize("quantize", [None, 8])
+def test_approximate_with_every_candidate_is_exact_on_fine_scores(data, quantize):
+    docs, queries = data
+    index = InvertedIndex.from_csr(docs, quantize=quantize)
+    ref = fine_dequantised(docs) if quantize else docs
+    check(index, ref, queries, 10, rtol=1e-4, mode="approximate", candidates=docs.shape[0])
+
+
+def test_approximate_knobs_trade_recall_for_work(data):
+    docs, queries = data
+    index = InvertedIndex.from_csr(docs, quantize=8)
+    ref, _ = brute(docs, queries, 10)
+
+    def recall(**kw):
+        ids, _ = index.search(queries, k=10, mode="approximate", **kw)
+        return np.mean([len(set(ids[i]) & set(r[0])) / 10 for i, r in enumerate(ref)])
+
+    assert recall(query_cut=1, candidates=10) < recall(query_cut=4, candidates=50) <= 1.0
+    assert recall(query_cut=4, candidates=50, heap_factor=0.9) <= recall(query_cut=4, candidates=50) + 1e-9
+    # k > candidates: at least k candidates are re-scored; threads do not change results
+    a = index.search(queries, k=20, mode="approximate", query_cut=3, n_postings=50, candidates=5)
+    b = index.search(queries, k=20, mode="approximate", query_cut=3, n_postings=50, candidates=5, threads=2)
+    assert (a[0] == b[0]).all() and (a[0][:, :10] >= 0).all()
+    for bad in (0, -3, True):
+        with pytest.raises(ValueError, match="candidates"):
+            index.search(queries, mode="approximate", candidates=bad)
+
+
 def test_save_load_quantised(tmp_path, data):
     docs, queries = data
     index = InvertedIndex.from_csr(docs, quantize=8)
