@@ -1,15 +1,22 @@
 """Reproduce the hybrid-layer tables of docs/hybrid.md (fusion, tuned weights, PRF).
 
-Steps (each caches its output under ``--cache``, default /work/cache/hybrid):
+Component runs are the output directories of ``lsr eval`` under ``--runs`` (default
+/work/cache/runs/<dataset>/<retriever>/run.trec), e.g.
 
-  python scripts/hybrid_experiments.py encode  --dataset scifact   # splade-tiny + MiniLM vectors (plain transformers)
-  python scripts/hybrid_experiments.py fusion  --dataset scifact   # every normaliser x fusion, tuned weights (5-fold CV)
-  python scripts/hybrid_experiments.py prf     --dataset scifact   # RM3 / Rocchio, interpolation none/before/after/both
+  lsr eval DATA/scifact -r bm25 -o RUNS/scifact/bm25
+  lsr eval DATA/scifact -r splade -m MODELS/splade-tiny -o RUNS/scifact/splade
+  lsr eval DATA/scifact -r dense -m MODELS/all-MiniLM-L6-v2 --embedding-cache CACHE -o RUNS/scifact/dense
+  lsr eval DATA/scifact -r muvera -m MODELS/all-MiniLM-L6-v2 --embedding-cache CACHE -o RUNS/scifact/muvera
 
-Component runs are taken from ``--runs`` (default /work/cache/runs/<dataset>/<retriever>/run.trec,
-the output directories of ``lsr eval``) when they exist; ``runs`` only fills the gaps with the
-plain-transformers encodings of ``encode`` (SPLADE: max over tokens of log(1+relu(MLM logits)),
-special tokens zeroed; MiniLM: mean pooling + L2, exact inner product).
+then (outputs under ``--cache``/out/<dataset>/: one eval-style directory per configuration, for
+``lsr report``, plus fusion_table.md / prf_table.md):
+
+  python scripts/hybrid_experiments.py fusion --dataset scifact [--runs RUNS]  # every normaliser x method, 5-fold CV
+  python scripts/hybrid_experiments.py prf    --dataset scifact                # RM3 / Rocchio, interpolation none/before/after/both
+  python scripts/hybrid_experiments.py encode --dataset scifact                # fallback: plain-transformers vectors
+
+The PRF step builds BM25, SPLADE (``lsr encode`` shards under /work/cache/splade when present)
+and dense (embedding cache /work/cache/dense) retrievers itself, since PRF needs their indexes.
 """
 from __future__ import annotations
 
