@@ -76,8 +76,14 @@ def test_run_roundtrip_and_errors(tmp_path):
     p = tmp_path / "r.trec"
     write_run(run, p, tag="t")
     lines = p.read_text().splitlines()
-    assert lines[0] == "q1 Q0 d3 1 3.500000 t" and lines[1] == "q1 Q0 d2 2 3.500000 t"
+    assert lines[0] == "q1 Q0 d3 1 3.5 t" and lines[1] == "q1 Q0 d2 2 3.5 t"
     assert read_run(p) == run
+    # float32 scores survive the file exactly, so ties and order are those in memory
+    import numpy as np
+    f32 = {"q": {f"d{i}": float(np.float32(x)) for i, x in enumerate(np.random.default_rng(0).random(200) * 50)}}
+    write_run(f32, p)
+    back = read_run(p)["q"]
+    assert all(np.float32(back[d]) == np.float32(v) for d, v in f32["q"].items())
     buf = io.StringIO()
     write_run(run, buf)
     assert buf.getvalue().count("\n") == 4

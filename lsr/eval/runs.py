@@ -6,8 +6,8 @@ A run in memory is ``dict[qid, dict[docid, score]]`` (the shape pytrec_eval take
 >>> buf = io.StringIO()
 >>> write_run({"q1": {"d2": 1.5, "d1": 2.0}}, buf, tag="bm25")
 >>> print(buf.getvalue(), end="")
-q1 Q0 d1 1 2.000000 bm25
-q1 Q0 d2 2 1.500000 bm25
+q1 Q0 d1 1 2 bm25
+q1 Q0 d2 2 1.5 bm25
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def ranked(docs: dict[str, float]) -> list[tuple[str, float]]:
 
 
 def format_score(score: float) -> str:
-    return f"{score:.6f}"
+    """Nine significant digits: float32 scores round-trip exactly, so the file ranks as memory does."""
+    return f"{score:.9g}"
 
 
 def write_run(run: Run, out: Union[str, os.PathLike, IO[str]], tag: str = "lsr") -> None:
