@@ -25,6 +25,9 @@ from conftest import beir_dataset
         ("the patient's doctors' notes", ["patient", "doctor", "note"]),  # possessive, trailing '
         ("IL6 p53 h2o", ["il6", "p53", "h2o"]),          # letters and digits join
         ("running runs ran", ["run", "run", "ran"]),
+        ("vs. us ms", ["vs", "us", "ms"]),               # words of 1-2 letters are not stemmed
+        ("pathology possibly assembly", ["patholog", "possibl", "assembl"]),  # -logi, -bli rules
+        ("copyright © 2020 m² H₂O", ["copyright", "©", "2020", "m", "h", "o"]),
         ("", []),
         ("... !!! ---", []),
         ("a an and are as at be but by for if in into is it no not of on or such that the their then "
@@ -33,6 +36,25 @@ from conftest import beir_dataset
 )
 def test_analyzer(text, expected):
     assert EnglishAnalyzer()(text) == expected
+
+
+def test_porter_matches_lucene_stems():
+    """3,000 word -> stem pairs that Lucene's PorterStemFilter (Anserini) produced on scifact/nfcorpus."""
+    from conftest import TESTS
+    from lsr.encoders._porter import porter_stem
+
+    lines = (TESTS / "data" / "lucene_porter_stems.tsv").read_text().splitlines()
+    pairs = [l.split("\t") for l in lines if not l.startswith("#")]
+    assert len(pairs) == 3000
+    wrong = [(w, s, porter_stem(w)) for w, s in pairs if porter_stem(w) != s]
+    assert not wrong, wrong[:10]
+
+
+def test_other_stemmers():
+    assert EnglishAnalyzer(stemmer="snowball:porter")("pathology") == ["pathologi"]
+    assert EnglishAnalyzer(stemmer=None)("The Pathology") == ["pathology"]
+    with pytest.raises(ValueError, match="unknown stemmer"):
+        EnglishAnalyzer(stemmer="krovetz")
 
 
 def _lucene_int_to_byte4(i: int) -> int:

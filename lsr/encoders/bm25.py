@@ -189,10 +189,11 @@ class BM25Encoder:
         cfg = json.loads((directory / "encoder.json").read_text())
         an = cfg.get("analyzer", {})
         stop = an.get("stopwords", "lucene-english")
-        analyzer = EnglishAnalyzer(stopwords=None if stop == "lucene-english" else frozenset(stop),
-                                   stemmer=an.get("stemmer", "porter"))
+        stemmer = an.get("stemmer", "porter")
         if stop == "lucene-english":
-            analyzer = EnglishAnalyzer(stemmer=an.get("stemmer", "porter"))
+            analyzer = EnglishAnalyzer(stemmer=stemmer)
+        else:
+            analyzer = EnglishAnalyzer(stopwords=frozenset(stop), stemmer=stemmer)
         enc = cls(cfg["k1"], cfg["b"], analyzer, cfg.get("lucene_norms", True))
         table = pq.read_table(directory / "vocab.parquet")
         enc.vocab = table.column("term").to_pylist()
