@@ -4,7 +4,8 @@
 Reads reproduce/beir.toml (conditions x datasets, each with the expected nDCG@10 and, where one
 exists, an independent reference figure), runs the commands, and checks the results:
 
-    python scripts/reproduce.py                                  # every condition, scifact
+    python scripts/reproduce.py                                  # the main conditions, scifact
+    python scripts/reproduce.py --conditions all --datasets scifact,nfcorpus
     python scripts/reproduce.py --datasets scifact,nfcorpus --conditions bm25,splade
     python scripts/reproduce.py --list
 
@@ -31,7 +32,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--matrix", type=Path, default=REPO / "reproduce" / "beir.toml")
     ap.add_argument("--datasets", default="scifact", help="comma-separated dataset names")
-    ap.add_argument("--conditions", default="all", help="comma-separated condition names, or 'all'")
+    ap.add_argument("--conditions", default="main",
+                    help="comma-separated condition names, 'main' (those not marked main = false) or 'all'")
     ap.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data" / "beir")
     ap.add_argument("--models", type=Path, default=REPO.parent / "shared" / "models")
     ap.add_argument("--output", type=Path, default=REPO / "runs")
@@ -43,9 +45,14 @@ def main() -> int:
     conditions = matrix["condition"]
     if args.list:
         for c in conditions:
-            print(f"{c['name']:<24} {c['description']}")
+            print(f"{c['name']:<16} {'main' if c.get('main', True) else '    '}  {c['description']}")
         return 0
-    wanted = None if args.conditions == "all" else set(args.conditions.split(","))
+    if args.conditions == "all":
+        wanted = None
+    elif args.conditions == "main":
+        wanted = {c["name"] for c in conditions if c.get("main", True)}
+    else:
+        wanted = set(args.conditions.split(","))
     unknown = (wanted or set()) - {c["name"] for c in conditions}
     if unknown:
         ap.error(f"unknown conditions: {', '.join(sorted(unknown))}")
