@@ -58,6 +58,7 @@ def retriever_options(fn: Callable) -> Callable:
     return fn
 
 
+
 def _parse_weights(ctx: Any, param: Any, value: str | None) -> list[float] | None:
     if value is None:
         return None
@@ -284,6 +285,116 @@ def eval_cmd(dataset: Path, retriever: str, output: Path, split: str, depth: int
     click.echo(f"wrote {output}/run.trec, metrics.json, per_query.tsv, config.json", err=True)
 
 
+# ------------------------------------------------------------------------------ encode (learned sparse)
+def _is_encoded_input(path: Path) -> bool:
+    from lsr.encoders.interchange import EXPORT_SIDECAR, looks_like_vector_jsonl
+    from lsr.encoders.shards import is_shards_dir
+
+    if path.is_dir():
+        return is_shards_dir(path) or (path / EXPORT_SIDECAR).is_file()
+    return path.suffix in {".jsonl", ".gz", ".json"} and looks_like_vector_jsonl(path)
+
+
+def _index_encoded(path: Path, output: Path, retriever: str, overwrite: bool, options: dict[str, Any]) -> None:
+    """Index pre-encoded vectors; the query encoder comes from the shards' record or --retriever/--model."""
+    from lsr.encoders.interchange import read_collection
+    from lsr.encoders.shards import is_shards_dir, load_shards, read_progress
+    from lsr.hybrid.base import retriever_class
+
+    t = time.perf_counter()
+    if is_shards_dir(path) and not options.get("model"):
+        cfg = read_progress(path)["encoder"]
+        kind = cfg.get("type")
+        if kind not in {"splade", "inference-free"}:
+            raise click.BadParameter(f"{path}: shards of a {kind!r} encoder; give --retriever and --model",
+                                     param_hint="INPUT")
+        cls = retriever_class(kind)
+        args = {k: cfg[k] for k in ("doc_max_length", "query_max_length", "top_k", "min_weight") if k in cfg}
+        if kind == "inference-free":
+            args["idf"] = options.get("idf") or cfg.get("idf")
+        args["batch_size"], args["device"] = options.get("batch_size"), options.get("device")
+        try:
+            encoder = cls.encoder_class()(cfg["model"], **args)
+        except (ValueError, OSError) as exc:
+            raise click.BadParameter(f"{path}: cannot rebuild the query encoder ({exc})", param_hint="INPUT") from exc
+        r, retriever = cls(encoder), kind
+    else:
+        if retriever not in {"splade", "inference-free"}:
+            raise click.BadParameter("encoded vectors need --retriever splade or inference-free (the query encoder)",
+                                     param_hint="--retriever")
+        r = _build_retriever(retriever, **{**options, "doc_vectors": None})
+    if is_shards_dir(path):
+        doc_ids, vectors = load_shards(path)
+    else:
+        doc_ids, vectors = read_collection(path, vocab=r.encoder.vocab)
+    r.index_vectors(doc_ids, vectors)
+    r.save(output, overwrite=overwrite)
+    click.echo(f"indexed {len(doc_ids)} encoded documents ({vectors.nnz} postings) with {retriever} query "
+               f"encoding into {output} in {time.perf_counter() - t:.1f}s", err=True)
+
+
+@main.command("encode")
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
+@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--retriever", "-r", type=click.Choice(["splade", "inference-free"]), default="splade",
+              show_default=True, help="Document encoder family.")
+@click.option("--model", "-m", required=True, help="Model directory or Hugging Face hub id.")
+@click.option("--idf", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="inference-free: query IDF table (default: the model directory's idf.json).")
+@click.option("--doc-max-length", type=click.IntRange(min=3), default=256, show_default=True)
+@click.option("--query-max-length", type=click.IntRange(min=3), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default 32 on CPU, 128 on GPU.")
+@click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="auto: exact fp32 on CPU, bf16/fp16 autocast on GPU.")
+@click.option("--top-k", type=click.IntRange(min=1), default=None, help="Keep each document's top-k terms.")
+@click.option("--min-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Drop document weights below this.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Documents per shard (the unit of resumption).")
+@click.option("--format", "fmt", type=click.Choice(["shards", "jsonvector", "seismic"]), default="shards",
+              show_default=True, help="shards: lsr's .npy shards in OUTPUT; jsonvector/seismic: shards in "
+              "OUTPUT/shards plus OUTPUT/collection/*.jsonl and OUTPUT/export.json.")
+@click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True,
+              help="jsonvector: integer impact = round(weight * scale).")
+@click.option("--restart", is_flag=True, help="Discard a partial run in OUTPUT instead of resuming it.")
+@_friendly_errors
+def encode_cmd(input_path: Path, output: Path, retriever: str, model: str, idf: str | None, fmt: str,
+               scale: float, shard_size: int, restart: bool, batch_size: int | None, **options: Any) -> None:
+    """Encode a corpus (BEIR directory, JSONL or Parquet) into resumable shards in OUTPUT.
+
+    A killed run resumes at the first unfinished shard when rerun with the same arguments.
+    """
+    from lsr.encoders.interchange import export_collection
+    from lsr.encoders.shards import encode_corpus_to_shards, load_shards
+    from lsr.hybrid.base import retriever_class
+
+    doc_ids, texts = _read_docs(input_path, "test")
+    cls = retriever_class(retriever)
+    args = {k: v for k, v in options.items() if v is not None}
+    if retriever == "inference-free":
+        args["idf"] = idf
+    try:
+        encoder = cls.encoder_class()(model, batch_size=batch_size, **args)
+        encoder.load_model()
+    except (ValueError, OSError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--model") from exc
+    shards = output if fmt == "shards" else output / "shards"
+    t = time.perf_counter()
+    try:
+        encode_corpus_to_shards(encoder, doc_ids, texts, shards, shard_size=shard_size, show_progress=True,
+                                restart=restart)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    seconds = time.perf_counter() - t
+    if fmt != "shards":
+        ids, vectors = load_shards(shards)
+        export_collection(output, ids, vectors, fmt=fmt, scale=scale, encoder=encoder.config())
+    click.echo(f"encoded {len(doc_ids)} documents with {retriever} into {output} ({fmt}) in {seconds:.1f}s",
+               err=True)
+
+
 # ------------------------------------------------------------------------------ hybrid: fuse, report
 def _tune_hybrid(r: Any, dataset: Path, ds: Any, folds: int, k: int, threads: int) -> dict | None:
     """Tune a hybrid's weights: on qrels/dev.tsv when the dataset has it (returns None: the test
@@ -425,116 +536,6 @@ def report_cmd(out_dirs: tuple[Path, ...], metrics: tuple[str, ...], output: str
     if plot is not None:
         plot_bars(table, metrics[0], plot)
         click.echo(f"wrote {plot}", err=True)
-
-
-# ------------------------------------------------------------------------------ encode (learned sparse)
-def _is_encoded_input(path: Path) -> bool:
-    from lsr.encoders.interchange import EXPORT_SIDECAR, looks_like_vector_jsonl
-    from lsr.encoders.shards import is_shards_dir
-
-    if path.is_dir():
-        return is_shards_dir(path) or (path / EXPORT_SIDECAR).is_file()
-    return path.suffix in {".jsonl", ".gz", ".json"} and looks_like_vector_jsonl(path)
-
-
-def _index_encoded(path: Path, output: Path, retriever: str, overwrite: bool, options: dict[str, Any]) -> None:
-    """Index pre-encoded vectors; the query encoder comes from the shards' record or --retriever/--model."""
-    from lsr.encoders.interchange import read_collection
-    from lsr.encoders.shards import is_shards_dir, load_shards, read_progress
-    from lsr.hybrid.base import retriever_class
-
-    t = time.perf_counter()
-    if is_shards_dir(path) and not options.get("model"):
-        cfg = read_progress(path)["encoder"]
-        kind = cfg.get("type")
-        if kind not in {"splade", "inference-free"}:
-            raise click.BadParameter(f"{path}: shards of a {kind!r} encoder; give --retriever and --model",
-                                     param_hint="INPUT")
-        cls = retriever_class(kind)
-        args = {k: cfg[k] for k in ("doc_max_length", "query_max_length", "top_k", "min_weight") if k in cfg}
-        if kind == "inference-free":
-            args["idf"] = options.get("idf") or cfg.get("idf")
-        args["batch_size"], args["device"] = options.get("batch_size"), options.get("device")
-        try:
-            encoder = cls.encoder_class()(cfg["model"], **args)
-        except (ValueError, OSError) as exc:
-            raise click.BadParameter(f"{path}: cannot rebuild the query encoder ({exc})", param_hint="INPUT") from exc
-        r, retriever = cls(encoder), kind
-    else:
-        if retriever not in {"splade", "inference-free"}:
-            raise click.BadParameter("encoded vectors need --retriever splade or inference-free (the query encoder)",
-                                     param_hint="--retriever")
-        r = _build_retriever(retriever, **{**options, "doc_vectors": None})
-    if is_shards_dir(path):
-        doc_ids, vectors = load_shards(path)
-    else:
-        doc_ids, vectors = read_collection(path, vocab=r.encoder.vocab)
-    r.index_vectors(doc_ids, vectors)
-    r.save(output, overwrite=overwrite)
-    click.echo(f"indexed {len(doc_ids)} encoded documents ({vectors.nnz} postings) with {retriever} query "
-               f"encoding into {output} in {time.perf_counter() - t:.1f}s", err=True)
-
-
-@main.command("encode")
-@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
-@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--retriever", "-r", type=click.Choice(["splade", "inference-free"]), default="splade",
-              show_default=True, help="Document encoder family.")
-@click.option("--model", "-m", required=True, help="Model directory or Hugging Face hub id.")
-@click.option("--idf", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="inference-free: query IDF table (default: the model directory's idf.json).")
-@click.option("--doc-max-length", type=click.IntRange(min=3), default=256, show_default=True)
-@click.option("--query-max-length", type=click.IntRange(min=3), default=64, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default 32 on CPU, 128 on GPU.")
-@click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="auto: exact fp32 on CPU, bf16/fp16 autocast on GPU.")
-@click.option("--top-k", type=click.IntRange(min=1), default=None, help="Keep each document's top-k terms.")
-@click.option("--min-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Drop document weights below this.")
-@click.option("--shard-size", type=click.IntRange(min=1), default=10_000, show_default=True,
-              help="Documents per shard (the unit of resumption).")
-@click.option("--format", "fmt", type=click.Choice(["shards", "jsonvector", "seismic"]), default="shards",
-              show_default=True, help="shards: lsr's .npy shards in OUTPUT; jsonvector/seismic: shards in "
-              "OUTPUT/shards plus OUTPUT/collection/*.jsonl and OUTPUT/export.json.")
-@click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True,
-              help="jsonvector: integer impact = round(weight * scale).")
-@click.option("--restart", is_flag=True, help="Discard a partial run in OUTPUT instead of resuming it.")
-@_friendly_errors
-def encode_cmd(input_path: Path, output: Path, retriever: str, model: str, idf: str | None, fmt: str,
-               scale: float, shard_size: int, restart: bool, batch_size: int | None, **options: Any) -> None:
-    """Encode a corpus (BEIR directory, JSONL or Parquet) into resumable shards in OUTPUT.
-
-    A killed run resumes at the first unfinished shard when rerun with the same arguments.
-    """
-    from lsr.encoders.interchange import export_collection
-    from lsr.encoders.shards import encode_corpus_to_shards, load_shards
-    from lsr.hybrid.base import retriever_class
-
-    doc_ids, texts = _read_docs(input_path, "test")
-    cls = retriever_class(retriever)
-    args = {k: v for k, v in options.items() if v is not None}
-    if retriever == "inference-free":
-        args["idf"] = idf
-    try:
-        encoder = cls.encoder_class()(model, batch_size=batch_size, **args)
-        encoder.load_model()
-    except (ValueError, OSError) as exc:
-        raise click.BadParameter(str(exc), param_hint="--model") from exc
-    shards = output if fmt == "shards" else output / "shards"
-    t = time.perf_counter()
-    try:
-        encode_corpus_to_shards(encoder, doc_ids, texts, shards, shard_size=shard_size, show_progress=True,
-                                restart=restart)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
-    seconds = time.perf_counter() - t
-    if fmt != "shards":
-        ids, vectors = load_shards(shards)
-        export_collection(output, ids, vectors, fmt=fmt, scale=scale, encoder=encoder.config())
-    click.echo(f"encoded {len(doc_ids)} documents with {retriever} into {output} ({fmt}) in {seconds:.1f}s",
-               err=True)
 
 
 if __name__ == "__main__":
