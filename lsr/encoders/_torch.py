@@ -8,9 +8,10 @@ so ``import lsr`` (and the inference-free query path) stays torch-free.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -24,9 +25,28 @@ __all__ = [
     "autocast_dtype",
     "length_sorted_batches",
     "bf16_matmul_is_fast",
+    "quiet_loading",
 ]
 
 _ENCODERS_HINT = "install the encoder extra: pip install 'lsr[encoders]' (torch and transformers)"
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Hide transformers' "Loading weights" bar while a model loads (library calls stay quiet);
+    the user's own progress-bar setting is restored afterwards."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def require_torch() -> Any:

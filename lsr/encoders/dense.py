@@ -92,7 +92,10 @@ def load_transformer(model: str | os.PathLike, device: str) -> tuple[Any, Any]:
     except ImportError as exc:  # pragma: no cover
         raise ImportError(_INSTALL_HINT) from exc
     tokenizer = AutoTokenizer.from_pretrained(str(model))
-    net = AutoModel.from_pretrained(str(model), dtype=torch.float32)
+    from lsr.encoders._torch import quiet_loading
+
+    with quiet_loading():
+        net = AutoModel.from_pretrained(str(model), dtype=torch.float32)
     net.eval().to(device)
     return tokenizer, net
 

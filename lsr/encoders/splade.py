@@ -31,6 +31,7 @@ from lsr.encoders._torch import (
     bf16_matmul_is_fast,
     choose_device,
     length_sorted_batches,
+    quiet_loading,
     require_torch,
     require_transformers,
     set_threads,
@@ -169,7 +170,8 @@ class SpladeEncoder:
         transformers = require_transformers()
         self.device = choose_device(self.device_name)
         try:
-            model = transformers.AutoModelForMaskedLM.from_pretrained(self.model_name, dtype=torch.float32)
+            with quiet_loading():
+                model = transformers.AutoModelForMaskedLM.from_pretrained(self.model_name, dtype=torch.float32)
         except (OSError, ValueError, KeyError) as exc:
             raise ValueError(f"cannot load a masked-LM model from {self.model_name!r}: {exc}") from exc
         model.eval().to(self.device)
