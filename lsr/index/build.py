@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit
 
 from lsr.index._format import atomic_directory, load_ids
-from lsr.index.inverted import InvertedIndex, coarse_codes, fine_codes, quantization_for
+from lsr.index.inverted import InvertedIndex, check_doc_ids, coarse_codes, fine_codes, quantization_for
 from lsr.sparse import SparseBatch
 
 logger = logging.getLogger(__name__)
@@ -137,14 +137,7 @@ def build_index(
             wmax, wmin = max(wmax, float(m.data.max())), min(wmin, float(m.data.min()))
         del m
     n_docs = int(sum(rows))
-    if doc_ids is not None:
-        doc_ids = [str(x) for x in doc_ids]
-        if len(doc_ids) != n_docs:
-            raise ValueError(f"{len(doc_ids)} doc_ids for {n_docs} documents")
-        if len(set(doc_ids)) != n_docs:
-            seen: set[str] = set()
-            dup = next(x for x in doc_ids if x in seen or seen.add(x))
-            raise ValueError(f"duplicate document id {dup!r}")
+    doc_ids = check_doc_ids(doc_ids, n_docs)
     quant = None
     if quantize:
         if nnz and wmin <= 0.0:

@@ -36,6 +36,20 @@ __all__ = ["InvertedIndex"]
 _PARALLEL_LOCK = threading.Lock()
 
 
+def check_doc_ids(doc_ids: Sequence[Any] | None, n_docs: int) -> list[str] | None:
+    """External ids as strings, one per document and unique; ``None`` stays ``None``."""
+    if doc_ids is None:
+        return None
+    ids = [str(x) for x in doc_ids]
+    if len(ids) != n_docs:
+        raise ValueError(f"{len(ids)} doc_ids for {n_docs} documents")
+    if len(set(ids)) != n_docs:
+        seen: set[str] = set()
+        dup = next(x for x in ids if x in seen or seen.add(x))
+        raise ValueError(f"duplicate document id {dup!r}")
+    return ids
+
+
 def _as_csr_parts(queries: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Accept a SparseBatch or any scipy sparse matrix; return checked CSR arrays."""
     if isinstance(queries, SparseBatch):
@@ -202,14 +216,7 @@ class InvertedIndex:
         m.eliminate_zeros()
         m.sort_indices()
         n_docs, vocab_size = m.shape
-        if doc_ids is not None:
-            doc_ids = [str(x) for x in doc_ids]
-            if len(doc_ids) != n_docs:
-                raise ValueError(f"{len(doc_ids)} doc_ids for {n_docs} documents")
-            if len(set(doc_ids)) != n_docs:
-                seen: set[str] = set()
-                dup = next(x for x in doc_ids if x in seen or seen.add(x))
-                raise ValueError(f"duplicate document id {dup!r}")
+        doc_ids = check_doc_ids(doc_ids, n_docs)
         quant = None
         if quantize:
             if m.nnz and float(m.data.min()) <= 0.0:
