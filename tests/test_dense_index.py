@@ -101,7 +101,7 @@ def test_bad_input():
 
 def test_gpu_request_without_gpu_fails_clearly():
     if faiss_gpu_available():
-        pytest.skip("a FAISS GPU is present")
+        pytest.skip("checks the error raised without a GPU; this machine has a FAISS GPU")
     with pytest.raises(RuntimeError, match="faiss-gpu"):
         DenseIndex.build(np.ones((4, 3), np.float32), use_gpu=True)
 

@@ -49,7 +49,7 @@ def test_queries_use_their_own_length(tiny_mlm):
     np.testing.assert_allclose(_dense(enc.encode_documents(q)), reference_splade(tiny_mlm, q, 40), atol=1e-4)
 
 
-@pytest.mark.skipif(not SPLADE_TINY.is_dir(), reason="shared splade-tiny model not present")
+@pytest.mark.skipif(not SPLADE_TINY.is_dir(), reason="needs ../shared/models/splade-tiny (checkout without ../shared beside it)")
 def test_splade_tiny_matches_reference_and_screening_is_exact():
     texts = [f"{t} {x}" for t, x in CORPUS.values()] + ["what causes heart disease " * 30]
     enc = SpladeEncoder(SPLADE_TINY, threads=1)
@@ -62,7 +62,7 @@ def test_splade_tiny_matches_reference_and_screening_is_exact():
     assert top == ["heart", "causes", "cause", "disease"]  # MANIFEST.md's verification output
 
 
-@pytest.mark.skipif(not SPLADE_TINY.is_dir(), reason="shared splade-tiny model not present")
+@pytest.mark.skipif(not SPLADE_TINY.is_dir(), reason="needs ../shared/models/splade-tiny (checkout without ../shared beside it)")
 def test_splade_tiny_matches_sentence_transformers():
     st = pytest.importorskip("sentence_transformers")
     from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
