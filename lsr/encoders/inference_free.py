@@ -131,14 +131,6 @@ class InferenceFreeEncoder(SpladeEncoder):
         (directory / "encoder.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, **overrides: Any) -> "InferenceFreeEncoder":
-        cfg = cls._read_config(directory)
-        args = {k: cfg[k] for k in ("doc_max_length", "query_max_length", "batch_size", "precision", "top_k",
-                                    "min_weight") if k in cfg}
-        args.update(overrides)
-        idf = Path(directory) / cfg.get("idf", IDF_FILE)
-        enc = cls(cfg["model"], idf=args.pop("idf", idf), **args)
-        if enc.vocab_size != cfg.get("vocab_size", enc.vocab_size):
-            raise ValueError(f"{directory}: tokenizer of {cfg['model']} has {enc.vocab_size} tokens, "
-                             f"the saved encoder {cfg['vocab_size']}")
-        return enc
+    def _load_args(cls, directory: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+        """The saved copy of ``idf.json`` makes the query side independent of the source table."""
+        return {"idf": directory / cfg.get("idf", IDF_FILE)}

@@ -369,11 +369,17 @@ class SpladeEncoder:
         return cfg
 
     @classmethod
+    def _load_args(cls, directory: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+        """Constructor arguments a subclass restores from its saved directory (none here)."""
+        return {}
+
+    @classmethod
     def load(cls, directory: str | os.PathLike, **overrides: Any) -> "SpladeEncoder":
         """Rebuild from ``encoder.json`` (``overrides`` replace saved settings, e.g. ``device``)."""
         cfg = cls._read_config(directory)
         args = {k: cfg[k] for k in ("doc_max_length", "query_max_length", "batch_size", "precision", "top_k",
                                     "min_weight") if k in cfg}
+        args.update(cls._load_args(Path(directory), cfg))
         args.update(overrides)
         enc = cls(cfg["model"], **args)
         if enc.vocab_size != cfg.get("vocab_size", enc.vocab_size):
