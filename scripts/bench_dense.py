@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
+from _benchutil import machine_line  # noqa: E402  (scripts/ is on sys.path)
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,10 +42,8 @@ def main() -> None:
     from lsr.eval.metrics import evaluate, remove_self_hits
     from lsr.index.dense import DenseIndex
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
-    print(f"# bench_dense  commit {commit}  {platform.processor() or platform.machine()}  "
-          f"{os.cpu_count()} cpus  threads {args.threads}", flush=True)
+    print(f"# bench_dense  {machine_line()}  "
+          f"threads {args.threads}", flush=True)
     enc = DenseEncoder(args.model, doc_max_length=args.doc_max_length, query_max_length=args.query_max_length,
                        cache_dir=args.cache)
     for name in args.datasets:

@@ -13,16 +13,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numba  # noqa: F401  (imported before peers_bench, which pins *_NUM_THREADS=1 for its peers)
-import numpy as np
+from _benchutil import machine_line  # noqa: E402  (scripts/ is on sys.path)
 
 from lsr import InvertedIndex
 
@@ -97,10 +95,7 @@ def main() -> None:
                      peers.recall(list(ids), truth, args.k)))
     shutil.rmtree(tmp, ignore_errors=True)
 
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
-          f"commit {commit}")
+    print(f"\nmachine: {machine_line()}")
     print(f"lsr build {build:.2f}s, index size {size / 2**20:.1f} MiB ({size / D.nnz:.2f} bytes/posting)\n")
     print(f"| system (exact top-{args.k}) | QPS | recall@{args.k} |")
     print("|---|---:|---:|")

@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _benchutil import machine_line  # noqa: E402  (scripts/ is on sys.path)
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,12 +69,10 @@ def main() -> None:
     from lsr.eval.datasets import load_beir
     from lsr.index.multivectors import maxsim_rerank, maxsim_scores
     from lsr.index.multivectors import _top_k
-    from lsr.index.muvera import FDEEncoder, FDEIndex
+    from lsr.index.muvera import FDEIndex
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
-    print(f"# bench_muvera  commit {commit}  {platform.processor() or platform.machine()}  "
-          f"{os.cpu_count()} cpus  threads {args.threads}  candidates {args.candidates}", flush=True)
+    print(f"# bench_muvera  {machine_line()}  "
+          f"threads {args.threads}  candidates {args.candidates}", flush=True)
     rows = []
     enc = MultiVectorEncoder(args.model, doc_max_length=args.doc_max_length,
                              query_max_length=args.query_max_length, cache_dir=args.cache)
