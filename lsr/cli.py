@@ -439,6 +439,9 @@ def _tune_hybrid(r: Any, dataset: Path, ds: Any, folds: int, k: int, threads: in
 @click.option("--search", type=click.Choice(["grid", "coordinate"]), default="grid", show_default=True,
               help="--tune: simplex grid or coordinate ascent.")
 @click.option("--step", type=float, default=0.1, show_default=True, help="--tune: weight grid step.")
+@click.option("--selection", type=click.Choice(["1se", "best"]), default="1se", show_default=True,
+              help="--tune: 1se = the most even weights within one standard error of the best mean "
+                   "(Breiman's one-SE rule); best = the highest mean.")
 @click.option("--seed", type=int, default=0, show_default=True, help="--tune: fold shuffle seed.")
 @click.option("--tuning-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="--tune: also write the tuned weights and fold scores as JSON.")
@@ -448,8 +451,8 @@ def _tune_hybrid(r: Any, dataset: Path, ds: Any, folds: int, k: int, threads: in
 @_friendly_errors
 def fuse_cmd(runs: tuple[Path, ...], norm: str, method: str, weights: list[float] | None, depth: int, k: int,
              floor: str, lower_bounds: list[float] | None, rrf_k: float, tune_qrels: Path | None, folds: int,
-             metric: str, search: str, step: float, seed: int, tuning_json: Path | None, output: str,
-             tag: str | None) -> None:
+             metric: str, search: str, step: float, selection: str, seed: int, tuning_json: Path | None,
+             output: str, tag: str | None) -> None:
     """Fuse TREC run files RUN1 RUN2 ... into one run (normalise, then combine)."""
     from lsr.eval.datasets import read_qrels
     from lsr.eval.runs import read_run, write_run
@@ -481,24 +484,30 @@ def fuse_cmd(runs: tuple[Path, ...], norm: str, method: str, weights: list[float
         if method not in WEIGHTABLE:
             raise click.BadParameter(f"{method!r} has no weights to tune", param_hint="--method")
         qrels = read_qrels(tune_qrels)
-        kw = dict(metric=metric, search=search, step=step, **common)
+        kw = dict(metric=metric, search=search, step=step, selection=selection, **common)
         if folds >= 2:
             cv = cross_validate(loaded, qrels, folds=folds, k=k, seed=seed, **kw)
             fused = cv.run
-            for i, (w, h) in enumerate(zip(cv.fold_weights, cv.heldout_scores)):
-                click.echo(f"fold {i + 1}: weights {w}  held-out {metric} {h:.4f}", err=True)
+            for i, (w, h, t) in enumerate(zip(cv.fold_weights, cv.heldout_scores, cv.fold_tuning)):
+                extra = "" if selection == "best" else f"  (best {t.best_weights}, {t.candidates} within 1 SE)"
+                click.echo(f"fold {i + 1}: weights {w}  held-out {metric} {h:.4f}{extra}", err=True)
             click.echo(f"{folds}-fold cross-validated {metric}: {cv.score:.4f}", err=True)
             report = {"folds": folds, "seed": seed, "fold_weights": cv.fold_weights,
                       "fold_queries": cv.fold_queries, "train_scores": cv.train_scores,
-                      "heldout_scores": cv.heldout_scores, "cv_score": cv.score}
+                      "heldout_scores": cv.heldout_scores, "cv_score": cv.score,
+                      "fold_best_weights": [t.best_weights for t in cv.fold_tuning],
+                      "fold_best_train_scores": [t.best_score for t in cv.fold_tuning],
+                      "fold_se": [t.se for t in cv.fold_tuning]}
         else:
             res = tune_weights(loaded, qrels, **kw)
             fused = fuse(loaded, weights=res.weights, k=k, **common)
             click.echo(f"tuned weights {res.weights}: {metric} {res.score:.4f} on the tuning queries", err=True)
-            report = {"weights": res.weights, "score": res.score}
+            report = {"weights": res.weights, "score": res.score, "best_weights": res.best_weights,
+                      "best_score": res.best_score, "se": res.se}
         if tuning_json is not None:
             tuning_json.write_text(json.dumps({"runs": [str(p) for p in runs], "norm": norm, "method": method,
-                                               "metric": metric, "search": search, "step": step, **report},
+                                               "metric": metric, "search": search, "step": step,
+                                               "selection": selection, **report},
                                               indent=2) + "\n")
     if output == "-":
         write_run(fused, sys.stdout, tag=tag)

@@ -12,6 +12,7 @@ then (outputs under ``--cache``/out/<dataset>/: one eval-style directory per con
 ``lsr report``, plus fusion_table.md / prf_table.md):
 
   python scripts/hybrid_experiments.py fusion --dataset scifact [--runs RUNS]  # every normaliser x method, 5-fold CV
+  python scripts/hybrid_experiments.py tuning --dataset scifact                # CV weight selection best/1se, seeds 0-4
   python scripts/hybrid_experiments.py prf    --dataset scifact                # RM3 / Rocchio, interpolation none/before/after/both
   python scripts/hybrid_experiments.py encode --dataset scifact                # fallback: plain-transformers vectors
 
@@ -200,6 +201,41 @@ def cmd_fusion(args: argparse.Namespace) -> None:
     print(f"## {args.dataset}\n\n{text}\n")
 
 
+# ---------------------------------------------------------------------------------- tuning
+def cmd_tuning(args: argparse.Namespace) -> None:
+    """5-fold CV of BM25 + SPLADE + MiniLM (wsum, min-max and z-score) for fold seeds ``--seeds`` and
+    both weight selections (best, 1se): held-out nDCG@10 and each fold's weights."""
+    from lsr.eval.datasets import load_beir
+    from lsr.hybrid.tuning import cross_validate
+
+    ds = load_beir(DATA / args.dataset)
+    comps = _component_runs(args, ["bm25", "splade", "dense"])
+    runs = [comps[n] for n in ("bm25", "splade", "dense")]
+    out = args.cache / "out" / args.dataset
+    out.mkdir(parents=True, exist_ok=True)
+    records, lines = [], ["| norm | selection | seed | CV nDCG@10 | fold weights (BM25, SPLADE, MiniLM) |",
+                          "| --- | --- | --- | --- | --- |"]
+    for norm in ("min-max", "zmuv"):
+        for selection in ("best", "1se"):
+            for seed in args.seeds:
+                t = time.time()
+                cv = cross_validate(runs, ds.qrels, folds=5, norm=norm, method="wsum", depth=1000, k=1000,
+                                    seed=seed, selection=selection)
+                records.append({"dataset": args.dataset, "norm": norm, "method": "wsum", "selection": selection,
+                                "seed": seed, "cv_score": cv.score, "fold_weights": cv.fold_weights,
+                                "heldout_scores": cv.heldout_scores, "train_scores": cv.train_scores,
+                                "fold_best_weights": [r.best_weights for r in cv.fold_tuning],
+                                "fold_se": [r.se for r in cv.fold_tuning],
+                                "fold_candidates": [r.candidates for r in cv.fold_tuning]})
+                weights = " ".join(str(w).replace(" ", "") for w in cv.fold_weights)
+                lines.append(f"| {norm} | {selection} | {seed} | {cv.score:.4f} | {weights} |")
+                logger.info("%s %s seed %d: %.4f in %.0fs", norm, selection, seed, cv.score, time.time() - t)
+    text = "\n".join(lines)
+    (out / "tuning_table.md").write_text(text + "\n")
+    (out / "tuning.json").write_text(json.dumps(records, indent=2) + "\n")
+    print(f"## tuning {args.dataset}\n\n{text}\n")
+
+
 # ---------------------------------------------------------------------------------- PRF
 def _retrievers(args, ds):
     """BM25, SPLADE (shards of `lsr encode` when present) and dense (embedding cache) retrievers."""
@@ -292,14 +328,15 @@ def cmd_prf(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("step", choices=["encode", "fusion", "prf", "all"])
+    p.add_argument("step", choices=["encode", "fusion", "tuning", "prf", "all"])
     p.add_argument("--dataset", default="scifact")
     p.add_argument("--cache", type=Path, default=Path("/work/cache/hybrid"))
     p.add_argument("--runs", type=Path, default=Path("/work/cache/runs"))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="tuning: fold seeds")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
-    steps = {"encode": cmd_encode, "fusion": cmd_fusion, "prf": cmd_prf}
+    steps = {"encode": cmd_encode, "fusion": cmd_fusion, "tuning": cmd_tuning, "prf": cmd_prf}
     if args.step == "all":
         for step in ("fusion", "prf"):
             steps[step](args)

@@ -91,6 +91,8 @@ def test_tune_stores_weights_and_cv_never_sees_its_fold(synthetic):
     cv = h.tune(queries, qrels, folds=4, step=0.25)
     assert h.weights is not None and abs(sum(h.weights) - 1) < 1e-9
     assert h.tuning["fold_weights"] == cv.fold_weights and set(cv.run) == set(queries)
+    assert h.tuning["selection"] == cv.selection == "1se"
+    assert h.tuning["fold_best_weights"] == [t.best_weights for t in cv.fold_tuning]
     # each fold's weights are what tuning on the *other* folds' queries alone gives
     qids = list(queries)
     runs = [c.search([queries[q] for q in qids], k=20).to_run(qids) for c in h.components]

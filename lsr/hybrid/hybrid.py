@@ -194,13 +194,15 @@ class HybridRetriever(Retriever):
     # ------------------------------------------------------------------ tuning
     def tune(self, queries: dict[str, str], qrels: dict[str, dict[str, int]], folds: int | None = None,
              metric: str = "ndcg@10", search: str = "grid", step: float = 0.1, threads: int = 1,
-             show_progress: bool = False, k: int | None = None) -> Any:
+             show_progress: bool = False, k: int | None = None, selection: str = "1se") -> Any:
         """Tune the fusion weights on ``queries``/``qrels`` and keep them in the configuration.
 
         With ``folds`` (k-fold CV over these queries) returns the
         :class:`~lsr.hybrid.tuning.CrossValidation` (held-out run and scores) and stores the weights
         tuned on all the queries; without, these are development queries: returns the
-        :class:`~lsr.hybrid.tuning.TuneResult`."""
+        :class:`~lsr.hybrid.tuning.TuneResult`. ``selection``: ``"1se"`` (default; the most even
+        weights within one standard error of the best) or ``"best"``
+        (:func:`~lsr.hybrid.tuning.select_weights`)."""
         from lsr.hybrid.tuning import cross_validate, tune_weights
 
         qids = list(queries)
@@ -208,14 +210,15 @@ class HybridRetriever(Retriever):
         vocab, _ = self._id_space(results)
         runs = [SearchResults(i, s, vocab).to_run(qids) for i, s in self._to_shared(results)]
         kw = dict(norm=self.norm, method=self.fusion, metric=metric, search=search, step=step, depth=self.depth,
-                  floor=self.floor, norm_params=self.norm_params, **self.fusion_params)
+                  floor=self.floor, norm_params=self.norm_params, selection=selection, **self.fusion_params)
         full = tune_weights(runs, qrels, **kw)
         self.weights = full.weights
-        self.tuning = {"metric": metric, "search": search, "step": step, "queries": len(qids),
-                       "score": full.score, "folds": folds}
+        self.tuning = {"metric": metric, "search": search, "step": step, "selection": selection,
+                       "queries": len(qids), "score": full.score, "folds": folds}
         if folds:
             cv = cross_validate(runs, qrels, folds=folds, k=k, **kw)
-            self.tuning.update({"cv_score": cv.score, "fold_weights": cv.fold_weights})
+            self.tuning.update({"cv_score": cv.score, "fold_weights": cv.fold_weights,
+                                "fold_best_weights": [t.best_weights for t in cv.fold_tuning]})
             return cv
         return full
 

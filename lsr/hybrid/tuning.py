@@ -8,6 +8,12 @@
   ``folds`` parts (seeded shuffle); each part is ranked with the weights tuned on the other parts,
   so every query's result comes from weights that never saw it. The returned run and its
   score are held-out only.
+* ``selection`` says which scored weight vector is kept (:func:`select_weights`): ``"best"`` the
+  highest mean metric; ``"1se"`` (default) Breiman's one-standard-error rule (CART; glmnet's
+  ``lambda.1se``): among the vectors whose mean is within one standard error of the best mean
+  (the standard error of the best vector's per-query scores), the one closest to equal weights
+  (L1 distance), i.e. the most regularised model the tuning queries cannot tell from the best.
+  With ``search="coordinate"`` the candidates are the vectors the ascent scored.
 
 The normalisation and the candidate union are computed once (:func:`lsr.hybrid.fusion.prepare`);
 each weight vector then costs one matrix-vector product, a top-k and a trec_eval call on the
@@ -32,7 +38,10 @@ logger = logging.getLogger(__name__)
 
 WEIGHTABLE = WEIGHTED  # methods whose weights can be tuned
 
-__all__ = ["WEIGHTABLE", "weight_grid", "tune_weights", "cross_validate", "TuneResult", "CrossValidation", "make_folds"]
+SELECTIONS = ("1se", "best")  # which scored weight vector tuning keeps (see select_weights)
+
+__all__ = ["WEIGHTABLE", "SELECTIONS", "weight_grid", "select_weights", "tune_weights", "cross_validate",
+           "TuneResult", "CrossValidation", "make_folds"]
 
 Run = dict[str, dict[str, float]]
 
@@ -88,23 +97,88 @@ class _Objective:
 @dataclass
 class TuneResult:
     weights: list[float]
-    score: float            # mean metric on the queries the weights were tuned on
+    score: float            # mean metric of ``weights`` on the queries they were tuned on
     evaluated: int          # weight vectors scored
+    selection: str = "best"
+    best_weights: list[float] | None = None   # the highest-scoring vector (= weights for "best")
+    best_score: float | None = None
+    se: float | None = None                   # 1se: standard error of the best vector's mean
+    candidates: int | None = None             # 1se: vectors within one SE of the best
+
+
+def select_weights(points: np.ndarray, scores: np.ndarray, selection: str = "1se",
+                   best: int | None = None) -> dict[str, Any]:
+    """Pick one of the scored weight vectors.
+
+    ``points`` (m, n_runs) are weight vectors, ``scores`` (m, n_queries) their per-query metric
+    (NaN: query not judged, left out). The mean of a row is its score (0 without a judged query).
+    ``"best"``: the highest mean; ties go to the vector closest to equal weights (L1 distance to
+    ``1/n_runs``), then to the first row. ``"1se"``: ``se`` = sample standard deviation of the best
+    row's per-query scores / sqrt(their number) (0 with fewer than two); the candidates are the
+    rows with mean >= best mean - se; the pick is the candidate closest to equal weights, ties to
+    the higher mean, then the first row. ``best`` overrides which row counts as the best (a search
+    that already settled on one, e.g. coordinate ascent's end point). Returns
+    ``{"index", "best", "se", "candidates"}``.
+
+    >>> pts = np.array([[1.0, 0.0], [0.5, 0.5]])
+    >>> select_weights(pts, np.array([[0.9, 0.5], [0.8, 0.5]]), "1se")["index"]
+    1
+    >>> select_weights(pts, np.array([[0.9, 0.5], [0.8, 0.5]]), "best")["index"]
+    0
+    """
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, not {selection!r}")
+    points = np.asarray(points, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if points.ndim != 2 or scores.ndim != 2 or len(points) != len(scores) or not len(points):
+        raise ValueError(f"need (m, n_runs) points and (m, n_queries) scores, got {points.shape} and {scores.shape}")
+    judged = ~np.isnan(scores)
+    count = judged.sum(axis=1)
+    means = np.where(count > 0, np.where(judged, scores, 0.0).sum(axis=1) / np.maximum(count, 1), 0.0)
+    spread = np.abs(points - 1.0 / points.shape[1]).sum(axis=1)
+    order = np.arange(len(points))
+    if best is None:
+        best = int(np.lexsort((order, spread, -means))[0])
+    if selection == "best":
+        return {"index": best, "best": best, "se": None, "candidates": None}
+    x = scores[best][judged[best]]
+    se = float(x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else 0.0
+    inside = means >= means[best] - se
+    cand = np.flatnonzero(inside)
+    pick = int(cand[np.lexsort((order[cand], -means[cand], spread[cand]))[0]])
+    return {"index": pick, "best": best, "se": se, "candidates": int(inside.sum())}
+
+
+def _result(points: np.ndarray, scores: np.ndarray, selection: str, best: int | None = None) -> TuneResult:
+    sel = select_weights(points, scores, selection, best)
+    judged = ~np.isnan(scores)
+
+    def mean(i: int) -> float:
+        return float(scores[i][judged[i]].mean()) if judged[i].any() else 0.0
+
+    i, b = sel["index"], sel["best"]
+    return TuneResult(points[i].round(10).tolist(), mean(i), len(points), selection,
+                      points[b].round(10).tolist(), mean(b), sel["se"], sel["candidates"])
 
 
 def _search(obj: _Objective, n_runs: int, mask: np.ndarray, search: str, step: float,
-            max_rounds: int = 10) -> TuneResult:
+            selection: str = "1se", max_rounds: int = 10) -> TuneResult:
+    """Score weight vectors on the queries of ``mask`` only, then :func:`select_weights`."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, not {selection!r}")
     if search == "grid":
         grid = weight_grid(n_runs, step)
-        means = np.array([obj.mean(w, mask) for w in grid])
-        # ties: prefer the most even weights (closest to uniform), then grid order
-        spread = np.abs(grid - 1.0 / n_runs).sum(axis=1)
-        best = int(np.lexsort((np.arange(len(grid)), spread, -means))[0])
-        return TuneResult(grid[best].round(10).tolist(), float(means[best]), len(grid))
+        return _result(grid, np.array([obj.per_query(w)[mask] for w in grid]), selection)
     if search != "coordinate":
         raise ValueError(f"search must be 'grid' or 'coordinate', not {search!r}")
+    seen: dict[tuple, np.ndarray] = {}   # every vector the ascent scored (the 1se candidates)
+
+    def score(w: np.ndarray) -> float:
+        seen.setdefault(tuple(np.round(w, 10)), w)
+        return obj.mean(w, mask)
+
     w = np.full(n_runs, 1.0 / n_runs)
-    best = obj.mean(w, mask)
+    best = score(w)
     values = np.arange(0, 1 + 1e-9, step)
     for _ in range(max_rounds):
         moved = False
@@ -115,12 +189,15 @@ def _search(obj: _Objective, n_runs: int, mask: np.ndarray, search: str, step: f
                 if trial.sum() <= 0:
                     continue
                 trial = trial / trial.sum()
-                score = obj.mean(trial, mask)
-                if score > best + 1e-12:
-                    best, w, moved = score, trial, True
+                s = score(trial)
+                if s > best + 1e-12:
+                    best, w, moved = s, trial, True
         if not moved:
             break
-    return TuneResult(w.round(10).tolist(), best, len(obj.cache))
+    keys = list(seen)
+    points = np.array([seen[k] for k in keys])
+    end = keys.index(tuple(np.round(w, 10)))   # the ascent's end point is its best
+    return _result(points, np.array([obj.per_query(p)[mask] for p in points]), selection, best=end)
 
 
 def _objective(runs: Sequence[Mapping[str, Mapping[str, float]]], qrels, norm, method, metric, depth,
@@ -135,12 +212,15 @@ def _objective(runs: Sequence[Mapping[str, Mapping[str, float]]], qrels, norm, m
 def tune_weights(runs: Sequence[Mapping[str, Mapping[str, float]]], qrels: Mapping[str, Mapping[str, int]],
                  norm: str = "min-max", method: str = "wsum", metric: str = "ndcg@10", search: str = "grid",
                  step: float = 0.1, depth: int | None = None, floor: str = "zero",
-                 norm_params: Any = None, remove_self: bool = True, **params: Any) -> TuneResult:
-    """Weights maximising the mean ``metric`` of the fused run over the judged queries.
+                 norm_params: Any = None, remove_self: bool = True, selection: str = "1se",
+                 **params: Any) -> TuneResult:
+    """Weights tuned on the mean ``metric`` of the fused run over the judged queries.
 
-    Use development queries (never the test queries you report on; see :func:`cross_validate`)."""
+    ``selection="best"`` keeps the highest mean; ``"1se"`` (default) the most even weights within
+    one standard error of it (:func:`select_weights`). Use development queries (never the test
+    queries you report on; see :func:`cross_validate`)."""
     obj = _objective(runs, qrels, norm, method, metric, depth, floor, norm_params, remove_self, params)
-    return _search(obj, len(runs), np.ones(len(obj.qids), bool), search, step)
+    return _search(obj, len(runs), np.ones(len(obj.qids), bool), search, step, selection)
 
 
 def make_folds(query_ids: Sequence[str], folds: int, seed: int = 0) -> list[list[str]]:
@@ -163,15 +243,19 @@ class CrossValidation:
     train_scores: list[float]         # tuning objective on the other folds
     heldout_scores: list[float]       # metric of fold i's queries with fold i's weights
     score: float                      # mean held-out metric over all judged queries
+    selection: str = "best"
+    fold_tuning: list[TuneResult] = field(default_factory=list)   # fold i's tuning (best vector, SE, ...)
 
 
 def cross_validate(runs: Sequence[Mapping[str, Mapping[str, float]]], qrels: Mapping[str, Mapping[str, int]],
                    folds: int = 5, norm: str = "min-max", method: str = "wsum", metric: str = "ndcg@10",
                    search: str = "grid", step: float = 0.1, depth: int | None = None, k: int | None = None,
                    floor: str = "zero", norm_params: Any = None, seed: int = 0, remove_self: bool = True,
-                   **params: Any) -> CrossValidation:
+                   selection: str = "1se", **params: Any) -> CrossValidation:
     """K-fold cross-validated fusion over the queries (ranked with held-out weights only).
 
+    Each fold's weights are searched and selected (``selection``, see :func:`select_weights`) on
+    the other folds' queries alone: the held-out fold's judgements never enter its tuning.
     ``k`` cuts the output run (default: ``depth``, else every candidate)."""
     obj = _objective(runs, qrels, norm, method, metric, depth, floor, norm_params, remove_self, params)
     parts = make_folds(obj.qids, folds, seed)
@@ -179,11 +263,12 @@ def cross_validate(runs: Sequence[Mapping[str, Mapping[str, float]]], qrels: Map
     nq = len(obj.qids)
     out_k = k if k is not None else depth
     full = {}
-    fold_w, train_s, held_s = [], [], []
+    fold_w, train_s, held_s, tunings = [], [], [], []
     for part in parts:
         test = np.zeros(nq, bool)
         test[[qpos[q] for q in part]] = True
-        res = _search(obj, len(runs), ~test, search, step)
+        res = _search(obj, len(runs), ~test, search, step, selection)
+        tunings.append(res)
         w = np.array(res.weights)
         ids, scores = combine(obj.cands, obj.method, w, k=out_k, **obj.params)
         sub = arrays_to_run([obj.qids[i] for i in np.flatnonzero(test)], obj.vocab, ids[test], scores[test])
@@ -199,4 +284,5 @@ def cross_validate(runs: Sequence[Mapping[str, Mapping[str, float]]], qrels: Map
         idx = [qpos[q] for q in part]
         per_q[idx] = obj.per_query(np.array(w))[idx]
     judged = per_q[~np.isnan(per_q)]
-    return CrossValidation(run, fold_w, parts, train_s, held_s, float(judged.mean()) if judged.size else 0.0)
+    return CrossValidation(run, fold_w, parts, train_s, held_s, float(judged.mean()) if judged.size else 0.0,
+                           selection, tunings)
