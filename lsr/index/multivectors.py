@@ -2,8 +2,9 @@
 
 A set of multi-vectors is one flat ``(total_tokens, dim)`` matrix plus ``int64`` offsets
 (``vectors[offsets[i]:offsets[i+1]]`` belongs to item ``i``). Documents are stored in float16
-and memory-mapped; scoring converts blocks to float32 and uses BLAS matrix products, so brute
-force over a whole corpus is as fast as exact MaxSim gets on a CPU.
+and memory-mapped; brute force widens blocks to float32, scores all query tokens of a batch
+against a block with one BLAS product and reduces it (max per document, sum per query) with a
+Numba kernel while it is in cache, so it runs near the CPU's matrix-product peak.
 
 MaxSim(q, d) = sum over query vectors of the maximum inner product with any document vector.
 
@@ -28,8 +29,9 @@ from lsr.index._format import IndexFormatError, load_array, save_array
 
 __all__ = ["MultiVectors", "maxsim_scores", "maxsim_search", "maxsim_rerank"]
 
-BLOCK_TOKENS = 16384  # document tokens converted to float32 per matrix product
-QUERY_TOKENS = 2048  # query tokens scored together per matrix product
+BLOCK_TOKENS = 16384  # at most this many document tokens per matrix product
+QUERY_TOKENS = 8192  # query tokens scored together per matrix product
+SIMS_FLOATS = 1 << 21  # similarities per product (8 MB, stays in the last-level cache)
 
 
 @dataclass
@@ -127,44 +129,57 @@ def _check(queries: MultiVectors, docs: MultiVectors) -> None:
 def maxsim_scores(queries: MultiVectors, docs: MultiVectors, block_tokens: int = BLOCK_TOKENS) -> np.ndarray:
     """Exact MaxSim of every query against every document: ``float32 (nq, n_docs)``.
 
-    Documents without vectors score ``-inf``; queries without vectors score 0 everywhere.
+    All query tokens of a group (up to ``QUERY_TOKENS``) are scored against a block of document
+    tokens with one BLAS product (float16 stores are widened per block by a Numba kernel); a
+    Numba kernel then takes the maximum over each document's rows and sums it over each query's
+    columns, while the block is still in cache. Documents without vectors score ``-inf``;
+    queries without vectors score 0 everywhere.
     """
     _check(queries, docs)
     nq, nd = len(queries), len(docs)
     out = np.zeros((nq, nd), dtype=np.float32)
     if nq == 0 or nd == 0:
         return out
-    q_off = queries.offsets
-    # query groups of about QUERY_TOKENS tokens (at least one query each)
-    groups, start = [], 0
+    q = np.ascontiguousarray(queries.vectors, dtype=np.float32)
+    q_off = np.ascontiguousarray(queries.offsets)
+    d_off = np.ascontiguousarray(docs.offsets)
+    half = docs.vectors.dtype == np.float16
+    # the Numba kernels here are serial: BLAS's threads own the cores
+    for g0, g1 in _query_groups(q_off):
+        qa, qb = int(q_off[g0]), int(q_off[g1])
+        if qb == qa:
+            continue
+        q_t = q[qa:qb].T
+        local_q = np.ascontiguousarray(q_off[g0:g1 + 1] - qa)
+        # document blocks: about SIMS_FLOATS similarities (and at most block_tokens tokens) each
+        step = max(1, min(int(block_tokens), SIMS_FLOATS // (qb - qa)))
+        d0 = 0
+        while d0 < nd:
+            d1 = max(int(np.searchsorted(d_off, d_off[d0] + step, side="right")) - 1, d0 + 1)
+            d1 = min(d1, nd)
+            a, b = int(d_off[d0]), int(d_off[d1])
+            if b > a:
+                if half:
+                    block = np.empty((b - a, docs.dim), np.float32)
+                    _widen_f16(np.asarray(docs.vectors[a:b]).view(np.uint16), _half_table(), block)
+                else:
+                    block = np.asarray(docs.vectors[a:b], dtype=np.float32)
+                sims = block @ q_t  # (block tokens, group query tokens)
+                _segment_max_sum(sims, np.ascontiguousarray(d_off[d0:d1 + 1] - a), local_q, out, g0, d0)
+            d0 = d1
+    out[:, docs.lengths == 0] = -np.inf
+    return out
+
+
+def _query_groups(q_off: np.ndarray) -> list[tuple[int, int]]:
+    """Consecutive query ranges of about ``QUERY_TOKENS`` tokens (at least one query each)."""
+    nq, groups, start = q_off.size - 1, [], 0
     while start < nq:
         end = int(np.searchsorted(q_off, q_off[start] + QUERY_TOKENS, side="right")) - 1
-        end = max(end, start + 1)
-        groups.append((start, min(end, nq)))
-        start = min(end, nq)
-    d_off = docs.offsets
-    lengths = docs.lengths
-    d0 = 0
-    while d0 < nd:  # document blocks of about block_tokens tokens (at least one document)
-        d1 = max(int(np.searchsorted(d_off, d_off[d0] + block_tokens, side="right")) - 1, d0 + 1)
-        d1 = min(d1, nd)
-        a, b = int(d_off[d0]), int(d_off[d1])
-        block = np.asarray(docs.vectors[a:b], dtype=np.float32)
-        nonempty = np.flatnonzero(lengths[d0:d1] > 0)
-        starts = (d_off[d0:d1] - a)[nonempty]
-        for g0, g1 in groups:
-            qa, qb = int(q_off[g0]), int(q_off[g1])
-            if qb == qa or starts.size == 0:
-                continue
-            sims = block @ np.asarray(queries.vectors[qa:qb], dtype=np.float32).T  # (tokens, q tokens)
-            best = np.maximum.reduceat(sims, starts, axis=0)  # (docs, q tokens)
-            q_lens = np.diff(q_off[g0:g1 + 1])
-            q_nonempty = np.flatnonzero(q_lens > 0)
-            per_query = np.add.reduceat(best, (q_off[g0:g1] - qa)[q_nonempty], axis=1)
-            out[(g0 + q_nonempty)[:, None], (d0 + nonempty)[None, :]] = per_query.T
-        d0 = d1
-    out[:, lengths == 0] = -np.inf
-    return out
+        end = min(max(end, start + 1), nq)
+        groups.append((start, end))
+        start = end
+    return groups
 
 
 def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -305,6 +320,35 @@ def _rerank_f32(q, q_off, vectors, d_off, cand, out):  # pragma: no cover - comp
             for i in range(b - a):
                 total += best[i]
             out[qi, ci] = total
+
+
+@numba.njit(cache=True, nogil=True)
+def _widen_f16(bits, table, out):  # pragma: no cover - compiled
+    """``out = float32(float16 bits)`` through the 64k-entry table (serial: BLAS owns the cores)."""
+    for t in range(bits.shape[0]):
+        for j in range(bits.shape[1]):
+            out[t, j] = table[bits[t, j]]
+
+
+@numba.njit(cache=True, nogil=True)
+def _segment_max_sum(sims, d_starts, q_off, out, row0, col0):  # pragma: no cover - compiled
+    """``out[row0 + q, col0 + d]`` = sum over query ``q``'s columns of the max over document ``d``'s rows."""
+    n_docs, n_cols, n_q = d_starts.size - 1, sims.shape[1], q_off.size - 1
+    for d in range(n_docs):
+        a, b = d_starts[d], d_starts[d + 1]
+        if b == a:
+            continue
+        best = sims[a].copy()
+        for t in range(a + 1, b):
+            for j in range(n_cols):
+                v = sims[t, j]
+                if v > best[j]:
+                    best[j] = v
+        for i in range(n_q):
+            total = np.float32(0.0)
+            for j in range(q_off[i], q_off[i + 1]):
+                total += best[j]
+            out[row0 + i, col0 + d] = total
 
 
 def save_multivectors(directory: str | os.PathLike, mv: MultiVectors, prefix: str = "multivectors") -> dict:
