@@ -12,6 +12,7 @@ then (outputs under ``--cache``/out/<dataset>/: one eval-style directory per con
 ``lsr report``, plus fusion_table.md / prf_table.md):
 
   python scripts/hybrid_experiments.py fusion --dataset scifact [--runs RUNS]  # every normaliser x method, 5-fold CV
+                                                                             # (--selection 1se|best)
   python scripts/hybrid_experiments.py tuning --dataset scifact                # CV weight selection best/1se, seeds 0-4
   python scripts/hybrid_experiments.py prf    --dataset scifact                # RM3 / Rocchio, interpolation none/before/after/both
   python scripts/hybrid_experiments.py encode --dataset scifact                # fallback: plain-transformers vectors
@@ -185,13 +186,15 @@ def cmd_fusion(args: argparse.Namespace) -> None:
         for norm, method in [("min-max", "wsum"), ("zmuv", "wsum"), ("tmm", "wsum"), ("min-max", "wrrf")]:
             t = time.time()
             cv = cross_validate(runs, ds.qrels, folds=5, norm=norm, method=method, depth=1000, k=1001,
-                                norm_params=lb if norm == "tmm" else None, step=0.1 if len(runs) <= 3 else 0.125)
+                                norm_params=lb if norm == "tmm" else None, step=0.1 if len(runs) <= 3 else 0.125,
+                                selection=args.selection)
             fused = _cut(cv.run)
             m = _eval(ds.qrels, fused)
             rows.append((label, f"{norm} {method} (5-fold CV)", m))
             _save(out / f"{tag}sig-{norm}-{method}-cv5", fused, m,
                   {"dataset": args.dataset, "runs": names, "norm": norm, "method": method,
-                   "fold_weights": cv.fold_weights, "heldout_scores": cv.heldout_scores})
+                   "selection": args.selection, "fold_weights": cv.fold_weights,
+                   "heldout_scores": cv.heldout_scores})
             logger.info("%s %s %s CV in %.0fs: fold weights %s", label, norm, method, time.time() - t, cv.fold_weights)
     lines = ["| runs | fusion | nDCG@10 | recall@100 | recall@1000 |", "| --- | --- | --- | --- | --- |"]
     for label, fusion, m in rows:
@@ -334,6 +337,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", type=Path, default=Path("/work/cache/runs"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="tuning: fold seeds")
+    p.add_argument("--selection", choices=["1se", "best"], default="1se", help="fusion: CV weight selection")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     steps = {"encode": cmd_encode, "fusion": cmd_fusion, "tuning": cmd_tuning, "prf": cmd_prf}
