@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,24 +34,22 @@ BENCH_DIR = Path(os.environ.get("LSR_PEERS_BENCH", HERE.parent.parent / "shared"
 sys.path.insert(0, str(BENCH_DIR))
 import peers_bench as pb  # noqa: E402  (sets *_NUM_THREADS=1: single-threaded search)
 
+# (row name, index, search keywords): "compact" is the default index (block-compressed postings
+# only); "forward" adds the doc-major copy with 16-bit codes that approximate mode re-scores with
 LSR_SETTINGS = [
-    ("lsr exhaustive TAAT (8-bit, exact)", dict(mode="exhaustive")),
-    ("lsr exact (8-bit; MaxScore, or a scan below 32768 docs)", dict(mode="exact")),
-    ("lsr approx query_cut=15 n_postings=2000 candidates=100", dict(mode="approximate", query_cut=15,
-                                                                    n_postings=2000, candidates=100)),
-    ("lsr approx query_cut=30 n_postings=1000 candidates=60", dict(mode="approximate", query_cut=30,
-                                                                   n_postings=1000, candidates=60)),
-    ("lsr approx query_cut=12 n_postings=1000 candidates=50 heap_factor=0.8",
+    ("lsr exhaustive TAAT (8-bit, exact)", "compact", dict(mode="exhaustive")),
+    ("lsr exact (8-bit; MaxScore, or a scan below 32768 docs)", "compact", dict(mode="exact")),
+    ("lsr approx, compact index (8-bit re-scoring) query_cut=12 n_postings=1000 candidates=50 heap_factor=0.8",
+     "compact", dict(mode="approximate", query_cut=12, n_postings=1000, candidates=50, heap_factor=0.8)),
+    ("lsr approx query_cut=30 n_postings=1000 candidates=60", "forward",
+     dict(mode="approximate", query_cut=30, n_postings=1000, candidates=60)),
+    ("lsr approx query_cut=12 n_postings=1000 candidates=50 heap_factor=0.8", "forward",
      dict(mode="approximate", query_cut=12, n_postings=1000, candidates=50, heap_factor=0.8)),
-    ("lsr approx query_cut=10 n_postings=1000 candidates=40 heap_factor=0.8",
+    ("lsr approx query_cut=10 n_postings=1000 candidates=40 heap_factor=0.8", "forward",
      dict(mode="approximate", query_cut=10, n_postings=1000, candidates=40, heap_factor=0.8)),
-    ("lsr approx query_cut=8 n_postings=1000 candidates=30 heap_factor=0.8",
+    ("lsr approx query_cut=8 n_postings=1000 candidates=30 heap_factor=0.8", "forward",
      dict(mode="approximate", query_cut=8, n_postings=1000, candidates=30, heap_factor=0.8)),
-    ("lsr approx query_cut=6 n_postings=500 candidates=20 heap_factor=0.8",
-     dict(mode="approximate", query_cut=6, n_postings=500, candidates=20, heap_factor=0.8)),
-    ("lsr approx query_cut=12 n_postings=3000 candidates=50 heap_factor=0.8",
-     dict(mode="approximate", query_cut=12, n_postings=3000, candidates=50, heap_factor=0.8)),
-    ("lsr approx query_cut=10 n_postings=2000 candidates=40 heap_factor=0.8",
+    ("lsr approx query_cut=10 n_postings=2000 candidates=40 heap_factor=0.8", "forward",
      dict(mode="approximate", query_cut=10, n_postings=2000, candidates=40, heap_factor=0.8)),
 ]
 
@@ -110,39 +109,54 @@ def truth_for(D, Q, k: int, cache: Path, tag: str) -> np.ndarray:
     return t
 
 
-def run_lsr(D, Q, truth, k: int, repeat: int, workdir: Path, settings=LSR_SETTINGS) -> list[dict]:
+def build_lsr(D, kind: str, workdir: Path) -> tuple[Any, dict]:
+    """Build one lsr index ("compact" or "forward"), save it, reopen it memory-mapped; its figures."""
     from lsr import InvertedIndex
 
-    rows = []
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
-    index = InvertedIndex.from_csr(D, quantize=8)
+    index = InvertedIndex.from_csr(D, quantize=8, forward=kind == "forward")
     build = time.perf_counter() - t
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    path = workdir / "lsr_index"
+    path = workdir / f"lsr_index_{kind}"
     index.save(path)
+    del index
     files = {f.name: f.stat().st_size for f in path.iterdir()}
     size = sum(files.values())
     search_size = size - files.get("doc_ids.parquet", 0) - files.get("manifest.json", 0)
-    note = (f"build {build:.1f}s (1 thread, in memory); peak RSS growth {max(0, rss1 - rss0) / 1024:.0f} MiB; "
-            f"index {size / 2**20:.1f} MiB = {search_size / D.nnz:.2f} B/posting without ids")
-    prune_s = {}
-    for n_post in sorted({kw["n_postings"] for _, kw in settings if kw.get("n_postings")}):
-        t = time.perf_counter()
-        index.pruned(n_post)  # static pruning: part of the build, timed separately
-        prune_s[n_post] = time.perf_counter() - t
-    if prune_s:
-        note += "; static pruning " + ", ".join(f"n_postings={n}: {v:.1f}s" for n, v in prune_s.items())
-    for name, kw in settings:
-        index.search(Q[:20], k=k, **kw)  # warm-up (JIT)
-        best, ids = 1e9, None
-        for _ in range(repeat):
+    info = {"build_s": build, "size_bytes": size, "bytes_per_posting": search_size / D.nnz}
+    info["note"] = (f"{kind} index: build {build:.1f}s (1 thread, in memory); peak RSS growth "
+                    f"{max(0, rss1 - rss0) / 1024:.0f} MiB; {size / 2**20:.1f} MiB = {search_size / D.nnz:.2f} "
+                    f"B/posting without ids")
+    return InvertedIndex.load(path), info
+
+
+def run_lsr(D, Q, truth, k: int, repeat: int, workdir: Path, settings=LSR_SETTINGS) -> list[dict]:
+    rows = []
+    for kind in dict.fromkeys(kind for _, kind, _ in settings):
+        index, info = build_lsr(D, kind, workdir)
+        prune_s = {}
+        for n_post in sorted({kw["n_postings"] for _, kd, kw in settings if kd == kind and kw.get("n_postings")}):
             t = time.perf_counter()
-            ids, _ = index.search(Q, k=k, **kw)
-            best = min(best, time.perf_counter() - t)
-        rows.append({"system": name, "qps": Q.shape[0] / best, "recall": pb.recall(ids, truth, k),
-                     "build_s": build, "size_bytes": size, "bytes_per_posting": search_size / D.nnz})
-    rows[0]["note"] = note
+            index.pruned(n_post)  # static pruning: derived at first use, timed separately
+            prune_s[n_post] = time.perf_counter() - t
+        if prune_s:
+            info["note"] += "; static pruning " + ", ".join(f"n_postings={n}: {v:.1f}s" for n, v in prune_s.items())
+        first = len(rows)
+        for name, kd, kw in settings:
+            if kd != kind:
+                continue
+            index.search(Q[:20], k=k, **kw)  # warm-up (JIT)
+            best, ids = 1e9, None
+            for _ in range(repeat):
+                t = time.perf_counter()
+                ids, _ = index.search(Q, k=k, **kw)
+                best = min(best, time.perf_counter() - t)
+            rows.append({"system": name, "qps": Q.shape[0] / best, "recall": pb.recall(ids, truth, k),
+                         "build_s": info["build_s"], "size_bytes": info["size_bytes"],
+                         "bytes_per_posting": info["bytes_per_posting"]})
+        rows[first]["note"] = info["note"]
+        del index
     return rows
 
 
@@ -187,6 +201,7 @@ def peer_worker(args) -> None:
     elif args.peer_worker == "bmp":
         pb.run_bmp(Dq, Q, args.k, ns, out, build)
     elif args.peer_worker == "seismic":
+        seismic_sizes = _measure_seismic_size(Path(ns.workdir))
         pb.run_seismic(D, Q, args.k, ns, out, build)
     elif args.peer_worker == "pisa":
         pb.run_pisa(Dq, Qq, args.k, ns, out, build)
@@ -199,6 +214,8 @@ def peer_worker(args) -> None:
         size = dir_size(Path(ns.workdir) / "pisa_idx")
     elif args.peer_worker == "bmp":
         size = os.path.getsize(Path(ns.workdir) / "bmp.index")
+    elif args.peer_worker == "seismic" and seismic_sizes:
+        size = seismic_sizes[-1]
     rows = []
     for name, qps, res in out:
         rows.append({"system": name, "qps": qps, "recall": pb.recall(res, truth, args.k) if res else float("nan"),
@@ -209,6 +226,30 @@ def peer_worker(args) -> None:
             r.setdefault("build", {})[key] = val
     Path(args.json_out).write_text(json.dumps(rows))
     print(f"{args.peer_worker} done in {time.perf_counter() - t:.0f}s", file=sys.stderr)
+
+
+def _measure_seismic_size(workdir: Path) -> list[int]:
+    """Make peers_bench's Seismic builds also save the index (SeismicIndex.save) and record the
+    file size; returns the list the sizes are appended to."""
+    import seismic
+
+    sizes: list[int] = []
+    original = seismic.SeismicIndex
+
+    class Measured:
+        @staticmethod
+        def build_from_dataset(*a, **kw):
+            index = original.build_from_dataset(*a, **kw)
+            target = workdir / "seismic.index"
+            index.save(str(target))
+            found = [p for p in workdir.iterdir() if p.name.startswith("seismic.index")]
+            sizes.append(sum(p.stat().st_size for p in found))
+            for p in found:
+                p.unlink()
+            return index
+
+    seismic.SeismicIndex = Measured
+    return sizes
 
 
 def table(title: str, rows: list[dict], k: int) -> str:
@@ -268,7 +309,8 @@ def main() -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         print(f"== {tag}: {D.shape[0]} docs ({D.nnz / D.shape[0]:.1f} nnz), {Q.shape[0]} queries", file=sys.stderr)
         rows = run_lsr(D, Q, truth, args.k, args.repeat, workdir)
-        shutil.rmtree(workdir / "lsr_index", ignore_errors=True)
+        for kind in ("compact", "forward"):
+            shutil.rmtree(workdir / f"lsr_index_{kind}", ignore_errors=True)
         tfile = workdir / "truth.npy"
         np.save(tfile, truth)
         rows += run_peers(args.peers_python, peers, cache / f"bench_D{tag}.npz", cache / f"bench_Q{tag}.npz",
@@ -285,7 +327,8 @@ def main() -> None:
         print(f"== {name}: {D.shape[0]} docs ({D.nnz / D.shape[0]:.1f} nnz), {Q.shape[0]} queries "
               f"({Q.nnz / Q.shape[0]:.1f} nnz)", file=sys.stderr)
         rows = run_lsr(D, Q, truth, args.k, args.repeat, workdir)
-        shutil.rmtree(workdir / "lsr_index", ignore_errors=True)
+        for kind in ("compact", "forward"):
+            shutil.rmtree(workdir / f"lsr_index_{kind}", ignore_errors=True)
         import scipy.sparse as sp
 
         dfile, qfile, tfile = workdir / "D.npz", workdir / "Q.npz", workdir / "truth.npy"

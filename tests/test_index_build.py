@@ -9,8 +9,7 @@ from lsr import InvertedIndex, SparseBatch
 from lsr.encoders.shards import encode_corpus_to_shards
 from lsr.index.build import build_index, shards_from_directory
 
-ARRAYS = ("offsets", "post_docs", "post_weights", "term_max", "bm_offsets", "bm_values", "fwd_indptr",
-          "fwd_terms", "fwd_weights")
+ARRAYS = ("offsets", "term_blocks", "block_last", "block_max", "block_word", "words", "weights")
 
 
 def random_docs(rng, n, v, nnz):
@@ -21,16 +20,21 @@ def random_docs(rng, n, v, nnz):
 
 
 def assert_same(a: InvertedIndex, b: InvertedIndex) -> None:
-    for name in ARRAYS:
-        x, y = np.asarray(getattr(a, name)), np.asarray(getattr(b, name))
+    assert a.has_forward == b.has_forward
+    pairs = [(name, getattr(a.postings, name), getattr(b.postings, name)) for name in ARRAYS]
+    pairs.append(("term_max", a.term_max, b.term_max))
+    if a.has_forward:
+        pairs += [(name, getattr(a, name), getattr(b, name)) for name in ("fwd_indptr", "fwd_terms", "fwd_weights")]
+    for name, x, y in pairs:
+        x, y = np.asarray(x), np.asarray(y)
         assert x.dtype == y.dtype and x.shape == y.shape, name
         np.testing.assert_array_equal(x, y, err_msg=name)
     assert a.quantization == b.quantization
     assert a.doc_ids.tolist() == b.doc_ids.tolist()
 
 
-@pytest.mark.parametrize("quantize", [None, 8])
-def test_build_matches_from_csr(tmp_path, quantize):
+@pytest.mark.parametrize("quantize,forward", [(None, False), (8, False), (8, True), (None, True)])
+def test_build_matches_from_csr(tmp_path, quantize, forward):
     rng = np.random.default_rng(3)
     docs = random_docs(rng, 900, 300, 12)
     docs = sp.vstack([docs, sp.csr_matrix((4, 300), dtype=np.float32)]).tocsr()  # trailing empty rows
@@ -38,8 +42,9 @@ def test_build_matches_from_csr(tmp_path, quantize):
     shards = [docs[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
     shards[2] = SparseBatch.from_scipy(shards[2])
     ids = [f"d{i}" for i in range(docs.shape[0])]
-    ref = InvertedIndex.from_csr(docs, doc_ids=ids, quantize=quantize)
-    built = build_index([lambda s=s: s for s in shards], tmp_path / "ix", doc_ids=ids, quantize=quantize)
+    ref = InvertedIndex.from_csr(docs, doc_ids=ids, quantize=quantize, forward=forward)
+    built = build_index([lambda s=s: s for s in shards], tmp_path / "ix", doc_ids=ids, quantize=quantize,
+                        forward=forward)
     assert_same(built, ref)
     # the directory is a regular index: same manifest checks, same search results as save/load
     ref.save(tmp_path / "ref")

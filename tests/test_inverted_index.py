@@ -177,29 +177,29 @@ def built(tmp_path):
 def test_save_load_roundtrip_mmap(built):
     index, queries, path = built
     loaded = InvertedIndex.load(path)
-    assert isinstance(loaded.post_docs, np.memmap)
+    assert isinstance(loaded.postings.words, np.memmap)
     a, b = index.search(queries, k=20), loaded.search(queries, k=20)
     assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
     assert list(loaded.doc_ids) == list(index.doc_ids)
     assert loaded.metadata == {"note": "x"}
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["format"] == "lsr.inverted" and manifest["format_version"] == InvertedIndex.VERSION == 2
+    assert manifest["format"] == "lsr.inverted" and manifest["format_version"] == InvertedIndex.VERSION == 3
     in_memory = InvertedIndex.load(path, mmap=False)
-    assert not isinstance(in_memory.post_docs, np.memmap)
+    assert not isinstance(in_memory.postings.words, np.memmap)
 
 
 def test_truncated_file_is_refused(built):
     _, _, path = built
-    f = path / "postings_weights.npy"
+    f = path / "words.npy"
     data = f.read_bytes()
     f.write_bytes(data[: len(data) // 2])
-    with pytest.raises(IndexFormatError, match="postings_weights.npy.*truncated"):
+    with pytest.raises(IndexFormatError, match="words.npy.*truncated"):
         InvertedIndex.load(path)
 
 
 def test_edited_file_is_refused(built):
     _, _, path = built
-    f = path / "postings_weights.npy"
+    f = path / "weights.npy"
     data = bytearray(f.read_bytes())
     data[-3] ^= 0xFF
     f.write_bytes(bytes(data))
@@ -210,7 +210,7 @@ def test_edited_file_is_refused(built):
 def test_edited_manifest_is_refused(built):
     _, _, path = built
     m = json.loads((path / "manifest.json").read_text())
-    m["n_postings"] += 1
+    m["n_blocks"] += 1
     (path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(IndexFormatError, match="expected int32 array of shape"):
         InvertedIndex.load(path)
@@ -218,12 +218,32 @@ def test_edited_manifest_is_refused(built):
 
 def test_unverified_load_still_checks_structure(built):
     _, _, path = built
-    f = path / "postings_docs.npy"
+    f = path / "words.npy"
     arr = np.load(f)
-    arr[:] = arr[::-1].copy()  # same size, unsorted postings
+    arr[1:-2] = arr[1:-2][::-1].copy()  # same size, scrambled blocks
     np.save(f, arr)
-    with pytest.raises(IndexFormatError, match="malformed postings"):
+    with pytest.raises(IndexFormatError, match="words.npy: malformed posting block"):
         InvertedIndex.load(path, verify=False)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_bit_flips_never_load_or_crash(built, seed):
+    """Any single flipped bit in the blocks is caught by the structural check (or still decodes
+    to a valid index) -- never an out-of-bounds read at search time."""
+    index, queries, path = built
+    rng = np.random.default_rng(seed)
+    f = path / "words.npy"
+    arr = np.load(f)
+    for _ in range(3):
+        i = int(rng.integers(0, arr.size - 2))
+        arr[i] ^= np.uint32(1 << int(rng.integers(0, 32)))
+    np.save(f, arr)
+    try:
+        loaded = InvertedIndex.load(path, verify=False)
+    except IndexFormatError as exc:
+        assert "words.npy" in str(exc)
+    else:
+        loaded.search(queries, k=10)
 
 
 @pytest.mark.parametrize("setup", ["missing", "foreign", "garbage_manifest", "other_version", "missing_file"])
@@ -285,3 +305,35 @@ def test_save_refuses_to_overwrite_foreign_directory(tmp_path):
     index.save(tmp_path / "fresh")
     with pytest.raises(FileExistsError, match="overwrite"):
         index.save(tmp_path / "fresh", overwrite=False)
+
+
+@pytest.mark.parametrize("quantize", [None, 8])
+def test_version_2_directories_are_read(tmp_path, quantize):
+    """A directory in the previous, uncompressed layout (written here by hand from the decoded
+    arrays) loads, is compressed in memory, and searches like the index it came from."""
+    from lsr.index._format import save_array, save_ids, write_manifest
+    from lsr.index.inverted import _forward
+
+    rng = np.random.default_rng(11)
+    docs = random_csr(rng, 400, 90, 0.06)
+    if quantize:
+        docs.data = np.abs(docs.data) + 0.01
+    queries = random_csr(rng, 15, 90, 0.08)
+    index = InvertedIndex.from_csr(docs, quantize=quantize, forward=True)
+    offsets, post_docs, post_w = index.decode()
+    np.testing.assert_array_equal(np.diff(offsets), np.diff(sp.csc_matrix(docs).indptr))
+    path = tmp_path / "v2"
+    path.mkdir()
+    fwd = _forward(offsets, post_docs, post_w, docs.shape[0])
+    arrays = {"offsets": offsets, "postings_docs": post_docs, "postings_weights": post_w,
+              "forward_indptr": fwd[0], "forward_terms": fwd[1], "forward_weights": index.fwd_weights}
+    for name, arr in arrays.items():
+        save_array(path, name + ".npy", arr)
+    save_ids(path, "doc_ids.parquet", index.doc_ids)
+    write_manifest(path, "lsr.inverted", 2, {"n_docs": 400, "vocab_size": 90, "n_postings": int(offsets[-1]),
+                                             "quantization": index.quantization, "metadata": {}})
+    loaded = InvertedIndex.load(path)
+    assert loaded.has_forward and loaded.quantization == index.quantization
+    for mode in ("exact", "approximate"):
+        a, b = index.search(queries, k=10, mode=mode), loaded.search(queries, k=10, mode=mode)
+        assert (a[0] == b[0]).all() and (a[1] == b[1]).all()

@@ -171,7 +171,7 @@ def test_quantisation_codes():
 
 def test_approximate_recall_is_measured_and_knobs_work(data):
     docs, queries = data
-    index = InvertedIndex.from_csr(docs, quantize=8)
+    index = InvertedIndex.from_csr(docs, quantize=8, forward=True)
     ref, _ = brute(docs, queries, 10)  # float truth
     for kw, floor in [(dict(), 0.999), (dict(heap_factor=0.9, n_postings=400), 0.9),
                       (dict(query_cut=3, heap_factor=0.5), 0.0)]:
@@ -197,10 +197,20 @@ def fine_dequantised(docs: sp.csr_matrix) -> sp.csr_matrix:
 
 
 @pytest.mark.parametrize("quantize", [None, 8])
-def test_approximate_with_every_candidate_is_exact_on_fine_scores(data, quantize):
+@pytest.mark.parametrize("forward", [True, False])
+def test_approximate_with_every_candidate_is_exact_on_rescoring_weights(data, quantize, forward):
+    """Re-scoring uses the forward copy's fine weights when there is one, else the postings'."""
     docs, queries = data
-    index = InvertedIndex.from_csr(docs, quantize=quantize)
-    ref = fine_dequantised(docs) if quantize else docs
+    index = InvertedIndex.from_csr(docs, quantize=quantize, forward=forward)
+    if quantize and forward:
+        ref = fine_dequantised(docs)
+    elif quantize:  # 8-bit impacts x scale, from the float weights independently of the index
+        m = fine_dequantised(docs)
+        q = quantization_for(float(docs.max()))
+        m.data = np.maximum(1, np.floor((np.rint(m.data / q["fine_scale"]) + 128) / 257)) * q["scale"]
+        ref = m
+    else:
+        ref = docs
     check(index, ref, queries, 10, rtol=1e-4, mode="approximate", candidates=docs.shape[0])
 
 
@@ -224,9 +234,10 @@ def test_approximate_knobs_trade_recall_for_work(data):
             index.search(queries, mode="approximate", candidates=bad)
 
 
-def test_save_load_quantised(tmp_path, data):
+@pytest.mark.parametrize("forward", [True, False])
+def test_save_load_quantised(tmp_path, data, forward):
     docs, queries = data
-    index = InvertedIndex.from_csr(docs, quantize=8)
+    index = InvertedIndex.from_csr(docs, quantize=8, forward=forward)
     index.save(tmp_path / "ix")
     loaded = InvertedIndex.load(tmp_path / "ix")
     assert loaded.quantization == index.quantization

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from lsr.index._codec import BLOCK, block_size, decode_block
+
 
 @njit(inline="always")
 def _better(s1, d1, s2, d2):
@@ -77,10 +79,37 @@ def _drain(hs, hd, n, k, out_ids, out_scores):
         _sift_down(hs, hd, pos, 0)
 
 
+@njit(inline="always")
+def _add_list(t, w, offsets, term_blocks, block_last, block_word, words, post_w, quant, acc, seen, touched, nt,
+              track, dbuf, ibuf):
+    """acc[d] += w * weight for every posting of term t; with ``track`` also record first-time
+    documents in touched[nt:] (seen flags). Returns (new nt, first position, last position)."""
+    lo = np.int64(acc.size)
+    hi = np.int64(-1)
+    for b in range(term_blocks[t], term_blocks[t + 1]):
+        n = block_size(offsets, term_blocks, t, b)
+        decode_block(words, block_word, block_last, term_blocks, t, b, n, quant, dbuf, ibuf)
+        p0 = offsets[t] + (b - term_blocks[t]) * BLOCK
+        if b == term_blocks[t]:
+            lo = dbuf[0]
+        for i in range(n):
+            d = dbuf[i]
+            if track and seen[d] == 0:
+                seen[d] = 1
+                touched[nt] = d
+                nt += 1
+            if quant:
+                acc[d] += w * np.float32(ibuf[i])
+            else:
+                acc[d] += w * post_w[p0 + i]
+        hi = dbuf[n - 1]
+    return nt, lo, hi
+
+
 @njit(nogil=True, cache=True)
 def _one_query(
-    qi, qw, offsets, post_docs, post_w, vocab_size, positive_index, k, acc, seen, touched, hs, hd,
-    out_ids, out_scores,
+    qi, qw, offsets, term_blocks, block_last, block_word, words, post_w, quant, positive_index, k, acc, seen,
+    touched, hs, hd, dbuf, ibuf, out_ids, out_scores,
 ):
     """Term-at-a-time accumulation of one query into a dense accumulator, then heap top-k.
 
@@ -89,28 +118,25 @@ def _one_query(
     (branch-light, no bookkeeping per posting). Otherwise touched documents are tracked
     explicitly so that matches with a zero or negative total are still returned.
     """
+    vocab_size = offsets.size - 1
     positive = positive_index
-    lo = acc.size
-    hi = -1
+    for j in range(qi.size):
+        if qw[j] < 0.0 and qi[j] >= 0 and qi[j] < vocab_size:
+            positive = False
+    lo = np.int64(acc.size)
+    hi = np.int64(-1)
+    nt = 0
     for j in range(qi.size):
         t = qi[j]
-        if t < 0 or t >= vocab_size or qw[j] == 0.0:
+        w = qw[j]
+        if t < 0 or t >= vocab_size or w == 0.0 or offsets[t + 1] == offsets[t]:
             continue
-        if qw[j] < 0.0:
-            positive = False
-        a, b = offsets[t], offsets[t + 1]
-        if a < b:
-            lo = min(lo, post_docs[a])
-            hi = max(hi, post_docs[b - 1])
+        nt, a, b = _add_list(t, w, offsets, term_blocks, block_last, block_word, words, post_w, quant, acc, seen,
+                             touched, nt, not positive, dbuf, ibuf)
+        lo = min(lo, a)
+        hi = max(hi, b)
     n = 0
     if positive:
-        for j in range(qi.size):
-            t = qi[j]
-            w = qw[j]
-            if t < 0 or t >= vocab_size or w == 0.0:
-                continue
-            for p in range(offsets[t], offsets[t + 1]):
-                acc[post_docs[p]] += w * post_w[p]
         # Ascending scan: an equal score never beats a kept (lower) position, so a strict
         # comparison with the current k-th score is exact and keeps the hot loop branch-light.
         threshold = np.float32(0.0)
@@ -123,19 +149,6 @@ def _one_query(
         if hi >= lo:
             acc[lo : hi + 1] = 0.0
     else:
-        nt = 0
-        for j in range(qi.size):
-            t = qi[j]
-            w = qw[j]
-            if t < 0 or t >= vocab_size or w == 0.0:
-                continue
-            for p in range(offsets[t], offsets[t + 1]):
-                d = post_docs[p]
-                if seen[d] == 0:
-                    seen[d] = 1
-                    touched[nt] = d
-                    nt += 1
-                acc[d] += w * post_w[p]
         for i in range(nt):
             d = touched[i]
             s = acc[d]
@@ -146,46 +159,40 @@ def _one_query(
 
 
 @njit(nogil=True, cache=True)
-def search_serial(
-    q_indptr, q_indices, q_data, offsets, post_docs, post_w, n_docs, positive, k, out_ids, out_scores
-):
-    vocab_size = offsets.size - 1
+def _run(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_word, words, post_w, quant, n_docs,
+         positive, k, q_start, q_stop, q_step, out_ids, out_scores):
     acc = np.zeros(n_docs, np.float32)
     seen = np.zeros(n_docs, np.uint8)
     touched = np.empty(n_docs, np.int32)
     hs = np.empty(k, np.float32)
     hd = np.empty(k, np.int64)
-    for q in range(q_indptr.size - 1):
+    dbuf = np.empty(BLOCK, np.int64)
+    ibuf = np.empty(BLOCK, np.int64)
+    for q in range(q_start, q_stop, q_step):
         a, b = q_indptr[q], q_indptr[q + 1]
-        _one_query(
-            q_indices[a:b], q_data[a:b], offsets, post_docs, post_w, vocab_size, positive, k,
-            acc, seen, touched, hs, hd, out_ids[q], out_scores[q],
-        )
+        _one_query(q_indices[a:b], q_data[a:b], offsets, term_blocks, block_last, block_word, words, post_w, quant,
+                   positive, k, acc, seen, touched, hs, hd, dbuf, ibuf, out_ids[q], out_scores[q])
+
+
+@njit(nogil=True, cache=True)
+def search_serial(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_word, words, post_w, quant,
+                  n_docs, positive, k, out_ids, out_scores):
+    _run(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_word, words, post_w, quant, n_docs,
+         positive, k, 0, q_indptr.size - 1, 1, out_ids, out_scores)
 
 
 @njit(nogil=True, parallel=True, cache=True)
-def search_parallel(
-    q_indptr, q_indices, q_data, offsets, post_docs, post_w, n_docs, positive, k, n_chunks, out_ids, out_scores
-):
-    vocab_size = offsets.size - 1
+def search_parallel(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_word, words, post_w, quant,
+                    n_docs, positive, k, n_chunks, out_ids, out_scores):
     nq = q_indptr.size - 1
     for c in prange(n_chunks):
-        acc = np.zeros(n_docs, np.float32)
-        seen = np.zeros(n_docs, np.uint8)
-        touched = np.empty(n_docs, np.int32)
-        hs = np.empty(k, np.float32)
-        hd = np.empty(k, np.int64)
-        for q in range(c, nq, n_chunks):
-            a, b = q_indptr[q], q_indptr[q + 1]
-            _one_query(
-                q_indices[a:b], q_data[a:b], offsets, post_docs, post_w, vocab_size, positive, k,
-                acc, seen, touched, hs, hd, out_ids[q], out_scores[q],
-            )
+        _run(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_word, words, post_w, quant, n_docs,
+             positive, k, c, nq, n_chunks, out_ids, out_scores)
 
 
 @njit(nogil=True, cache=True)
 def check_postings(offsets, post_docs, n_docs):
-    """Return -1 if postings are well formed, else the first bad posting position."""
+    """Return -1 if uncompressed postings are well formed, else the first bad posting position."""
     if offsets[0] != 0:
         return 0
     for t in range(offsets.size - 1):

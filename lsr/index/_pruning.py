@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from lsr.index._codec import BLOCK, block_size, decode_block
 from lsr.index._kernels import _drain, _one_query, _push, _sift_down
 
 _SLACK = 1e-4  # relative slack on upper bounds (float32 sums of <= thousands of terms)
@@ -114,8 +115,53 @@ def _sort_desc(key, a, b, m):
 
 
 @njit(inline="always")
-def _approx_query(m, ut, uw, p_offsets, p_docs, p_w, fwd_indptr, fwd_terms, fwd_w, q16, query_cut, heap_factor,
-                  n_cand, k, fine_scale, acc, qmap, touched, cs, cd, ss, sd, fs, fd, out_ids, out_scores):
+def _intersect(t, w, offsets, term_blocks, block_last, block_max, block_word, words, post_w, quant, cand, cs, nc,
+               prune, rest_after, theta, factor, dbuf, ibuf):
+    """Add term ``t``'s ``w * weight`` to the candidates ``cand[:nc]`` (ascending positions,
+    partial scores ``cs``), skipping blocks by their last position. With ``prune``, drop
+    candidates whose bound (partial + ``w`` x the block's max + ``rest_after``) cannot reach
+    ``theta``, without decoding. Returns the number of candidates kept (compacted in place)."""
+    b = term_blocks[t]
+    tb1 = term_blocks[t + 1]
+    dec = np.int64(-1)
+    n = 0
+    ip = 0
+    p0 = 0
+    out = 0
+    for i in range(nc):
+        d = cand[i]
+        s = cs[i]
+        while b < tb1 and block_last[b] < d:
+            b += 1
+        if b < tb1:
+            if prune and (s + w * np.float32(block_max[b]) + rest_after) * factor < theta:
+                continue
+            if dec != b:
+                n = block_size(offsets, term_blocks, t, b)
+                decode_block(words, block_word, block_last, term_blocks, t, b, n, quant, dbuf, ibuf)
+                p0 = offsets[t] + (b - term_blocks[t]) * BLOCK
+                dec = b
+                ip = 0
+            while ip < n and dbuf[ip] < d:
+                ip += 1
+            if ip < n and dbuf[ip] == d:
+                if quant:
+                    s += w * np.float32(ibuf[ip])
+                else:
+                    s += w * post_w[p0 + ip]
+        elif prune and (s + rest_after) * factor < theta:
+            continue
+        cand[out] = d
+        cs[out] = s
+        out += 1
+    return out
+
+
+@njit(nogil=True, cache=True)
+def _approx_query(m, ut, uw, offsets, term_blocks, block_last, block_max, block_word, words, post_w, quant,
+                  p_offsets, p_docs, p_w, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, query_cut, heap_factor, n_cand,
+                  k, out_scale, fine_scale, acc, qmap, touched, cand, cw, cs, cd, ss, sd, fs, fd, dbuf, ibuf, out_ids,
+                  out_scores):
     """Approximate search of one query whose m unique positive terms are sorted by bound."""
     cut = m if query_cut <= 0 else min(query_cut, m)
     nt = 0
@@ -144,25 +190,38 @@ def _approx_query(m, ut, uw, p_offsets, p_docs, p_w, fwd_indptr, fwd_terms, fwd_
     # best first; rescore those at least heap_factor times the k-th best partial score
     _drain(cs, cd, n, c, sd, ss)
     lim = heap_factor * ss[k - 1] if n >= k else np.float32(0.0)
-    for j in range(m):
-        qmap[ut[j]] = uw[j]
+    nr = 0
+    while nr < n and ss[nr] >= lim:
+        nr += 1
     nf = 0
-    for i in range(n):
-        if ss[i] < lim:
-            break
-        d = sd[i]
-        s = _rescore(d, fwd_indptr, fwd_terms, fwd_w, qmap, q16, True) * fine_scale
-        nf = _push(fs, fd, nf, k, s, d)
-    for j in range(m):
-        qmap[ut[j]] = 0.0
+    if has_fwd:  # fine (16-bit or float) weights of the forward copy
+        for j in range(m):
+            qmap[ut[j]] = uw[j]
+        for i in range(nr):
+            d = sd[i]
+            s = _rescore(d, fwd_indptr, fwd_terms, fwd_w, qmap, q16, True) * fine_scale
+            nf = _push(fs, fd, nf, k, s, d)
+        for j in range(m):
+            qmap[ut[j]] = 0.0
+    else:  # the index's own weights, by intersecting the candidates with every query list
+        for i in range(nr):
+            cand[i] = sd[i]
+        cand[:nr].sort()
+        cw[:nr] = 0.0
+        for j in range(m):
+            _intersect(ut[j], uw[j], offsets, term_blocks, block_last, block_max, block_word, words, post_w, quant,
+                       cand, cw, nr, False, np.float32(0.0), np.float32(0.0), np.float32(1.0), dbuf, ibuf)
+        for i in range(nr):
+            nf = _push(fs, fd, nf, k, cw[i] * out_scale, cand[i])
     _drain(fs, fd, nf, k, out_ids, out_scores)
 
 
 @njit(nogil=True, cache=True)
 def _query(
-    qi, qw, offsets, post_docs, post_w, term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, q16,
-    p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_cand, n_docs, k, out_scale, fine_scale,
-    acc, bf, qmap, qpos, ut, uw, ub, hs, hd, cs, cd, ss, sd, fs, fd, seen, touched, out_ids, out_scores,
+    qi, qw, offsets, term_blocks, block_last, block_max, block_word, words, post_w, quant, term_max,
+    fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_cand,
+    n_docs, k, out_scale, fine_scale, acc, bf, qmap, qpos, ut, uw, ub, hs, hd, cs, cd, ss, sd, fs, fd, seen,
+    touched, cand, cw, dbuf, ibuf, out_ids, out_scores,
 ):
     vocab_size = offsets.size - 1
     m, positive = _unique_terms(qi, qw, vocab_size, qpos, ut, uw)
@@ -170,8 +229,8 @@ def _query(
         _drain(fs, fd, 0, k, out_ids, out_scores)
         return
     if not positive:
-        _one_query(qi, qw, offsets, post_docs, post_w, vocab_size, False, k, acc, seen, touched, hs, hd,
-                   out_ids, out_scores)
+        _one_query(qi, qw, offsets, term_blocks, block_last, block_word, words, post_w, quant, False, k, acc, seen,
+                   touched, hs, hd, dbuf, ibuf, out_ids, out_scores)
         for i in range(k):
             if out_ids[i] >= 0:
                 out_scores[i] *= out_scale
@@ -180,10 +239,12 @@ def _query(
         ub[j] = uw[j] * term_max[ut[j]]
     _sort_desc(ub, ut, uw, m)
     if approx:
-        _approx_query(m, ut, uw, p_offsets, p_docs, p_w, fwd_indptr, fwd_terms, fwd_w, q16, query_cut,
-                      heap_factor, n_cand, k, fine_scale, acc, qmap, touched, cs, cd, ss, sd, fs, fd, out_ids, out_scores)
+        _approx_query(m, ut, uw, offsets, term_blocks, block_last, block_max, block_word, words, post_w, quant,
+                      p_offsets, p_docs, p_w, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, query_cut, heap_factor,
+                      n_cand, k, out_scale, fine_scale, acc, qmap, touched, cand, cw, cs, cd, ss, sd, fs, fd, dbuf,
+                      ibuf, out_ids, out_scores)
         return
-    factor = 1.0 + _SLACK
+    factor = np.float32(1.0 + _SLACK)
     # ---- phase 1: essential terms, OR mode, while the remaining bounds can reach the threshold
     rest = np.float32(0.0)
     for j in range(m):
@@ -200,15 +261,22 @@ def _query(
         for i in range(k):
             hs[i] = theta
             hd[i] = -1
-        for p in range(p_offsets[t], p_offsets[t + 1]):
-            d = p_docs[p]
-            v = acc[d] + w * p_w[p]
-            acc[d] = v
-            bf[d >> _SHIFT] = 1
-            if v > hs[0]:
-                hs[0] = v
-                hd[0] = d
-                _sift_down(hs, hd, k, 0)
+        for b in range(term_blocks[t], term_blocks[t + 1]):
+            n = block_size(offsets, term_blocks, t, b)
+            decode_block(words, block_word, block_last, term_blocks, t, b, n, quant, dbuf, ibuf)
+            p0 = offsets[t] + (b - term_blocks[t]) * BLOCK
+            for i in range(n):
+                d = dbuf[i]
+                if quant:
+                    v = acc[d] + w * np.float32(ibuf[i])
+                else:
+                    v = acc[d] + w * post_w[p0 + i]
+                acc[d] = v
+                bf[d >> _SHIFT] = 1
+                if v > hs[0]:
+                    hs[0] = v
+                    hd[0] = d
+                    _sift_down(hs, hd, k, 0)
         theta = hs[0]
         rest -= ub[j]
         if rest < 0.0:
@@ -230,41 +298,37 @@ def _query(
                         thr = fs[0]
             acc[lo:hi] = 0.0
     else:
-        # ---- phase 2: finish candidates on the forward index, skipping by block maxima
-        for jj in range(j, m):
-            qmap[ut[jj]] = uw[jj]
-        for i in range(k):  # seed the final heap with the last list's best documents
-            d = hd[i]
-            if d >= 0:
-                s = acc[d] + _rescore(d, fwd_indptr, fwd_terms, fwd_w, qmap, q16, False)
-                acc[d] = -np.inf
-                n = _push(fs, fd, n, k, s, d)
+        # ---- phase 2: candidates = documents whose partial score plus the remaining bounds can
+        # reach the threshold; each remaining list is intersected with them (block skipping,
+        # block-max pruning), and the threshold rises with the candidates' k-th partial score
+        lim = theta / factor - rest
+        nc = 0
         for blk in range(bf.size):
             if bf[blk] == 0:
                 continue
             bf[blk] = 0
-            bb = np.float32(0.0)  # bound of the non-essential terms within this block
-            for jj in range(j, m):
-                t = ut[jj]
-                o = bm_offsets[t]
-                if bm_offsets[t + 1] > o:
-                    bb += uw[jj] * bm_values[o + blk]
-                else:
-                    bb += ub[jj]
             lo, hi = blk << _SHIFT, min((blk + 1) << _SHIFT, n_docs)
-            thr = theta if n < k or fs[0] < theta else fs[0]
-            cut = thr / factor - bb  # partial scores below this cannot reach the top k
             for d in range(lo, hi):
                 s = acc[d]
-                if s >= cut:
-                    s += _rescore(d, fwd_indptr, fwd_terms, fwd_w, qmap, q16, False)
-                    if s > 0.0:
-                        n = _push(fs, fd, n, k, s, d)
-                        thr = theta if n < k or fs[0] < theta else fs[0]
-                        cut = thr / factor - bb
+                if s > 0.0 and s >= lim:
+                    cand[nc] = d
+                    cw[nc] = s
+                    nc += 1
             acc[lo:hi] = 0.0
-        for jj in range(m):
-            qmap[ut[jj]] = 0.0
+        for jj in range(j, m):
+            rest -= ub[jj]
+            if rest < 0.0 or jj == m - 1:
+                rest = np.float32(0.0)
+            nc = _intersect(ut[jj], uw[jj], offsets, term_blocks, block_last, block_max, block_word, words, post_w,
+                            quant, cand, cw, nc, True, rest, theta, factor, dbuf, ibuf)
+            if nc >= k and jj < m - 1:
+                nh = 0
+                for i in range(nc):
+                    nh = _push(hs, hd, nh, k, cw[i], cand[i])
+                if hs[0] > theta:
+                    theta = hs[0]
+        for i in range(nc):
+            n = _push(fs, fd, n, k, cw[i], cand[i])
     _drain(fs, fd, n, k, out_ids, out_scores)
     for i in range(n):
         out_scores[i] *= out_scale
@@ -272,9 +336,9 @@ def _query(
 
 @njit(nogil=True, cache=True)
 def _run(
-    q_indptr, q_indices, q_data, offsets, post_docs, post_w, term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, q16,
-    p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_cand, n_docs, k, out_scale, fine_scale,
-    q_start, q_stop, q_step, out_ids, out_scores,
+    q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_max, block_word, words, post_w, quant,
+    term_max, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx, query_cut, heap_factor,
+    n_cand, n_docs, k, out_scale, fine_scale, q_start, q_stop, q_step, out_ids, out_scores,
 ):
     """Search queries q_start, q_start + q_step, ... < q_stop with one set of scratch buffers."""
     vocab_size = offsets.size - 1
@@ -285,6 +349,8 @@ def _run(
     bf = np.zeros((n_docs >> _SHIFT) + 1, np.uint8)
     seen = np.zeros(n_docs, np.uint8)
     touched = np.empty(n_docs, np.int32)
+    cand = np.empty(n_docs, np.int64)
+    cw = np.empty(n_docs, np.float32)
     qmap = np.zeros(vocab_size, np.float32)
     qpos = np.full(vocab_size, -1, np.int32)
     ut = np.empty(max_terms, np.int64)
@@ -298,94 +364,94 @@ def _run(
     cd = np.empty(max(n_cand, k), np.int64)
     ss = np.empty(max(n_cand, k), np.float32)
     sd = np.empty(max(n_cand, k), np.int64)
+    dbuf = np.empty(BLOCK, np.int64)
+    ibuf = np.empty(BLOCK, np.int64)
     for q in range(q_start, q_stop, q_step):
         a, b = q_indptr[q], q_indptr[q + 1]
-        _query(q_indices[a:b], q_data[a:b], offsets, post_docs, post_w, term_max, bm_offsets, bm_values,
-               fwd_indptr, fwd_terms, fwd_w, q16, p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_cand,
-               n_docs, k, out_scale, fine_scale, acc, bf, qmap, qpos, ut, uw, ub, hs, hd, cs, cd, ss, sd, fs, fd, seen, touched,
-               out_ids[q], out_scores[q])
+        _query(q_indices[a:b], q_data[a:b], offsets, term_blocks, block_last, block_max, block_word, words, post_w,
+               quant, term_max, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx,
+               query_cut, heap_factor, n_cand, n_docs, k, out_scale, fine_scale, acc, bf, qmap, qpos, ut, uw, ub,
+               hs, hd, cs, cd, ss, sd, fs, fd, seen, touched, cand, cw, dbuf, ibuf, out_ids[q], out_scores[q])
 
 
 @njit(nogil=True, cache=True)
 def search_serial(
-    q_indptr, q_indices, q_data, offsets, post_docs, post_w, term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, q16,
-    p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_cand, n_docs, k, out_scale, fine_scale, out_ids, out_scores,
+    q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_max, block_word, words, post_w, quant,
+    term_max, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx, query_cut, heap_factor,
+    n_cand, n_docs, k, out_scale, fine_scale, out_ids, out_scores,
 ):
-    _run(q_indptr, q_indices, q_data, offsets, post_docs, post_w, term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, q16,
-         p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_cand, n_docs, k, out_scale, fine_scale,
-         0, q_indptr.size - 1, 1, out_ids, out_scores)
+    _run(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_max, block_word, words, post_w, quant,
+         term_max, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx, query_cut,
+         heap_factor, n_cand, n_docs, k, out_scale, fine_scale, 0, q_indptr.size - 1, 1, out_ids, out_scores)
 
 
 @njit(nogil=True, parallel=True, cache=True)
 def search_parallel(
-    q_indptr, q_indices, q_data, offsets, post_docs, post_w, term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, q16,
-    p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_cand, n_docs, k, out_scale, fine_scale, n_chunks,
-    out_ids, out_scores,
+    q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_max, block_word, words, post_w, quant,
+    term_max, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx, query_cut, heap_factor,
+    n_cand, n_docs, k, out_scale, fine_scale, n_chunks, out_ids, out_scores,
 ):
     nq = q_indptr.size - 1
     for c in prange(n_chunks):
-        _run(q_indptr, q_indices, q_data, offsets, post_docs, post_w, term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w,
-             q16, p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_cand, n_docs, k, out_scale, fine_scale,
-             c, nq, n_chunks, out_ids, out_scores)
+        _run(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_max, block_word, words, post_w,
+             quant, term_max, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx, query_cut,
+             heap_factor, n_cand, n_docs, k, out_scale, fine_scale, c, nq, n_chunks, out_ids, out_scores)
 
 
 # ---------------------------------------------------------------------------- build helpers
 @njit(nogil=True, cache=True)
-def term_maxima(offsets, post_w):
-    """Largest impact of each posting list (0 for empty lists)."""
-    v = offsets.size - 1
+def term_maxima(term_blocks, block_max):
+    """Largest impact of each posting list (0 for empty lists), from the block maxima."""
+    v = term_blocks.size - 1
     out = np.zeros(v, np.float32)
     for t in range(v):
         mx = np.float32(0.0)
-        for p in range(offsets[t], offsets[t + 1]):
-            if post_w[p] > mx:
-                mx = np.float32(post_w[p])
+        for b in range(term_blocks[t], term_blocks[t + 1]):
+            if np.float32(block_max[b]) > mx:
+                mx = np.float32(block_max[b])
         out[t] = mx
     return out
 
 
 @njit(nogil=True, cache=True)
-def prune_lists(offsets, post_docs, post_w, n_postings):
+def prune_lists(offsets, term_blocks, block_last, block_word, words, post_w, quant, n_postings):
     """Keep the ``n_postings`` highest-impact entries of every list (ties to lower positions), in
-    document order. Returns (offsets, docs, weights) of the pruned copy."""
+    document order, uncompressed. Returns (offsets, docs int32, weights: uint8 impacts or float32)."""
     v = offsets.size - 1
     new_off = np.zeros(v + 1, np.int64)
+    longest = 0
     for t in range(v):
-        new_off[t + 1] = new_off[t] + min(offsets[t + 1] - offsets[t], n_postings)
-    docs = np.empty(new_off[v], post_docs.dtype)
-    ws = np.empty(new_off[v], post_w.dtype)
+        ln = offsets[t + 1] - offsets[t]
+        new_off[t + 1] = new_off[t] + min(ln, n_postings)
+        longest = max(longest, ln)
+    docs = np.empty(new_off[v], np.int32)
+    if quant:
+        ws = np.empty(new_off[v], np.float32)
+    else:
+        ws = np.empty(new_off[v], np.float32)
+    ld = np.empty(longest, np.int32)
+    lw = np.empty(longest, np.float64)
+    dbuf = np.empty(BLOCK, np.int64)
+    ibuf = np.empty(BLOCK, np.int64)
     for t in range(v):
-        a, b = offsets[t], offsets[t + 1]
+        ln = offsets[t + 1] - offsets[t]
+        for b in range(term_blocks[t], term_blocks[t + 1]):
+            n = block_size(offsets, term_blocks, t, b)
+            decode_block(words, block_word, block_last, term_blocks, t, b, n, quant, dbuf, ibuf)
+            r0 = (b - term_blocks[t]) * BLOCK
+            for i in range(n):
+                ld[r0 + i] = dbuf[i]
+                lw[r0 + i] = ibuf[i] if quant else post_w[offsets[t] + r0 + i]
         o = new_off[t]
-        if b - a <= n_postings:
-            docs[o:o + b - a] = post_docs[a:b]
-            ws[o:o + b - a] = post_w[a:b]
+        if ln <= n_postings:
+            for i in range(ln):
+                docs[o + i] = ld[i]
+                ws[o + i] = lw[i]
             continue
         # stable descending sort by impact, take the head, restore document order
-        order = np.argsort(-post_w[a:b].astype(np.float64), kind="mergesort")[:n_postings]
+        order = np.argsort(-lw[:ln], kind="mergesort")[:n_postings]
         order.sort()
         for i in range(n_postings):
-            docs[o + i] = post_docs[a + order[i]]
-            ws[o + i] = post_w[a + order[i]]
+            docs[o + i] = ld[order[i]]
+            ws[o + i] = lw[order[i]]
     return new_off, docs, ws
-
-
-@njit(nogil=True, cache=True)
-def block_maxima(offsets, post_docs, post_w, n_docs, min_df):
-    """Per-term maxima over blocks of 64 document positions, for terms with at least ``min_df``
-    postings (others have an empty range). Returns (offsets into values, values)."""
-    v = offsets.size - 1
-    nb = (n_docs >> _SHIFT) + 1
-    bm_off = np.zeros(v + 1, np.int64)
-    for t in range(v):
-        bm_off[t + 1] = bm_off[t] + (nb if offsets[t + 1] - offsets[t] >= min_df else 0)
-    vals = np.zeros(bm_off[v], post_w.dtype)
-    for t in range(v):
-        o = bm_off[t]
-        if bm_off[t + 1] == o:
-            continue
-        for p in range(offsets[t], offsets[t + 1]):
-            b = o + (post_docs[p] >> _SHIFT)
-            if post_w[p] > vals[b]:
-                vals[b] = post_w[p]
-    return bm_off, vals

@@ -3,8 +3,8 @@
 Each shard (a block of consecutive documents) is inverted on its own into a term-major run
 file; the runs are then merged by term straight into the memory-mapped posting arrays of the
 final index directory (the runs hold consecutive document ranges, so merging a term's lists is
-concatenating them in shard order). Peak memory is about one shard plus vocabulary-sized
-arrays; the arrays written are identical to those of :meth:`InvertedIndex.from_csr` on the
+concatenating them in shard order). Peak memory is about one shard, vocabulary-sized
+arrays and the compressed postings (about 1.7 bytes per posting); the arrays written are identical to those of :meth:`InvertedIndex.from_csr` on the
 concatenated matrix.
 
 >>> import numpy as np, scipy.sparse as sp, tempfile, os
@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit
 
 from lsr.index._format import atomic_directory, load_ids
-from lsr.index.inverted import InvertedIndex, check_doc_ids, coarse_codes, fine_codes, quantization_for
+from lsr.index.inverted import InvertedIndex, Postings, check_doc_ids, coarse_codes, fine_codes, quantization_for
 from lsr.sparse import SparseBatch
 
 logger = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ def build_index(
     metadata: dict[str, Any] | None = None,
     overwrite: bool = True,
     show_progress: bool = False,
+    forward: bool = False,
 ) -> InvertedIndex:
     """Write the index of the row-wise concatenation of ``shards`` to directory ``path``.
 
@@ -113,7 +114,7 @@ def build_index(
             sizes and the largest weight, the second inverts). A plain iterator is consumed
             into a list, so pass callables when the shards do not fit in memory together.
         path: output directory (written atomically, see docs/FORMAT.md).
-        doc_ids / quantize / metadata: as :meth:`InvertedIndex.from_csr`.
+        doc_ids / quantize / metadata / forward: as :meth:`InvertedIndex.from_csr`.
 
     Returns:
         The index, opened memory-mapped from ``path``.
@@ -149,10 +150,11 @@ def build_index(
     with atomic_directory(path, InvertedIndex.FORMAT, overwrite=overwrite) as tmp:
         runs = tmp / "runs"
         runs.mkdir()
-        fwd_indptr = open_memmap(tmp / "forward_indptr.npy", "w+", np.int64, (n_docs + 1,))
-        fwd_terms = open_memmap(tmp / "forward_terms.npy", "w+", tdtype, (nnz,))
-        fwd_w = open_memmap(tmp / "forward_weights.npy", "w+", fdtype, (nnz,))
-        fwd_indptr[0] = 0
+        if forward:
+            fwd_indptr = open_memmap(tmp / "forward_indptr.npy", "w+", np.int64, (n_docs + 1,))
+            fwd_terms = open_memmap(tmp / "forward_terms.npy", "w+", tdtype, (nnz,))
+            fwd_w = open_memmap(tmp / "forward_weights.npy", "w+", fdtype, (nnz,))
+            fwd_indptr[0] = 0
         counts = np.zeros((len(shards), vocab_size), np.int64)
         # ---- pass 2: forward arrays in place; one term-major run per shard
         d0, p0 = 0, 0
@@ -161,9 +163,10 @@ def build_index(
             if m.shape[0] != rows[i]:
                 raise ValueError(f"shard {i}: {m.shape[0]} rows now, {rows[i]} in the first pass")
             w = fine_codes(m.data, quant) if quant else m.data
-            fwd_indptr[d0 + 1:d0 + m.shape[0] + 1] = p0 + m.indptr[1:]
-            fwd_terms[p0:p0 + m.nnz] = m.indices
-            fwd_w[p0:p0 + m.nnz] = w
+            if forward:
+                fwd_indptr[d0 + 1:d0 + m.shape[0] + 1] = p0 + m.indptr[1:]
+                fwd_terms[p0:p0 + m.nnz] = m.indices
+                fwd_w[p0:p0 + m.nnz] = w
             order = np.argsort(m.indices, kind="stable")
             counts[i] = np.bincount(m.indices, minlength=vocab_size)
             docs = np.repeat(np.arange(d0, d0 + m.shape[0], dtype=np.int32), np.diff(m.indptr))[order]
@@ -174,22 +177,27 @@ def build_index(
         # ---- merge: runs are consecutive document ranges, so a term's list is their concatenation
         offsets = np.zeros(vocab_size + 1, np.int64)
         np.cumsum(counts.sum(axis=0), out=offsets[1:])
-        post_docs = open_memmap(tmp / "postings_docs.npy", "w+", np.int32, (nnz,))
-        post_w = open_memmap(tmp / "postings_weights.npy", "w+", pdtype, (nnz,))
+        post_docs = open_memmap(runs / "postings_docs.npy", "w+", np.int32, (nnz,))
+        post_w = open_memmap(runs / "postings_weights.npy", "w+", pdtype, (nnz,))
         start = offsets[:-1].copy()
         for i in tqdm(range(len(shards)), desc="merge runs", disable=not show_progress):
             rd = np.load(runs / f"run-{i:05d}.docs.npy", mmap_mode="r")
             rw = np.load(runs / f"run-{i:05d}.weights.npy", mmap_mode="r")
             _scatter(start, counts[i], rd, rw, post_docs, post_w)
             del rd, rw
+        # ---- compress the merged lists (read sequentially from the memory-mapped runs)
+        postings = Postings.encode(offsets, post_docs, post_w)
+        del post_docs, post_w
         shutil.rmtree(runs)
-        np.save(tmp / "offsets.npy", offsets)
-        for arr in (fwd_indptr, fwd_terms, fwd_w, post_docs, post_w):
-            arr.flush()
-        index = InvertedIndex(offsets, post_docs, post_w, n_docs, doc_ids, metadata,
-                              forward=(fwd_indptr, fwd_terms, fwd_w), quantization=quant)
-        index._write(tmp, written=("offsets", "postings_docs", "postings_weights", "forward_indptr",
-                                   "forward_terms", "forward_weights"))
-        del index, fwd_indptr, fwd_terms, fwd_w, post_docs, post_w
+        fwd = None
+        if forward:
+            for arr in (fwd_indptr, fwd_terms, fwd_w):
+                arr.flush()
+            fwd = (fwd_indptr, fwd_terms, fwd_w)
+        index = InvertedIndex(postings, n_docs, doc_ids, metadata, forward=fwd, quantization=quant)
+        index._write(tmp, written=("forward_indptr", "forward_terms", "forward_weights"))
+        del index, fwd
+        if forward:
+            del fwd_indptr, fwd_terms, fwd_w
     logger.info("built %s: %d documents, %d postings from %d shards", path, n_docs, nnz, len(shards))
     return InvertedIndex.load(path, verify=False)

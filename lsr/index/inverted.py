@@ -95,26 +95,83 @@ def _forward(offsets: np.ndarray, post_docs: np.ndarray, post_w: np.ndarray, n_d
             np.ascontiguousarray(csr.data, dtype=post_w.dtype))
 
 
+class Postings:
+    """Block-compressed term-major posting lists (see :mod:`lsr.index._codec` and docs/FORMAT.md).
+
+    ``offsets`` (int64, vocab + 1): each list's range in posting order; ``term_blocks`` (int64,
+    vocab + 1): each list's range of blocks; per block ``block_last`` (int32, last document
+    position), ``block_max`` (largest impact: uint8 codes, or float32), ``block_word`` (int64,
+    blocks + 1: start of the block's bits in ``words``); ``words`` (uint32 bit streams);
+    ``weights``: float32 weights in posting order for float indexes, empty for 8-bit ones (their
+    impacts are inside the blocks).
+    """
+
+    ARRAYS = ("offsets", "term_blocks", "block_last", "block_max", "block_word", "words", "weights")
+
+    def __init__(self, offsets, term_blocks, block_last, block_max, block_word, words, weights) -> None:
+        self.offsets, self.term_blocks, self.block_last = offsets, term_blocks, block_last
+        self.block_max, self.block_word, self.words, self.weights = block_max, block_word, words, weights
+
+    @property
+    def quantized(self) -> bool:
+        return self.block_max.dtype == np.uint8
+
+    @classmethod
+    def encode(cls, offsets: np.ndarray, docs: np.ndarray, weights: np.ndarray) -> "Postings":
+        """Compress term-major arrays (docs ascending within each list; weights uint8 impacts
+        >= 1 or float32)."""
+        from lsr.index import _codec
+
+        offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        quant = weights.dtype == np.uint8
+        imps = weights if quant else np.zeros(0, np.uint8)
+        term_blocks, block_last, block_word, words = _codec.encode(offsets, docs, imps, quant)
+        block_max = _codec.block_maxima(offsets, term_blocks, weights)
+        kept = np.zeros(0, np.float32) if quant else np.ascontiguousarray(weights, dtype=np.float32)
+        return cls(offsets, term_blocks, block_last, block_max, block_word, words, kept)
+
+    def decode(self) -> tuple[np.ndarray, np.ndarray]:
+        """Uncompressed ``(docs int32, weights)`` in posting order (weights uint8 or float32)."""
+        from lsr.index import _codec
+
+        docs, imps = _codec.decode_all(self.offsets, self.term_blocks, self.block_last, self.block_word, self.words,
+                                       self.quantized)
+        return docs, (imps if self.quantized else np.asarray(self.weights))
+
+    def kernel_args(self) -> tuple:
+        return (self.offsets, self.term_blocks, self.block_last, self.block_max, self.block_word, self.words,
+                self.weights if self.weights.size else _EMPTY_F32, self.quantized)
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(np.asarray(getattr(self, name)).nbytes for name in self.ARRAYS))
+
+
+_EMPTY_F32 = np.zeros(0, np.float32)
+_EMPTY_I32 = np.zeros(0, np.int32)
+_EMPTY_I64 = np.zeros(0, np.int64)
+
+
 class InvertedIndex:
-    """Term-major postings with per-term upper bounds and a doc-major copy, searched with pruning.
+    """Block-compressed term-major postings with per-term and per-block upper bounds, searched
+    with pruning.
 
     Build with :meth:`from_csr` (optionally with 8-bit impacts), query with :meth:`search`
     (exact MaxScore by default, or an approximate mode with explicit knobs), persist with
     :meth:`save` and :meth:`load` (memory-mapped). ``doc_ids`` maps row positions to external ids.
 
-    Attributes: ``offsets`` / ``post_docs`` / ``post_weights`` (term-major postings; weights are
-    float32, or uint8 impact codes when quantised), ``term_max`` (largest impact of each term),
-    ``bm_offsets`` / ``bm_values`` (largest impact per block of 64 document positions, for the
-    terms with at least one posting per block on average),
-    ``fwd_indptr`` / ``fwd_terms`` / ``fwd_weights`` (doc-major copy; weights float32, or uint16
-    fine codes when quantised), ``quantization`` (``None`` or ``{"bits": 8, "scale": s8,
-    "fine_bits": 16, "fine_scale": s16}``: a document weight ``w`` has the 16-bit code
-    ``c16 = clip(rint(w / s16), 1, 65535)`` and the impact ``c8 = max(1, (c16 + 128) // 257)``,
-    ``s8 = 257 * s16``; exact scores are ``s8 * sum(query weight * c8)``).
+    Attributes: ``postings`` (:class:`Postings`: document gaps and impacts in PFOR blocks of 128
+    with each block's last position and largest impact), ``term_max`` (largest impact of each
+    term), ``quantization`` (``None`` or ``{"bits": 8, "scale": s8, "fine_bits": 16,
+    "fine_scale": s16}``: a document weight ``w`` has the 16-bit code ``c16 = clip(rint(w /
+    s16), 1, 65535)`` and the impact ``c8 = max(1, (c16 + 128) // 257)``, ``s8 = 257 * s16``;
+    exact scores are ``s8 * sum(query weight * c8)``), and, only when built with
+    ``forward=True``, a doc-major copy ``fwd_indptr`` / ``fwd_terms`` / ``fwd_weights`` (16-bit
+    codes or float32) that approximate mode re-scores candidates with.
     """
 
     FORMAT = "lsr.inverted"
-    VERSION = 2
+    VERSION = 3
     #: exact mode scans exhaustively below this many documents: on small corpora (BEIR scifact,
     #: nfcorpus with SPLADE vectors) the dense scan is faster than MaxScore's bookkeeping; the
     #: result is the same (exact top-k of the index's scores, ties to the lower position)
@@ -122,28 +179,19 @@ class InvertedIndex:
 
     def __init__(
         self,
-        offsets: np.ndarray,
-        post_docs: np.ndarray,
-        post_weights: np.ndarray,
+        postings: Postings,
         n_docs: int,
         doc_ids: Sequence[str] | np.ndarray | None = None,
         metadata: dict[str, Any] | None = None,
         *,
         forward: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
         term_max: np.ndarray | None = None,
-        block_max: tuple[np.ndarray, np.ndarray] | None = None,
         quantization: dict[str, Any] | None = None,
     ) -> None:
-        wdtype = np.uint8 if quantization else np.float32
-        if offsets.dtype != np.int64 or post_docs.dtype != np.int32 or post_weights.dtype != wdtype:
-            raise TypeError(f"postings must be int64 offsets, int32 document positions, {np.dtype(wdtype)} weights")
-        if offsets.ndim != 1 or offsets.size < 1 or post_docs.shape != post_weights.shape:
-            raise ValueError("inconsistent posting arrays")
-        if int(offsets[-1]) != post_docs.size:
-            raise ValueError(f"offsets end at {int(offsets[-1])} but there are {post_docs.size} postings")
-        self.offsets = offsets
-        self.post_docs = post_docs
-        self.post_weights = post_weights
+        if postings.quantized != bool(quantization):
+            raise TypeError("8-bit postings need a quantization and float postings none")
+        self.postings = postings
+        self.offsets = postings.offsets
         self.n_docs = int(n_docs)
         if doc_ids is None:
             doc_ids = np.array([str(i) for i in range(self.n_docs)], dtype=object)
@@ -152,30 +200,26 @@ class InvertedIndex:
             raise ValueError(f"{doc_ids.size} doc_ids for {self.n_docs} documents")
         self.doc_ids = doc_ids
         # all impacts > 0 lets the kernels find matches by score and use upper bounds
-        self.positive = bool(post_weights.size == 0 or float(post_weights.min()) > 0.0)
+        w = postings.weights
+        self.positive = bool(postings.quantized or w.size == 0 or float(np.min(w)) > 0.0)
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.quantization = dict(quantization) if quantization else None
-        if forward is None:
-            if quantization:
-                raise ValueError("a quantised index needs its forward arrays (16-bit codes)")
-            forward = _forward(offsets, post_docs, post_weights, self.n_docs)
-        self.fwd_indptr, self.fwd_terms, self.fwd_weights = forward
-        if self.fwd_indptr.shape != (self.n_docs + 1,) or self.fwd_terms.shape != post_docs.shape:
-            raise ValueError("forward arrays do not match the postings")
+        self.fwd_indptr = self.fwd_terms = self.fwd_weights = None
+        if forward is not None:
+            self.fwd_indptr, self.fwd_terms, self.fwd_weights = forward
+            if self.fwd_indptr.shape != (self.n_docs + 1,) or self.fwd_terms.shape != (self.nnz,):
+                raise ValueError("forward arrays do not match the postings")
         if term_max is None:
             from lsr.index import _pruning
 
-            term_max = _pruning.term_maxima(offsets, post_weights)
+            term_max = _pruning.term_maxima(postings.term_blocks, postings.block_max)
         self.term_max = term_max
-        if block_max is None:
-            from lsr.index import _pruning
-
-            # tables for terms with at least one posting per block on average: <= n_postings entries
-            block_max = _pruning.block_maxima(offsets, post_docs, post_weights, self.n_docs,
-                                              max(1, (self.n_docs >> 6) + 1))
-        self.bm_offsets, self.bm_values = block_max
         self._pruned: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._pruned_lock = threading.Lock()
+
+    @property
+    def has_forward(self) -> bool:
+        return self.fwd_indptr is not None
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -193,6 +237,7 @@ class InvertedIndex:
         doc_ids: Sequence[str] | None = None,
         metadata: dict[str, Any] | None = None,
         quantize: int | None = None,
+        forward: bool = False,
     ) -> "InvertedIndex":
         """Build from a documents x vocabulary sparse matrix (scipy or :class:`SparseBatch`).
 
@@ -200,6 +245,10 @@ class InvertedIndex:
         kept (they can never be returned). ``quantize=8`` stores 8-bit impacts (global scale,
         see the class docstring; weights must then be positive): smaller and faster, and
         exact search returns the true top-k of the quantised scores. ``None`` keeps float32.
+        ``forward=True`` also keeps a doc-major copy (16-bit codes or float32 weights, about
+        4 bytes per posting) with which approximate mode re-scores its candidates more finely
+        and faster; without it they are re-scored from the posting lists with the index's own
+        weights.
         """
         import scipy.sparse as sp
 
@@ -222,12 +271,13 @@ class InvertedIndex:
             if m.nnz and float(m.data.min()) <= 0.0:
                 raise ValueError("quantize=8 needs positive document weights; use quantize=None")
             quant = quantization_for(float(m.data.max()) if m.nnz else 1.0)
-            codes = fine_codes(m.data, quant)
-            fwd_w = codes
+            fwd_w = fine_codes(m.data, quant)
         else:
             fwd_w = m.data
         tdtype = np.uint16 if vocab_size <= 65536 else np.int32
-        forward = (np.ascontiguousarray(m.indptr, dtype=np.int64), np.ascontiguousarray(m.indices, dtype=tdtype),
+        fwd = None
+        if forward:
+            fwd = (np.ascontiguousarray(m.indptr, dtype=np.int64), np.ascontiguousarray(m.indices, dtype=tdtype),
                    np.ascontiguousarray(fwd_w))
         # term-major copy: stable counting sort of the entries by term (documents stay ascending)
         order = np.argsort(m.indices, kind="stable")
@@ -237,7 +287,9 @@ class InvertedIndex:
         post_docs = np.ascontiguousarray(rows[order])
         del rows
         post_w = coarse_codes(fwd_w[order]) if quant else np.ascontiguousarray(fwd_w[order])
-        return cls(offsets, post_docs, post_w, n_docs, doc_ids, metadata, forward=forward, quantization=quant)
+        del order, m
+        postings = Postings.encode(offsets, post_docs, post_w)
+        return cls(postings, n_docs, doc_ids, metadata, forward=fwd, quantization=quant)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -246,7 +298,7 @@ class InvertedIndex:
 
     @property
     def nnz(self) -> int:
-        return int(self.post_docs.size)
+        return int(self.offsets[-1])
 
     def __len__(self) -> int:
         return self.n_docs
@@ -255,26 +307,38 @@ class InvertedIndex:
         q = f", quantization={self.quantization['bits']}-bit" if self.quantization else ""
         return f"InvertedIndex(n_docs={self.n_docs}, vocab_size={self.vocab_size}, postings={self.nnz}{q})"
 
+    def decode(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Uncompressed term-major ``(offsets, docs int32, weights)`` (weights: uint8 impacts or
+        float32)."""
+        docs, w = self.postings.decode()
+        return self.offsets, docs, w
+
     def to_csr(self):
         """Doc-major ``scipy.sparse.csr_matrix`` of the weights the exact search scores with
         (dequantised 8-bit impacts when quantised)."""
         import scipy.sparse as sp
 
-        w = self.fwd_weights
+        _, docs, w = self.decode()
+        w = np.asarray(w, dtype=np.float32)
         if self.quantization:
-            w = coarse_codes(np.asarray(w)).astype(np.float32) * np.float32(self.quantization["scale"])
-        return sp.csr_matrix((np.asarray(w, dtype=np.float32), np.asarray(self.fwd_terms, dtype=np.int32),
-                              np.asarray(self.fwd_indptr)), shape=(self.n_docs, self.vocab_size))
+            w = w * np.float32(self.quantization["scale"])
+        csc = sp.csc_matrix((w, docs, np.asarray(self.offsets)), shape=(self.n_docs, self.vocab_size))
+        csr = csc.tocsr()
+        csr.sort_indices()
+        return csr
 
     def pruned(self, n_postings: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Statically pruned copy (offsets, docs, impacts) keeping each list's ``n_postings``
-        highest impacts in document order; computed once per value and cached in memory."""
+        """Statically pruned copy (offsets, docs, impacts as float32) keeping each list's
+        ``n_postings`` highest impacts in document order; computed once per value and cached in
+        memory (not saved: it is derived from the postings in about a second per million documents)."""
         with self._pruned_lock:
             if n_postings not in self._pruned:
                 from lsr.index import _pruning
 
-                self._pruned[n_postings] = _pruning.prune_lists(self.offsets, self.post_docs, self.post_weights,
-                                                                int(n_postings))
+                p = self.postings
+                self._pruned[n_postings] = _pruning.prune_lists(
+                    p.offsets, p.term_blocks, p.block_last, p.block_word, p.words,
+                    p.weights if p.weights.size else _EMPTY_F32, p.quantized, int(n_postings))
             return self._pruned[n_postings]
 
     # ------------------------------------------------------------------ search
@@ -298,8 +362,9 @@ class InvertedIndex:
             threads: worker threads over queries (results do not depend on it).
             mode: ``"exact"`` (MaxScore dynamic pruning; returns exactly the top ``k`` of the
                 index's scores), ``"exhaustive"`` (same result, no pruning; a baseline), or
-                ``"approximate"`` (the knobs below; candidates are re-scored with the 16-bit
-                or float weights, so its scores are finer than the 8-bit exact ones).
+                ``"approximate"`` (the knobs below; candidates are re-scored over all query
+                terms: with the forward copy's 16-bit or float weights when the index has one,
+                so its scores are finer than the 8-bit exact ones, else with the index's own).
             n_postings: approximate mode: read only the ``n_postings`` highest impacts of each
                 posting list (static pruning, computed once and cached; ``None`` reads whole lists).
             query_cut: approximate mode: find candidates with only the ``query_cut`` query terms
@@ -309,7 +374,7 @@ class InvertedIndex:
             candidates: approximate mode: re-score at most this many documents, those of best
                 partial score (``None``: ``10 * k``).
 
-                Returns:
+        Returns:
             ``(ids, scores)``: ``int64`` row positions and ``float32`` scores, both of shape
             ``(nq, k)``, best first, ties broken by lower position; rows are padded with
             ``-1`` / ``0.0`` when fewer than ``k`` documents share a term with the query.
@@ -342,11 +407,11 @@ class InvertedIndex:
             threads = min(threads, numba.config.NUMBA_NUM_THREADS)
         q = self.quantization
         out_scale = float(q["scale"]) if q else 1.0
+        pargs = (indptr, indices, data) + self.postings.kernel_args()
         if mode == "exhaustive" or not self.positive or (mode == "exact" and self.n_docs < self.EXACT_SCAN_BELOW):
             from lsr.index import _kernels
 
-            args = (indptr, indices, data, self.offsets, self.post_docs, self.post_weights, self.n_docs,
-                    self.positive, k)
+            args = pargs[:6] + pargs[7:] + (self.n_docs, self.positive, k)  # no block maxima
             self._call(_kernels.search_serial, _kernels.search_parallel, args, threads, ids, scores)
             if q:
                 scores[ids >= 0] *= np.float32(out_scale)
@@ -356,12 +421,16 @@ class InvertedIndex:
         approx = mode == "approximate"
         if approx and n_postings is not None:
             p_off, p_docs, p_w = self.pruned(int(n_postings))
+        else:  # approximate mode without static pruning reads whole lists: decoded once, cached
+            p_off, p_docs, p_w = self.pruned(np.iinfo(np.int64).max) if approx else (self.offsets, _EMPTY_I32,
+                                                                                    _EMPTY_F32)
+        if self.has_forward:
+            fwd = (self.fwd_indptr, self.fwd_terms, self.fwd_weights)
         else:
-            p_off, p_docs, p_w = self.offsets, self.post_docs, self.post_weights
-        args = (indptr, indices, data, self.offsets, self.post_docs, self.post_weights, self.term_max,
-                self.bm_offsets, self.bm_values, self.fwd_indptr, self.fwd_terms, self.fwd_weights, bool(q), p_off, p_docs, p_w, approx,
-                int(query_cut or 0), float(heap_factor), int(candidates or 10 * k), self.n_docs, k, out_scale,
-                float(q["fine_scale"]) if q else 1.0)
+            fwd = (_EMPTY_I64, np.zeros(0, np.uint16), np.zeros(0, np.uint16 if q else np.float32))
+        args = pargs + (self.term_max,) + fwd + (self.has_forward, bool(q), p_off, p_docs, p_w, approx,
+                                                int(query_cut or 0), float(heap_factor), int(candidates or 10 * k),
+                                                self.n_docs, k, out_scale, float(q["fine_scale"]) if q else 1.0)
         self._call(_pruning.search_serial, _pruning.search_parallel, args, threads, ids, scores)
         return ids, scores
 
@@ -383,12 +452,20 @@ class InvertedIndex:
         with atomic_directory(path, self.FORMAT, overwrite=overwrite) as tmp:
             self._write(tmp)
 
+    def _arrays(self) -> dict[str, np.ndarray]:
+        p = self.postings
+        arrays = {"offsets": p.offsets, "term_blocks": p.term_blocks, "block_last": p.block_last,
+                  "block_max": p.block_max, "block_word": p.block_word, "words": p.words, "term_max": self.term_max}
+        if not p.quantized:
+            arrays["weights"] = p.weights
+        if self.has_forward:
+            arrays.update(forward_indptr=self.fwd_indptr, forward_terms=self.fwd_terms,
+                          forward_weights=self.fwd_weights)
+        return arrays
+
     def _write(self, directory: Path, written: Sequence[str] = ()) -> None:
         """Save the arrays (except those named in ``written``, already in ``directory``), ids and manifest."""
-        arrays = {"offsets": self.offsets, "postings_docs": self.post_docs, "postings_weights": self.post_weights,
-                  "term_max": self.term_max, "block_max_offsets": self.bm_offsets,
-                  "block_max_values": self.bm_values, "forward_indptr": self.fwd_indptr, "forward_terms": self.fwd_terms,
-                  "forward_weights": self.fwd_weights}
+        arrays = self._arrays()
         for name, arr in arrays.items():
             if name not in written:
                 save_array(directory, name + ".npy", np.asarray(arr))
@@ -401,6 +478,10 @@ class InvertedIndex:
                 "n_docs": self.n_docs,
                 "vocab_size": self.vocab_size,
                 "n_postings": self.nnz,
+                "n_blocks": int(self.postings.block_last.size),
+                "n_words": int(self.postings.words.size),
+                "block_size": 128,
+                "forward": self.has_forward,
                 "dtypes": {name: str(np.asarray(arr).dtype) for name, arr in arrays.items()},
                 "quantization": self.quantization,
                 "metadata": self.metadata,
@@ -411,54 +492,96 @@ class InvertedIndex:
     def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> "InvertedIndex":
         """Open an index directory; arrays are memory-mapped unless ``mmap=False``.
 
-        ``verify`` checks every file's SHA-256 against the manifest (sizes, dtypes, shapes
-        and posting order are always checked). Raises :class:`IndexFormatError` on a
-        missing, truncated, edited, foreign or newer-version directory. Version 1
-        directories (no forward copy) are read too; their forward copy is rebuilt in memory.
+        ``verify`` checks every file's SHA-256 against the manifest; sizes, dtypes, shapes and
+        the blocks themselves (every block decodes inside its bounds to ascending positions
+        below ``n_docs`` that agree with the block's last position and maximum) are always
+        checked. Raises :class:`IndexFormatError` on a missing, truncated, edited, foreign or
+        newer-version directory. Version 1 and 2 directories (uncompressed postings) are read
+        too and compressed in memory.
         """
         path = Path(path)
         version = cls.VERSION
         try:
             import json
 
-            if json.loads((path / "manifest.json").read_text()).get("format_version") == 1:
-                version = 1
+            found = json.loads((path / "manifest.json").read_text()).get("format_version")
+            if found in (1, 2):
+                version = found
         except (OSError, ValueError, AttributeError):
             pass  # read_manifest reports it
         m = read_manifest(path, cls.FORMAT, version, verify=verify)
         try:
             n_docs, vocab_size, nnz = int(m["n_docs"]), int(m["vocab_size"]), int(m["n_postings"])
-            quant = m.get("quantization") if version == 2 else None
+            quant = m.get("quantization") if version >= 2 else None
             if quant is not None:
                 quant = {key: float(quant[key]) if "scale" in key else int(quant[key])
                          for key in ("bits", "scale", "fine_bits", "fine_scale")}
                 if quant["bits"] != 8 or quant["fine_bits"] != 16:
                     raise ValueError(f"unsupported quantization {quant}")
+            if version == 3:
+                n_blocks, n_words = int(m["n_blocks"]), int(m["n_words"])
+                has_fwd = bool(m["forward"])
+                if int(m["block_size"]) != 128:
+                    raise ValueError(f"unsupported block_size {m['block_size']}")
         except (KeyError, TypeError, ValueError) as exc:
             raise IndexFormatError(f"{path}/manifest.json: missing or bad field ({exc})") from exc
         wdtype = np.uint8 if quant else np.float32
+        doc_ids = load_ids(path, "doc_ids.parquet", n_docs)
+        tdtype = np.uint16 if vocab_size <= 65536 else np.int32
+        fdtype = np.uint16 if quant else np.float32
         offsets = load_array(path, "offsets.npy", np.int64, (vocab_size + 1,), mmap)
-        post_docs = load_array(path, "postings_docs.npy", np.int32, (nnz,), mmap)
-        post_w = load_array(path, "postings_weights.npy", wdtype, (nnz,), mmap)
         if offsets[-1] != nnz:
             raise IndexFormatError(f"{path}/offsets.npy: ends at {int(offsets[-1])}, expected {nnz}")
+        if version < 3:
+            return cls._load_uncompressed(path, m, version, offsets, n_docs, nnz, doc_ids, quant, mmap)
+        from lsr.index import _codec
+
+        postings = Postings(
+            offsets,
+            load_array(path, "term_blocks.npy", np.int64, (vocab_size + 1,), mmap),
+            load_array(path, "block_last.npy", np.int32, (n_blocks,), mmap),
+            load_array(path, "block_max.npy", wdtype, (n_blocks,), mmap),
+            load_array(path, "block_word.npy", np.int64, (n_blocks + 1,), mmap),
+            load_array(path, "words.npy", np.uint32, (n_words,), mmap),
+            _EMPTY_F32 if quant else load_array(path, "weights.npy", np.float32, (nnz,), mmap),
+        )
+        p = postings
+        bad = _codec.check(p.offsets, p.term_blocks, p.block_last, p.block_max, p.block_word, p.words,
+                           p.quantized, n_docs)
+        if bad >= 0:
+            raise IndexFormatError(f"{path}/words.npy: malformed posting block {bad}")
+        term_max = load_array(path, "term_max.npy", np.float32, (vocab_size,), mmap)
+        forward = None
+        if has_fwd:
+            forward = (load_array(path, "forward_indptr.npy", np.int64, (n_docs + 1,), mmap),
+                       load_array(path, "forward_terms.npy", tdtype, (nnz,), mmap),
+                       load_array(path, "forward_weights.npy", fdtype, (nnz,), mmap))
+            if forward[0][0] != 0 or forward[0][-1] != nnz:
+                raise IndexFormatError(f"{path}/forward_indptr.npy: does not span the {nnz} postings")
+        return cls(postings, n_docs, doc_ids, m.get("metadata") or {}, forward=forward, term_max=term_max,
+                   quantization=quant)
+
+    @classmethod
+    def _load_uncompressed(cls, path: Path, m: dict, version: int, offsets: np.ndarray, n_docs: int, nnz: int,
+                           doc_ids: np.ndarray, quant: dict | None, mmap: bool) -> "InvertedIndex":
+        """Version 1/2 directories: int32 postings (and, in version 2, a forward copy)."""
         from lsr.index import _kernels
 
+        post_docs = load_array(path, "postings_docs.npy", np.int32, (nnz,), mmap)
+        post_w = load_array(path, "postings_weights.npy", np.uint8 if quant else np.float32, (nnz,), mmap)
         bad = _kernels.check_postings(offsets, post_docs, n_docs)
         if bad >= 0:
             raise IndexFormatError(f"{path}/postings_docs.npy: malformed postings at position {bad}")
-        forward = term_max = block_max = None
+        if quant is not None and nnz and int(np.min(post_w)) < 1:
+            raise IndexFormatError(f"{path}/postings_weights.npy: an 8-bit impact is 0")
+        forward = None
         if version == 2:
-            tdtype = np.uint16 if vocab_size <= 65536 else np.int32
-            term_max = load_array(path, "term_max.npy", np.float32, (vocab_size,), mmap)
+            vocab_size = offsets.size - 1
             forward = (load_array(path, "forward_indptr.npy", np.int64, (n_docs + 1,), mmap),
-                       load_array(path, "forward_terms.npy", tdtype, (nnz,), mmap),
+                       load_array(path, "forward_terms.npy", np.uint16 if vocab_size <= 65536 else np.int32,
+                                  (nnz,), mmap),
                        load_array(path, "forward_weights.npy", np.uint16 if quant else np.float32, (nnz,), mmap))
-            bm_off = load_array(path, "block_max_offsets.npy", np.int64, (vocab_size + 1,), mmap)
-            n_bm = int(bm_off[-1]) if bm_off.size else 0
-            block_max = (bm_off, load_array(path, "block_max_values.npy", wdtype, (n_bm,), mmap))
             if forward[0][0] != 0 or forward[0][-1] != nnz:
                 raise IndexFormatError(f"{path}/forward_indptr.npy: does not span the {nnz} postings")
-        doc_ids = load_ids(path, "doc_ids.parquet", n_docs)
-        return cls(offsets, post_docs, post_w, n_docs, doc_ids, m.get("metadata") or {}, forward=forward,
-                   term_max=term_max, block_max=block_max, quantization=quant)
+        postings = Postings.encode(offsets, np.ascontiguousarray(post_docs), np.ascontiguousarray(post_w))
+        return cls(postings, n_docs, doc_ids, m.get("metadata") or {}, forward=forward, quantization=quant)
