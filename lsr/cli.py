@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -298,7 +299,7 @@ def _is_encoded_input(path: Path) -> bool:
 def _index_encoded(path: Path, output: Path, retriever: str, overwrite: bool, options: dict[str, Any]) -> None:
     """Index pre-encoded vectors; the query encoder comes from the shards' record or --retriever/--model."""
     from lsr.encoders.interchange import read_collection
-    from lsr.encoders.shards import is_shards_dir, load_shards, read_progress
+    from lsr.encoders.shards import is_shards_dir, read_progress
     from lsr.hybrid.base import retriever_class
 
     t = time.perf_counter()
@@ -323,13 +324,23 @@ def _index_encoded(path: Path, output: Path, retriever: str, overwrite: bool, op
             raise click.BadParameter("encoded vectors need --retriever splade or inference-free (the query encoder)",
                                      param_hint="--retriever")
         r = _build_retriever(retriever, **{**options, "doc_vectors": None})
-    if is_shards_dir(path):
-        doc_ids, vectors = load_shards(path)
+    if is_shards_dir(path):  # shard by shard into a build directory beside the output, then saved
+        import shutil
+
+        work = output.parent / f".{output.name}.build-{os.getpid()}"
+        try:
+            r.index_shards(path, work, show_progress=True)
+            r.save(output, overwrite=overwrite)
+            n_docs, nnz = r.inverted_index.n_docs, r.inverted_index.nnz
+        finally:
+            r.inverted_index = None
+            shutil.rmtree(work, ignore_errors=True)
     else:
         doc_ids, vectors = read_collection(path, vocab=r.encoder.vocab)
-    r.index_vectors(doc_ids, vectors)
-    r.save(output, overwrite=overwrite)
-    click.echo(f"indexed {len(doc_ids)} encoded documents ({vectors.nnz} postings) with {retriever} query "
+        n_docs, nnz = len(doc_ids), vectors.nnz
+        r.index_vectors(doc_ids, vectors)
+        r.save(output, overwrite=overwrite)
+    click.echo(f"indexed {n_docs} encoded documents ({nnz} postings) with {retriever} query "
                f"encoding into {output} in {time.perf_counter() - t:.1f}s", err=True)
 
 

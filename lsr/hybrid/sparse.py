@@ -47,6 +47,16 @@ class SparseRetriever(Retriever):
         self.inverted_index = InvertedIndex.from_csr(vectors, doc_ids=doc_ids,
                                                      metadata={"encoder": self.encoder.config()})
 
+    def index_shards(self, shards_dir: str | Path, workdir: str | Path, show_progress: bool = False) -> None:
+        """Index an ``lsr encode`` shards directory without loading it whole: the shards are
+        inverted one at a time and merged (:func:`lsr.index.build.build_index`) into
+        ``workdir`` (a new directory; remove it after :meth:`save`), then opened memory-mapped."""
+        from lsr.index.build import build_index, shards_from_directory
+
+        doc_ids, loaders = shards_from_directory(shards_dir)
+        self.inverted_index = build_index(loaders, workdir, doc_ids=doc_ids, overwrite=False,
+                                          metadata={"encoder": self.encoder.config()}, show_progress=show_progress)
+
     def search(self, queries: Sequence[str], k: int = 10, threads: int = 1,
                show_progress: bool = False) -> SearchResults:
         if self.inverted_index is None:
