@@ -52,7 +52,7 @@ def retriever_options(fn: Callable) -> Callable:
         click.option("--fde-final-dim", type=click.IntRange(min=1), default=None,
                      help="MUVERA final Count-sketch dimension (default: none)."),
         click.option("--candidates", type=click.IntRange(min=1), default=None,
-                     help="MUVERA: FDE candidates re-ranked by exact MaxSim (default 100)."),
+                     help="MUVERA: FDE candidates re-ranked by exact MaxSim (default 50)."),
     ]
     for option in reversed(options):
         fn = option(fn)

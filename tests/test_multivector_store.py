@@ -74,3 +74,32 @@ def test_validation():
     with pytest.raises(ValueError, match="dimension"):
         maxsim_scores(MultiVectors.from_list([np.ones((1, 3), np.float32)]),
                       MultiVectors.from_list([np.ones((1, 2), np.float32)]))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_rerank_groups_of_many_queries_match_naive(dtype):
+    # every query re-ranks every document: large per-document groups, query lengths 1..9 (not
+    # multiples of the kernel's 4 x 4 tiles), document lengths 1..13 and one empty document
+    rng = np.random.default_rng(5)
+    docs = [rng.normal(size=(int(rng.integers(1, 14)), 12)).astype(dtype) for _ in range(25)] + [
+        np.zeros((0, 12), dtype)]
+    queries = [rng.normal(size=(int(rng.integers(1, 10)), 12)).astype(np.float32) for _ in range(30)]
+    d, q = MultiVectors.from_list(docs, dtype=dtype), MultiVectors.from_list(queries)
+    ref = naive(queries, docs)
+    cand = np.tile(np.arange(len(docs)), (len(queries), 1))
+    for threads in (1, 2):
+        ids, scores = maxsim_rerank(q, d, cand, k=len(docs), threads=threads)
+        for i in range(len(queries)):
+            best = sorted(range(25), key=lambda j: (-ref[i, j], j))
+            assert ids[i, :25].tolist() == best and ids[i, 25] == -1
+            np.testing.assert_allclose(scores[i, :25], ref[i, best], rtol=1e-5, atol=1e-5)
+
+
+def test_maxsim_scores_with_small_query_groups_and_blocks(sets, monkeypatch):
+    import lsr.index.multivectors as mv
+
+    docs, queries = sets
+    d, q = MultiVectors.from_list(docs, dtype=np.float16), MultiVectors.from_list(queries)
+    monkeypatch.setattr(mv, "QUERY_TOKENS", 3)  # several query groups
+    monkeypatch.setattr(mv, "SIMS_FLOATS", 10)  # blocks of a document or two
+    np.testing.assert_allclose(maxsim_scores(q, d), naive(queries, docs), rtol=1e-5, atol=1e-5)

@@ -30,8 +30,8 @@ from lsr.index._format import IndexFormatError, load_array, save_array
 __all__ = ["MultiVectors", "maxsim_scores", "maxsim_search", "maxsim_rerank"]
 
 BLOCK_TOKENS = 16384  # at most this many document tokens per matrix product
-QUERY_TOKENS = 8192  # query tokens scored together per matrix product
-SIMS_FLOATS = 1 << 21  # similarities per product (8 MB, stays in the last-level cache)
+QUERY_TOKENS = 4096  # query tokens scored together per matrix product
+SIMS_FLOATS = 1 << 24  # similarities per product (64 MB: larger blocks keep BLAS at its peak)
 
 
 @dataclass
@@ -213,9 +213,9 @@ def maxsim_rerank(queries: MultiVectors, docs: MultiVectors, candidates: np.ndar
                   k: int = 10, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Re-rank candidate positions (``(nq, c)``, ``-1`` = none) by exact MaxSim; keep the top ``k``.
 
-    A Numba kernel reads the float16 store directly (conversion through a 64k-entry table, fused
-    with the dot products), so no float32 copy of the candidates is made. Duplicate candidates
-    count once; candidates without vectors are dropped.
+    The (query, candidate) pairs of the batch are grouped by document, so a Numba kernel reads
+    (and widens, for a float16 store) each candidate document once for all the queries that
+    retrieved it. Duplicate candidates count once; candidates without vectors are dropped.
     """
     _check(queries, docs)
     candidates = np.asarray(candidates, dtype=np.int64)
@@ -235,16 +235,29 @@ def maxsim_rerank(queries: MultiVectors, docs: MultiVectors, candidates: np.ndar
     lens = np.where(cand >= 0, docs.offsets[cand + 1] - docs.offsets[np.maximum(cand, 0)], 0)
     cand[lens == 0] = -1
     q = np.ascontiguousarray(queries.vectors, dtype=np.float32)
+    out = np.full(cand.shape, -np.inf, dtype=np.float32)
+    # (query, slot) pairs grouped by document: each candidate document is read (and widened) once
+    # for all the queries of the batch that retrieved it
+    rows, slots = np.nonzero(cand >= 0)
+    pair_docs = cand[rows, slots]
+    order = np.argsort(pair_docs, kind="stable")
+    uniq, starts = np.unique(pair_docs[order], return_index=True)
+    groups = np.append(starts, order.size).astype(np.int64)
+    pair_q, pair_slot = rows[order].astype(np.int64), slots[order].astype(np.int64)
     q_off = np.ascontiguousarray(queries.offsets)
     d_off = np.ascontiguousarray(docs.offsets)
-    out = np.full(cand.shape, -np.inf, dtype=np.float32)
+    uniq = uniq.astype(np.int64)
+    max_len = int((d_off[uniq + 1] - d_off[uniq]).max()) if uniq.size else 1
+    max_tokens = int(np.add.reduceat(np.diff(q_off)[pair_q], groups[:-1]).max()) if uniq.size else 1
     with _PARALLEL_LOCK:  # numba's default threading layer runs one parallel region at a time
-        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+        n_threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(n_threads)
+        args = (d_off, uniq, groups, pair_q, pair_slot, out, max(max_len, 1), max(max_tokens, 1),
+                max(1, min(16 * n_threads, uniq.size)))
         if docs.vectors.dtype == np.float16:
-            bits = np.asarray(docs.vectors).view(np.uint16)
-            _rerank_f16(q, q_off, bits, d_off, cand, _half_table(), out)
+            _rerank_groups(q, q_off, np.asarray(docs.vectors).view(np.uint16), _half_table(), *args)
         else:
-            _rerank_f32(q, q_off, np.ascontiguousarray(docs.vectors, dtype=np.float32), d_off, cand, out)
+            _rerank_groups(q, q_off, np.ascontiguousarray(docs.vectors, dtype=np.float32), _half_table(), *args)
     for i in range(nq):
         keep = np.flatnonzero(cand[i] >= 0)
         order = keep[np.lexsort((cand[i, keep], -out[i, keep]))][:k]
@@ -266,60 +279,116 @@ def _half_table() -> np.ndarray:
 
 # ---------------------------------------------------------------------------- numba kernels
 import numba  # noqa: E402  (lsr/__init__ never imports this module eagerly)
+import numba.extending  # noqa: E402
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
-def _maxsim_one_f32(q: np.ndarray, a: int, b: int, row: np.ndarray, best: np.ndarray) -> None:
-    """Update per-query-token maxima ``best`` with one document vector ``row``."""
-    d = row.shape[0]
-    for i in range(a, b):
-        s = np.float32(0.0)
-        for j in range(d):
-            s += q[i, j] * row[j]
-        if s > best[i - a]:
-            best[i - a] = s
+def _block_max(d, q, best):  # pragma: no cover - compiled
+    """``best[i] = max(best[i], max_t d[t] . q[i])`` in 4 x 4 register tiles (rows of ``d`` and
+    ``q`` padded to multiples of 4: ``d`` with copies of a real row, ``q`` with ignored rows)."""
+    dim = d.shape[1]
+    for i0 in range(0, q.shape[0], 4):
+        m0 = m1 = m2 = m3 = np.float32(-np.inf)
+        for t0 in range(0, d.shape[0], 4):
+            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = np.float32(0.0)
+            s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = np.float32(0.0)
+            for j in range(dim):
+                a0, a1, a2, a3 = d[t0, j], d[t0 + 1, j], d[t0 + 2, j], d[t0 + 3, j]
+                b0, b1, b2, b3 = q[i0, j], q[i0 + 1, j], q[i0 + 2, j], q[i0 + 3, j]
+                s00 += a0 * b0
+                s01 += a0 * b1
+                s02 += a0 * b2
+                s03 += a0 * b3
+                s10 += a1 * b0
+                s11 += a1 * b1
+                s12 += a1 * b2
+                s13 += a1 * b3
+                s20 += a2 * b0
+                s21 += a2 * b1
+                s22 += a2 * b2
+                s23 += a2 * b3
+                s30 += a3 * b0
+                s31 += a3 * b1
+                s32 += a3 * b2
+                s33 += a3 * b3
+            m0 = max(m0, s00, s10, s20, s30)
+            m1 = max(m1, s01, s11, s21, s31)
+            m2 = max(m2, s02, s12, s22, s32)
+            m3 = max(m3, s03, s13, s23, s33)
+        best[i0] = max(best[i0], m0)
+        best[i0 + 1] = max(best[i0 + 1], m1)
+        best[i0 + 2] = max(best[i0 + 2], m2)
+        best[i0 + 3] = max(best[i0 + 3], m3)
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather_queries(q, q_off, pair_q, p0, p1, qg):  # pragma: no cover - compiled
+    """Stack the query vectors of pairs ``p0..p1`` into ``qg``, zero rows up to a multiple of 4;
+    return the padded row count."""
+    k = 0
+    for p in range(p0, p1):
+        for i in range(q_off[pair_q[p]], q_off[pair_q[p] + 1]):
+            qg[k] = q[i]
+            k += 1
+    m = (k + 3) // 4 * 4
+    qg[k:m] = 0.0
+    return m
+
+
+@numba.njit(cache=True, nogil=True)
+def _group_finish(q_off, pair_q, pair_slot, p0, p1, best, out):  # pragma: no cover - compiled
+    k = 0
+    for p in range(p0, p1):
+        qi = pair_q[p]
+        total = np.float32(0.0)
+        for _ in range(q_off[qi], q_off[qi + 1]):
+            total += best[k]
+            k += 1
+        out[qi, pair_slot[p]] = total
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _rerank_f16(q, q_off, bits, d_off, cand, table, out):  # pragma: no cover - compiled
-    nq, c = cand.shape
-    dim = bits.shape[1]
-    for qi in numba.prange(nq):
-        a, b = q_off[qi], q_off[qi + 1]
-        row = np.empty(dim, np.float32)
-        best = np.empty(max(b - a, 1), np.float32)
-        for ci in range(c):
-            doc = cand[qi, ci]
-            if doc < 0:
-                continue
-            best[:] = -np.inf
-            for t in range(d_off[doc], d_off[doc + 1]):
-                for j in range(dim):
-                    row[j] = table[bits[t, j]]
-                _maxsim_one_f32(q, a, b, row, best)
-            total = np.float32(0.0)
-            for i in range(b - a):
-                total += best[i]
-            out[qi, ci] = total
+def _rerank_groups(q, q_off, vectors, table, d_off, docs, groups, pair_q, pair_slot, out,
+                   max_len, max_tokens, n_chunks):  # pragma: no cover - compiled
+    """``out[pair_q[p], pair_slot[p]]`` = MaxSim of query ``pair_q[p]`` and document ``docs[g]``
+    for the pairs ``p`` of group ``g``. Each document is read (float16 bits: widened through
+    ``table``) once for its whole group. Groups are split into ``n_chunks`` ranges, each with
+    its own scratch buffers (no allocation per document)."""
+    dim = vectors.shape[1]
+    per = (docs.size + n_chunks - 1) // n_chunks
+    for c in numba.prange(n_chunks):
+        block = np.empty(((max_len + 3) // 4 * 4, dim), np.float32)
+        qg = np.empty(((max_tokens + 3) // 4 * 4, dim), np.float32)
+        best = np.empty(qg.shape[0], np.float32)
+        for g in range(c * per, min((c + 1) * per, docs.size)):
+            doc, p0, p1 = docs[g], groups[g], groups[g + 1]
+            m = _gather_queries(q, q_off, pair_q, p0, p1, qg)
+            a, n = d_off[doc], d_off[doc + 1] - d_off[doc]
+            rows = (n + 3) // 4 * 4
+            for t in range(rows):
+                _load_row(vectors, table, a + min(t, n - 1), block[t])  # padding repeats the last row
+            best[:m] = -np.inf
+            _block_max(block[:rows], qg[:m], best[:m])
+            _group_finish(q_off, pair_q, pair_slot, p0, p1, best, out)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _rerank_f32(q, q_off, vectors, d_off, cand, out):  # pragma: no cover - compiled
-    nq, c = cand.shape
-    for qi in numba.prange(nq):
-        a, b = q_off[qi], q_off[qi + 1]
-        best = np.empty(max(b - a, 1), np.float32)
-        for ci in range(c):
-            doc = cand[qi, ci]
-            if doc < 0:
-                continue
-            best[:] = -np.inf
-            for t in range(d_off[doc], d_off[doc + 1]):
-                _maxsim_one_f32(q, a, b, vectors[t], best)
-            total = np.float32(0.0)
-            for i in range(b - a):
-                total += best[i]
-            out[qi, ci] = total
+def _load_row(vectors, table, t, row):  # pragma: no cover - replaced by the overload in kernels
+    """``row = float32(vectors[t])``; float16 stores come as uint16 bits widened by ``table``."""
+    row[:] = table[vectors[t]] if vectors.dtype == np.uint16 else vectors[t]
+
+
+@numba.extending.overload(_load_row, jit_options={"cache": True, "nogil": True})
+def _load_row_impl(vectors, table, t, row):  # pragma: no cover - compiled
+    if vectors.dtype == numba.types.uint16:
+        def widen(vectors, table, t, row):
+            for j in range(row.size):
+                row[j] = table[vectors[t, j]]
+        return widen
+
+    def copy(vectors, table, t, row):
+        for j in range(row.size):
+            row[j] = vectors[t, j]
+    return copy
 
 
 @numba.njit(cache=True, nogil=True)

@@ -48,13 +48,13 @@ from lsr.index._format import (
     save_ids,
     write_manifest,
 )
-from lsr.index.multivectors import MultiVectors, maxsim_rerank
+from lsr.index.multivectors import MultiVectors, _top_k, maxsim_rerank
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["FDEConfig", "FDEEncoder", "FDEIndex", "gray_partition_index", "DEFAULT_CANDIDATES"]
 
-DEFAULT_CANDIDATES = 100
+DEFAULT_CANDIDATES = 50  # FDE candidates re-ranked by exact MaxSim (docs/dense_and_muvera.md)
 _ENCODE_BATCH = 512  # multi-vector sets encoded together
 
 
@@ -72,9 +72,10 @@ class FDEConfig:
         fill_empty_partitions: documents fill empty partitions from the nearest point.
         seed: base random seed [seed].
 
-    Defaults (``2**3 * 128 * 10 = 10240`` dimensions) were tuned on scifact with MiniLM token
-    vectors: recall 0.906 of the exact-MaxSim top-10 within the FDE top-100
-    (``scripts/bench_muvera.py``; docs/dense_and_muvera.md has the grid).
+    Defaults (``2**3 * 128 * 10 = 10240`` dimensions), the same for every dataset, were tuned on
+    scifact with MiniLM token vectors: recall 0.906 of the exact-MaxSim top-10 within the FDE
+    top-100 (0.80 on nfcorpus, whose 5-vector queries no ~10k-dimension setting brings above
+    0.83; ``scripts/bench_muvera.py``, docs/dense_and_muvera.md has the grids).
     """
 
     dim: int
@@ -168,6 +169,12 @@ class FDEEncoder:
         self._ams_sparse = [None if m is None else (np.argmax(m != 0, axis=1).astype(np.int64),
                                                     m[np.arange(c.dim), np.argmax(m != 0, axis=1)].copy())
                             for m in self.ams]
+        # every repetition at once for the query path: (dim, reps * k_sim) hyperplanes and the AMS
+        # sketches as (reps, dim) target coordinates and signs (identity: coordinate i, sign +1)
+        self._simhash_all = np.ascontiguousarray(np.concatenate(self.simhash, axis=1))
+        self._targets = np.stack([np.arange(c.dim) if a is None else a[0] for a in self._ams_sparse]).astype(np.int64)
+        self._signs = np.stack([np.ones(c.dim, np.float32) if a is None else a[1]
+                                for a in self._ams_sparse]).astype(np.float32)
         self.count_sketch: tuple[np.ndarray, np.ndarray] | None = None
         if c.final_dim is not None:
             rng = np.random.default_rng([c.seed, 2])
@@ -179,8 +186,27 @@ class FDEEncoder:
         return self.config.output_dim
 
     def encode_queries(self, mv: MultiVectors, show_progress: bool = False) -> np.ndarray:
-        """Query FDEs (partition sums): ``float32 (len(mv), output_dim)``."""
-        return self._encode(mv, document=False, show_progress=show_progress)
+        """Query FDEs (partition sums): ``float32 (len(mv), output_dim)``.
+
+        All repetitions in one pass: one product for every SimHash sketch, then a serial Numba
+        kernel adds each token's AMS-projected vector into its partition of every repetition.
+        """
+        if not isinstance(mv, MultiVectors):
+            raise TypeError(f"expected MultiVectors, got {type(mv).__name__}")
+        if len(mv) and mv.dim != self.config.dim:
+            raise ValueError(f"vectors have dimension {mv.dim}, the FDE config expects {self.config.dim}")
+        c = self.config
+        x = np.ascontiguousarray(mv.vectors, dtype=np.float32)
+        out = np.zeros((len(mv), c.reps, c.partitions, c.projection_dim), dtype=np.float32)
+        if x.shape[0]:
+            item = np.repeat(np.arange(len(mv), dtype=np.int64), mv.lengths)
+            if c.k_sim:
+                bits = (x @ self._simhash_all > 0).reshape(-1, c.k_sim).astype(np.int64)
+                labels = gray_partition_index(bits).reshape(x.shape[0], c.reps)
+            else:
+                labels = np.zeros((x.shape[0], c.reps), np.int64)
+            _scatter_sum(x, item, labels, self._targets, self._signs, out)
+        return self._final(out.reshape(len(mv), -1))
 
     def encode_documents(self, mv: MultiVectors, show_progress: bool = False) -> np.ndarray:
         """Document FDEs (partition averages, empty partitions filled): ``float32 (len(mv), output_dim)``."""
@@ -287,6 +313,8 @@ class FDEIndex:
         if candidates < 1:
             raise ValueError(f"candidates must be positive, got {candidates}")
         self.candidates = int(candidates)
+        self.bf16 = True  # score a CPU flat index in bfloat16 when PyTorch is installed
+        self._bf16: Any = None
 
     @classmethod
     def build(cls, docs: MultiVectors, config: FDEConfig | None = None, doc_ids: Sequence[str] | None = None,
@@ -309,8 +337,49 @@ class FDEIndex:
         return f"FDEIndex(n_docs={len(self)}, fde={self.encoder.config.to_dict()}, candidates={self.candidates})"
 
     def search_fde(self, queries: MultiVectors, k: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` by FDE inner product only (no re-ranking)."""
-        return self.dense.search(self.encoder.encode_queries(queries), k=k, threads=threads)
+        """Top-``k`` by FDE inner product only (no re-ranking).
+
+        A CPU flat index is scored with one matrix product for the whole query batch; where
+        PyTorch is installed the product runs in bfloat16 (about 2.5x the float32 speed on CPUs
+        with AVX512-BF16/AMX; the FDE stage is approximate anyway, re-ranking stays float32).
+        Other index types go through FAISS.
+        """
+        qf = self.encoder.encode_queries(queries)
+        flat = self._flat_fdes()
+        if flat is None:
+            return self.dense.search(qf, k=k, threads=threads)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        torch_fdes = self._bf16_fdes(flat)
+        if torch_fdes is None:
+            scores = qf @ flat.T
+        else:
+            import torch
+
+            scores = (torch.from_numpy(qf).to(torch.bfloat16) @ torch_fdes.T).float().numpy()
+        return _top_k(scores, int(k))
+
+    def _flat_fdes(self) -> np.ndarray | None:
+        """The document FDEs as a ``(n, dim)`` view of a CPU flat FAISS index (no copy), else None."""
+        if self.dense.index_type != "flat" or self.dense.on_gpu:
+            return None
+        import faiss
+
+        index = self.dense._cpu
+        return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+
+    def _bf16_fdes(self, flat: np.ndarray) -> Any:
+        """A bfloat16 PyTorch copy of the FDEs (made once), or None without PyTorch / when disabled."""
+        if not self.bf16:
+            return None
+        if self._bf16 is None:
+            try:
+                import torch
+            except ImportError:
+                self.bf16 = False
+                return None
+            self._bf16 = torch.from_numpy(np.ascontiguousarray(flat)).to(torch.bfloat16)
+        return self._bf16
 
     def search(self, queries: MultiVectors, k: int = 10, threads: int = 1,
                candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -358,8 +427,18 @@ class FDEIndex:
                    int(m.get("candidates", DEFAULT_CANDIDATES)))
 
 
-# ---------------------------------------------------------------------------- numba kernel
+# ---------------------------------------------------------------------------- numba kernels
 import numba  # noqa: E402  (lsr/__init__ never imports this module eagerly)
+
+
+@numba.njit(cache=True, nogil=True)
+def _scatter_sum(x, item, labels, targets, signs, out):  # pragma: no cover - compiled
+    """``out[item[t], r, labels[t, r], targets[r, i]] += signs[r, i] * x[t, i]`` (query FDE blocks)."""
+    for t in range(x.shape[0]):
+        for r in range(labels.shape[1]):
+            block = out[item[t], r, labels[t, r]]
+            for i in range(x.shape[1]):
+                block[targets[r, i]] += signs[r, i] * x[t, i]
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
