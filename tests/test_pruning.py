@@ -92,9 +92,13 @@ def data():
 
 @pytest.mark.parametrize("quantize", [None, 8])
 @pytest.mark.parametrize("k", [1, 10, 64])
-def test_exact_matches_brute_force(data, quantize, k):
+@pytest.mark.parametrize("decoded", [True, False])
+def test_exact_matches_brute_force(data, quantize, k, decoded):
+    """Both execution modes: lists decoded in memory (with the derived forward copy and window
+    maxima) and compressed blocks searched in place (block skipping, cursors)."""
     docs, queries = data
-    index = InvertedIndex.from_csr(docs, quantize=quantize)
+    index = InvertedIndex.from_csr(docs, quantize=quantize, decoded=decoded)
+    assert index.postings.decoded == decoded
     ref = dequantised(docs) if quantize else docs
     ids, scores = check(index, ref, queries, k)
     # every exact path agrees: pruned, exhaustive, threaded
@@ -104,11 +108,12 @@ def test_exact_matches_brute_force(data, quantize, k):
 
 
 @pytest.mark.parametrize("quantize", [None, 8])
-def test_ties_duplicates_and_edge_cases(quantize):
+@pytest.mark.parametrize("decoded", [True, False])
+def test_ties_duplicates_and_edge_cases(quantize, decoded):
     rng = np.random.default_rng(1)
     docs = zipf_docs(rng, 500, 60, 10, ties=True)
     docs = sp.vstack([docs, sp.csr_matrix((3, 60), dtype=np.float32)]).tocsr()  # docs with no terms
-    index = InvertedIndex.from_csr(docs, quantize=quantize)
+    index = InvertedIndex.from_csr(docs, quantize=quantize, decoded=decoded)
     ref = dequantised(docs) if quantize else docs
     rows = [([], []), ([2, 2, 5], [1.0, 0.5, 2.0]), ([0, 1, 2, 3], [1.0, 1.0, 1.0, 1.0]), ([59], [3.0]),
             ([7, 100], [1.0, 2.0])]  # duplicates, out-of-vocabulary term, empty query
@@ -197,11 +202,12 @@ def fine_dequantised(docs: sp.csr_matrix) -> sp.csr_matrix:
 
 
 @pytest.mark.parametrize("quantize", [None, 8])
-@pytest.mark.parametrize("forward", [True, False])
-def test_approximate_with_every_candidate_is_exact_on_rescoring_weights(data, quantize, forward):
-    """Re-scoring uses the forward copy's fine weights when there is one, else the postings'."""
+@pytest.mark.parametrize("forward,decoded", [(True, True), (False, True), (False, False)])
+def test_approximate_with_every_candidate_is_exact_on_rescoring_weights(data, quantize, forward, decoded):
+    """Re-scoring uses the stored forward copy's fine weights when there is one, else the
+    index's own weights (a forward copy derived in memory, or the compressed lists in place)."""
     docs, queries = data
-    index = InvertedIndex.from_csr(docs, quantize=quantize, forward=forward)
+    index = InvertedIndex.from_csr(docs, quantize=quantize, forward=forward, decoded=decoded)
     if quantize and forward:
         ref = fine_dequantised(docs)
     elif quantize:  # 8-bit impacts x scale, from the float weights independently of the index

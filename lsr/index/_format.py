@@ -201,10 +201,11 @@ def read_manifest(
 def load_array(
     directory: Path, name: str, dtype: np.dtype, shape: tuple[int, ...], mmap: bool = True
 ) -> np.ndarray:
-    """Load a ``.npy`` file (memory-mapped by default) and check its dtype and shape."""
+    """Load a ``.npy`` file (memory-mapped copy-on-write by default, so kernels see one writable
+    array type and the file is never modified) and check its dtype and shape."""
     file = directory / name
     try:
-        arr = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+        arr = np.load(file, mmap_mode="c" if mmap else None, allow_pickle=False)  # copy-on-write: never writes the file
     except (ValueError, OSError, EOFError) as exc:
         raise IndexFormatError(f"{file}: unreadable array ({exc})") from exc
     if arr.dtype != np.dtype(dtype) or arr.shape != tuple(shape):

@@ -80,15 +80,28 @@ def _drain(hs, hd, n, k, out_ids, out_scores):
 
 
 @njit(inline="always")
-def _add_list(t, w, offsets, term_blocks, block_last, block_word, words, post_w, quant, acc, seen, touched, nt,
+def _add_list(t, w, offsets, term_blocks, block_last, block_word, words, raw_docs, raw_imps, post_w, quant, acc, seen, touched, nt,
               track, dbuf, ibuf):
     """acc[d] += w * weight for every posting of term t; with ``track`` also record first-time
     documents in touched[nt:] (seen flags). Returns (new nt, first position, last position)."""
     lo = np.int64(acc.size)
     hi = np.int64(-1)
+    if raw_docs.size > 0:  # decoded in memory: read the list directly
+        a, e = offsets[t], offsets[t + 1]
+        for p in range(a, e):
+            d = raw_docs[p]
+            if track and seen[d] == 0:
+                seen[d] = 1
+                touched[nt] = d
+                nt += 1
+            if quant:
+                acc[d] += w * np.float32(raw_imps[p])
+            else:
+                acc[d] += w * post_w[p]
+        return nt, np.int64(raw_docs[a]), np.int64(raw_docs[e - 1])
     for b in range(term_blocks[t], term_blocks[t + 1]):
         n = block_size(offsets, term_blocks, t, b)
-        decode_block(words, block_word, block_last, term_blocks, t, b, n, quant, dbuf, ibuf)
+        decode_block(words, block_word, block_last, term_blocks, offsets, raw_docs, raw_imps, t, b, n, quant, dbuf, ibuf)
         p0 = offsets[t] + (b - term_blocks[t]) * BLOCK
         if b == term_blocks[t]:
             lo = dbuf[0]
@@ -108,7 +121,7 @@ def _add_list(t, w, offsets, term_blocks, block_last, block_word, words, post_w,
 
 @njit(nogil=True, cache=True)
 def _one_query(
-    qi, qw, offsets, term_blocks, block_last, block_word, words, post_w, quant, positive_index, k, acc, seen,
+    qi, qw, offsets, term_blocks, block_last, block_word, words, raw_docs, raw_imps, post_w, quant, positive_index, k, acc, seen,
     touched, hs, hd, dbuf, ibuf, out_ids, out_scores,
 ):
     """Term-at-a-time accumulation of one query into a dense accumulator, then heap top-k.
@@ -131,7 +144,7 @@ def _one_query(
         w = qw[j]
         if t < 0 or t >= vocab_size or w == 0.0 or offsets[t + 1] == offsets[t]:
             continue
-        nt, a, b = _add_list(t, w, offsets, term_blocks, block_last, block_word, words, post_w, quant, acc, seen,
+        nt, a, b = _add_list(t, w, offsets, term_blocks, block_last, block_word, words, raw_docs, raw_imps, post_w, quant, acc, seen,
                              touched, nt, not positive, dbuf, ibuf)
         lo = min(lo, a)
         hi = max(hi, b)
@@ -159,7 +172,7 @@ def _one_query(
 
 
 @njit(nogil=True, cache=True)
-def _run(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_word, words, post_w, quant, n_docs,
+def _run(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_word, words, raw_docs, raw_imps, post_w, quant, n_docs,
          positive, k, q_start, q_stop, q_step, out_ids, out_scores):
     acc = np.zeros(n_docs, np.float32)
     seen = np.zeros(n_docs, np.uint8)
@@ -170,23 +183,23 @@ def _run(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_wo
     ibuf = np.empty(BLOCK, np.int64)
     for q in range(q_start, q_stop, q_step):
         a, b = q_indptr[q], q_indptr[q + 1]
-        _one_query(q_indices[a:b], q_data[a:b], offsets, term_blocks, block_last, block_word, words, post_w, quant,
+        _one_query(q_indices[a:b], q_data[a:b], offsets, term_blocks, block_last, block_word, words, raw_docs, raw_imps, post_w, quant,
                    positive, k, acc, seen, touched, hs, hd, dbuf, ibuf, out_ids[q], out_scores[q])
 
 
 @njit(nogil=True, cache=True)
-def search_serial(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_word, words, post_w, quant,
+def search_serial(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_word, words, raw_docs, raw_imps, post_w, quant,
                   n_docs, positive, k, out_ids, out_scores):
-    _run(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_word, words, post_w, quant, n_docs,
+    _run(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_word, words, raw_docs, raw_imps, post_w, quant, n_docs,
          positive, k, 0, q_indptr.size - 1, 1, out_ids, out_scores)
 
 
 @njit(nogil=True, parallel=True, cache=True)
-def search_parallel(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_word, words, post_w, quant,
+def search_parallel(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_word, words, raw_docs, raw_imps, post_w, quant,
                     n_docs, positive, k, n_chunks, out_ids, out_scores):
     nq = q_indptr.size - 1
     for c in prange(n_chunks):
-        _run(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_word, words, post_w, quant, n_docs,
+        _run(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_word, words, raw_docs, raw_imps, post_w, quant, n_docs,
              positive, k, c, nq, n_chunks, out_ids, out_scores)
 
 

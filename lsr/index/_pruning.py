@@ -115,7 +115,7 @@ def _sort_desc(key, a, b, m):
 
 
 @njit(inline="always")
-def _intersect(t, w, offsets, term_blocks, block_last, block_max, block_word, words, post_w, quant, cand, cs, nc,
+def _intersect(t, w, offsets, term_blocks, block_last, block_max, block_word, words, raw_docs, raw_imps, post_w, quant, cand, cs, nc,
                prune, rest_after, theta, factor, dbuf, ibuf):
     """Add term ``t``'s ``w * weight`` to the candidates ``cand[:nc]`` (ascending positions,
     partial scores ``cs``), skipping blocks by their last position. With ``prune``, drop
@@ -138,7 +138,7 @@ def _intersect(t, w, offsets, term_blocks, block_last, block_max, block_word, wo
                 continue
             if dec != b:
                 n = block_size(offsets, term_blocks, t, b)
-                decode_block(words, block_word, block_last, term_blocks, t, b, n, quant, dbuf, ibuf)
+                decode_block(words, block_word, block_last, term_blocks, offsets, raw_docs, raw_imps, t, b, n, quant, dbuf, ibuf)
                 p0 = offsets[t] + (b - term_blocks[t]) * BLOCK
                 dec = b
                 ip = 0
@@ -158,7 +158,7 @@ def _intersect(t, w, offsets, term_blocks, block_last, block_max, block_word, wo
 
 
 @njit(nogil=True, cache=True)
-def _approx_query(m, ut, uw, offsets, term_blocks, block_last, block_max, block_word, words, post_w, quant,
+def _approx_query(m, ut, uw, offsets, term_blocks, block_last, block_max, block_word, words, raw_docs, raw_imps, post_w, quant,
                   p_offsets, p_docs, p_w, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, query_cut, heap_factor, n_cand,
                   k, out_scale, fine_scale, acc, qmap, touched, cand, cw, cs, cd, ss, sd, fs, fd, dbuf, ibuf, out_ids,
                   out_scores):
@@ -209,7 +209,7 @@ def _approx_query(m, ut, uw, offsets, term_blocks, block_last, block_max, block_
         cand[:nr].sort()
         cw[:nr] = 0.0
         for j in range(m):
-            _intersect(ut[j], uw[j], offsets, term_blocks, block_last, block_max, block_word, words, post_w, quant,
+            _intersect(ut[j], uw[j], offsets, term_blocks, block_last, block_max, block_word, words, raw_docs, raw_imps, post_w, quant,
                        cand, cw, nr, False, np.float32(0.0), np.float32(0.0), np.float32(1.0), dbuf, ibuf)
         for i in range(nr):
             nf = _push(fs, fd, nf, k, cw[i] * out_scale, cand[i])
@@ -218,10 +218,10 @@ def _approx_query(m, ut, uw, offsets, term_blocks, block_last, block_max, block_
 
 @njit(nogil=True, cache=True)
 def _query(
-    qi, qw, offsets, term_blocks, block_last, block_max, block_word, words, post_w, quant, term_max,
+    qi, qw, offsets, term_blocks, block_last, block_max, block_word, words, raw_docs, raw_imps, post_w, quant, term_max, bm_offsets, bm_values,
     fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_cand,
     n_docs, k, out_scale, fine_scale, acc, bf, qmap, qpos, ut, uw, ub, hs, hd, cs, cd, ss, sd, fs, fd, seen,
-    touched, cand, cw, dbuf, ibuf, out_ids, out_scores,
+    touched, cand, cw, dbuf, ibuf, cur, tdb, tib, rsuf, out_ids, out_scores,
 ):
     vocab_size = offsets.size - 1
     m, positive = _unique_terms(qi, qw, vocab_size, qpos, ut, uw)
@@ -229,7 +229,7 @@ def _query(
         _drain(fs, fd, 0, k, out_ids, out_scores)
         return
     if not positive:
-        _one_query(qi, qw, offsets, term_blocks, block_last, block_word, words, post_w, quant, False, k, acc, seen,
+        _one_query(qi, qw, offsets, term_blocks, block_last, block_word, words, raw_docs, raw_imps, post_w, quant, False, k, acc, seen,
                    touched, hs, hd, dbuf, ibuf, out_ids, out_scores)
         for i in range(k):
             if out_ids[i] >= 0:
@@ -239,7 +239,7 @@ def _query(
         ub[j] = uw[j] * term_max[ut[j]]
     _sort_desc(ub, ut, uw, m)
     if approx:
-        _approx_query(m, ut, uw, offsets, term_blocks, block_last, block_max, block_word, words, post_w, quant,
+        _approx_query(m, ut, uw, offsets, term_blocks, block_last, block_max, block_word, words, raw_docs, raw_imps, post_w, quant,
                       p_offsets, p_docs, p_w, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, query_cut, heap_factor,
                       n_cand, k, out_scale, fine_scale, acc, qmap, touched, cand, cw, cs, cd, ss, sd, fs, fd, dbuf,
                       ibuf, out_ids, out_scores)
@@ -261,9 +261,22 @@ def _query(
         for i in range(k):
             hs[i] = theta
             hd[i] = -1
-        for b in range(term_blocks[t], term_blocks[t + 1]):
+        if raw_docs.size > 0:  # decoded in memory: read the list directly
+            for p in range(offsets[t], offsets[t + 1]):
+                d = raw_docs[p]
+                if quant:
+                    v = acc[d] + w * np.float32(raw_imps[p])
+                else:
+                    v = acc[d] + w * post_w[p]
+                acc[d] = v
+                bf[d >> _SHIFT] = 1
+                if v > hs[0]:
+                    hs[0] = v
+                    hd[0] = d
+                    _sift_down(hs, hd, k, 0)
+        for b in range(term_blocks[t], term_blocks[t + 1] if raw_docs.size == 0 else term_blocks[t]):
             n = block_size(offsets, term_blocks, t, b)
-            decode_block(words, block_word, block_last, term_blocks, t, b, n, quant, dbuf, ibuf)
+            decode_block(words, block_word, block_last, term_blocks, offsets, raw_docs, raw_imps, t, b, n, quant, dbuf, ibuf)
             p0 = offsets[t] + (b - term_blocks[t]) * BLOCK
             for i in range(n):
                 d = dbuf[i]
@@ -297,38 +310,126 @@ def _query(
                     if n == k:
                         thr = fs[0]
             acc[lo:hi] = 0.0
+    elif has_fwd:
+        # ---- phase 2 with a forward copy: finish candidates on their document rows, skipping
+        # windows of 64 positions by the remaining terms' window maxima (bm tables)
+        for jj in range(j, m):
+            qmap[ut[jj]] = uw[jj]
+        for i in range(k):  # seed the final heap with the last list's best documents
+            d = hd[i]
+            if d >= 0:
+                s = acc[d] + _rescore(d, fwd_indptr, fwd_terms, fwd_w, qmap, q16, False)
+                acc[d] = -np.inf
+                n = _push(fs, fd, n, k, s, d)
+        for blk in range(bf.size):
+            if bf[blk] == 0:
+                continue
+            bf[blk] = 0
+            bb = np.float32(0.0)  # bound of the non-essential terms within this window
+            for jj in range(j, m):
+                t = ut[jj]
+                o = bm_offsets[t]
+                if bm_offsets[t + 1] > o:
+                    bb += uw[jj] * np.float32(bm_values[o + blk])
+                else:
+                    bb += ub[jj]
+            lo, hi = blk << _SHIFT, min((blk + 1) << _SHIFT, n_docs)
+            thr = theta if n < k or fs[0] < theta else fs[0]
+            cut = thr / factor - bb  # partial scores below this cannot reach the top k
+            for d in range(lo, hi):
+                s = acc[d]
+                if s >= cut:
+                    s += _rescore(d, fwd_indptr, fwd_terms, fwd_w, qmap, q16, False)
+                    if s > 0.0:
+                        n = _push(fs, fd, n, k, s, d)
+                        thr = theta if n < k or fs[0] < theta else fs[0]
+                        cut = thr / factor - bb
+            acc[lo:hi] = 0.0
+        for jj in range(m):
+            qmap[ut[jj]] = 0.0
     else:
-        # ---- phase 2: candidates = documents whose partial score plus the remaining bounds can
-        # reach the threshold; each remaining list is intersected with them (block skipping,
-        # block-max pruning), and the threshold rises with the candidates' k-th partial score
-        lim = theta / factor - rest
-        nc = 0
+        # ---- phase 2 (document at a time over the candidates, ascending): a document touched by
+        # the essential terms is finished on the remaining lists through one cursor per list
+        # (skipping blocks by their last position, decoding a block at most once), term by term
+        # in decreasing bound order, and dropped as soon as its partial score plus the bounds
+        # left (the current block's maximum for the next list) cannot reach the threshold,
+        # which is the k-th final score found so far (or the phase-1 bound while fewer).
+        rsuf[m] = np.float32(0.0)
+        for jj in range(m - 1, j - 1, -1):
+            rsuf[jj] = rsuf[jj + 1] + ub[jj]
+        for jj in range(j, m):
+            t = ut[jj]
+            cur[jj, 0] = term_blocks[t]  # current block
+            cur[jj, 1] = -1  # decoded block
+            cur[jj, 2] = 0  # position in the decoded block
+            cur[jj, 3] = 0  # its size
         for blk in range(bf.size):
             if bf[blk] == 0:
                 continue
             bf[blk] = 0
             lo, hi = blk << _SHIFT, min((blk + 1) << _SHIFT, n_docs)
+            # bound of the remaining lists within this window of 64 positions: the maxima of
+            # the blocks that overlap it (cursors move forward only)
+            bb = np.float32(0.0)
+            for jj in range(j, m):
+                t = ut[jj]
+                bi = cur[jj, 0]
+                tb1 = term_blocks[t + 1]
+                while bi < tb1 and block_last[bi] < lo:
+                    bi += 1
+                cur[jj, 0] = bi
+                mx = np.float32(0.0)
+                while bi < tb1:
+                    if np.float32(block_max[bi]) > mx:
+                        mx = np.float32(block_max[bi])
+                    if block_last[bi] >= hi - 1:
+                        break
+                    bi += 1
+                bb += uw[jj] * mx
+            thr = fs[0] if n == k and fs[0] > theta else theta
+            cut = thr / factor - bb
             for d in range(lo, hi):
                 s = acc[d]
-                if s > 0.0 and s >= lim:
-                    cand[nc] = d
-                    cw[nc] = s
-                    nc += 1
+                if s <= 0.0 or s < cut:
+                    continue
+                alive = True
+                for jj in range(j, m):
+                    t = ut[jj]
+                    w = uw[jj]
+                    bi = cur[jj, 0]
+                    tb1 = term_blocks[t + 1]
+                    while bi < tb1 and block_last[bi] < d:
+                        bi += 1
+                    cur[jj, 0] = bi
+                    if bi < tb1:
+                        if (s + w * np.float32(block_max[bi]) + rsuf[jj + 1]) * factor < thr:
+                            alive = False
+                            break
+                        if cur[jj, 1] != bi:
+                            nb = block_size(offsets, term_blocks, t, bi)
+                            decode_block(words, block_word, block_last, term_blocks, offsets, raw_docs, raw_imps,
+                                         t, bi, nb, quant, tdb[jj], tib[jj])
+                            cur[jj, 1] = bi
+                            cur[jj, 2] = 0
+                            cur[jj, 3] = nb
+                        ip = cur[jj, 2]
+                        nb = cur[jj, 3]
+                        while ip < nb and tdb[jj, ip] < d:
+                            ip += 1
+                        cur[jj, 2] = ip
+                        if ip < nb and tdb[jj, ip] == d:
+                            if quant:
+                                s += w * np.float32(tib[jj, ip])
+                            else:
+                                s += w * post_w[offsets[t] + (bi - term_blocks[t]) * BLOCK + ip]
+                    if (s + rsuf[jj + 1]) * factor < thr:
+                        alive = False
+                        break
+                if alive and s > 0.0:
+                    n = _push(fs, fd, n, k, s, d)
+                    thr = fs[0] if n == k and fs[0] > theta else theta
+                    cut = thr / factor - bb
             acc[lo:hi] = 0.0
-        for jj in range(j, m):
-            rest -= ub[jj]
-            if rest < 0.0 or jj == m - 1:
-                rest = np.float32(0.0)
-            nc = _intersect(ut[jj], uw[jj], offsets, term_blocks, block_last, block_max, block_word, words, post_w,
-                            quant, cand, cw, nc, True, rest, theta, factor, dbuf, ibuf)
-            if nc >= k and jj < m - 1:
-                nh = 0
-                for i in range(nc):
-                    nh = _push(hs, hd, nh, k, cw[i], cand[i])
-                if hs[0] > theta:
-                    theta = hs[0]
-        for i in range(nc):
-            n = _push(fs, fd, n, k, cw[i], cand[i])
     _drain(fs, fd, n, k, out_ids, out_scores)
     for i in range(n):
         out_scores[i] *= out_scale
@@ -336,8 +437,8 @@ def _query(
 
 @njit(nogil=True, cache=True)
 def _run(
-    q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_max, block_word, words, post_w, quant,
-    term_max, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx, query_cut, heap_factor,
+    q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_max, block_word, words, raw_docs, raw_imps, post_w, quant,
+    term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx, query_cut, heap_factor,
     n_cand, n_docs, k, out_scale, fine_scale, q_start, q_stop, q_step, out_ids, out_scores,
 ):
     """Search queries q_start, q_start + q_step, ... < q_stop with one set of scratch buffers."""
@@ -366,35 +467,40 @@ def _run(
     sd = np.empty(max(n_cand, k), np.int64)
     dbuf = np.empty(BLOCK, np.int64)
     ibuf = np.empty(BLOCK, np.int64)
+    cur = np.zeros((max_terms, 4), np.int64)
+    tdb = np.empty((max_terms, BLOCK), np.int64)
+    tib = np.empty((max_terms, BLOCK), np.int64)
+    rsuf = np.empty(max_terms + 1, np.float32)
     for q in range(q_start, q_stop, q_step):
         a, b = q_indptr[q], q_indptr[q + 1]
-        _query(q_indices[a:b], q_data[a:b], offsets, term_blocks, block_last, block_max, block_word, words, post_w,
-               quant, term_max, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx,
+        _query(q_indices[a:b], q_data[a:b], offsets, term_blocks, block_last, block_max, block_word, words, raw_docs, raw_imps, post_w,
+               quant, term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx,
                query_cut, heap_factor, n_cand, n_docs, k, out_scale, fine_scale, acc, bf, qmap, qpos, ut, uw, ub,
-               hs, hd, cs, cd, ss, sd, fs, fd, seen, touched, cand, cw, dbuf, ibuf, out_ids[q], out_scores[q])
+               hs, hd, cs, cd, ss, sd, fs, fd, seen, touched, cand, cw, dbuf, ibuf, cur, tdb, tib, rsuf, out_ids[q],
+               out_scores[q])
 
 
 @njit(nogil=True, cache=True)
 def search_serial(
-    q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_max, block_word, words, post_w, quant,
-    term_max, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx, query_cut, heap_factor,
+    q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_max, block_word, words, raw_docs, raw_imps, post_w, quant,
+    term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx, query_cut, heap_factor,
     n_cand, n_docs, k, out_scale, fine_scale, out_ids, out_scores,
 ):
-    _run(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_max, block_word, words, post_w, quant,
-         term_max, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx, query_cut,
+    _run(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_max, block_word, words, raw_docs, raw_imps, post_w, quant,
+         term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx, query_cut,
          heap_factor, n_cand, n_docs, k, out_scale, fine_scale, 0, q_indptr.size - 1, 1, out_ids, out_scores)
 
 
 @njit(nogil=True, parallel=True, cache=True)
 def search_parallel(
-    q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_max, block_word, words, post_w, quant,
-    term_max, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx, query_cut, heap_factor,
+    q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_max, block_word, words, raw_docs, raw_imps, post_w, quant,
+    term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx, query_cut, heap_factor,
     n_cand, n_docs, k, out_scale, fine_scale, n_chunks, out_ids, out_scores,
 ):
     nq = q_indptr.size - 1
     for c in prange(n_chunks):
-        _run(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_max, block_word, words, post_w,
-             quant, term_max, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx, query_cut,
+        _run(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_max, block_word, words, raw_docs, raw_imps, post_w,
+             quant, term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx, query_cut,
              heap_factor, n_cand, n_docs, k, out_scale, fine_scale, c, nq, n_chunks, out_ids, out_scores)
 
 
@@ -414,7 +520,7 @@ def term_maxima(term_blocks, block_max):
 
 
 @njit(nogil=True, cache=True)
-def prune_lists(offsets, term_blocks, block_last, block_word, words, post_w, quant, n_postings):
+def prune_lists(offsets, term_blocks, block_last, block_word, words, raw_docs, raw_imps, post_w, quant, n_postings):
     """Keep the ``n_postings`` highest-impact entries of every list (ties to lower positions), in
     document order, uncompressed. Returns (offsets, docs int32, weights: uint8 impacts or float32)."""
     v = offsets.size - 1
@@ -437,7 +543,7 @@ def prune_lists(offsets, term_blocks, block_last, block_word, words, post_w, qua
         ln = offsets[t + 1] - offsets[t]
         for b in range(term_blocks[t], term_blocks[t + 1]):
             n = block_size(offsets, term_blocks, t, b)
-            decode_block(words, block_word, block_last, term_blocks, t, b, n, quant, dbuf, ibuf)
+            decode_block(words, block_word, block_last, term_blocks, offsets, raw_docs, raw_imps, t, b, n, quant, dbuf, ibuf)
             r0 = (b - term_blocks[t]) * BLOCK
             for i in range(n):
                 ld[r0 + i] = dbuf[i]
@@ -455,3 +561,25 @@ def prune_lists(offsets, term_blocks, block_last, block_word, words, post_w, qua
             docs[o + i] = ld[order[i]]
             ws[o + i] = lw[order[i]]
     return new_off, docs, ws
+
+
+@njit(nogil=True, cache=True)
+def window_maxima(offsets, post_docs, post_w, n_docs, min_df):
+    """Per-term maxima over windows of 64 document positions, for terms with at least ``min_df``
+    postings (others have an empty range). Returns (offsets into values, values)."""
+    v = offsets.size - 1
+    nb = (n_docs >> _SHIFT) + 1
+    bm_off = np.zeros(v + 1, np.int64)
+    for t in range(v):
+        bm_off[t + 1] = bm_off[t] + (nb if offsets[t + 1] - offsets[t] >= min_df else 0)
+    vals = np.zeros(bm_off[v], post_w.dtype)
+    for t in range(v):
+        o = bm_off[t]
+        if bm_off[t + 1] == o:
+            continue
+        for p in range(offsets[t], offsets[t + 1]):
+            b = o + (post_docs[p] >> _SHIFT)
+            if post_w[p] > vals[b]:
+                vals[b] = post_w[p]
+    return bm_off, vals
+

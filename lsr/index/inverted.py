@@ -111,6 +111,22 @@ class Postings:
     def __init__(self, offsets, term_blocks, block_last, block_max, block_word, words, weights) -> None:
         self.offsets, self.term_blocks, self.block_last = offsets, term_blocks, block_last
         self.block_max, self.block_word, self.words, self.weights = block_max, block_word, words, weights
+        # the lists decoded in memory (int32 positions, uint8 impacts): search reads these when
+        # present (about 3x faster than decoding blocks on the fly), see :meth:`hold_decoded`
+        self.raw_docs, self.raw_imps = _EMPTY_I32, _EMPTY_U8
+
+    @property
+    def decoded(self) -> bool:
+        return self.raw_docs.size > 0 or int(self.offsets[-1]) == 0
+
+    def hold_decoded(self, docs: np.ndarray | None = None, imps: np.ndarray | None = None) -> None:
+        """Keep the decoded lists in memory (decoding them unless given): 4 bytes per posting
+        (+1 for 8-bit impacts) of RAM for faster search."""
+        if docs is None:
+            docs, w = self.decode()
+            imps = w if self.quantized else None
+        self.raw_docs = np.ascontiguousarray(docs, dtype=np.int32)
+        self.raw_imps = np.ascontiguousarray(imps, dtype=np.uint8) if self.quantized else _EMPTY_U8
 
     @property
     def quantized(self) -> bool:
@@ -140,7 +156,7 @@ class Postings:
 
     def kernel_args(self) -> tuple:
         return (self.offsets, self.term_blocks, self.block_last, self.block_max, self.block_word, self.words,
-                self.weights if self.weights.size else _EMPTY_F32, self.quantized)
+                self.raw_docs, self.raw_imps, self.weights if self.weights.size else _EMPTY_F32, self.quantized)
 
     @property
     def nbytes(self) -> int:
@@ -150,6 +166,7 @@ class Postings:
 _EMPTY_F32 = np.zeros(0, np.float32)
 _EMPTY_I32 = np.zeros(0, np.int32)
 _EMPTY_I64 = np.zeros(0, np.int64)
+_EMPTY_U8 = np.zeros(0, np.uint8)
 
 
 class InvertedIndex:
@@ -216,6 +233,25 @@ class InvertedIndex:
         self.term_max = term_max
         self._pruned: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._pruned_lock = threading.Lock()
+        self._derive_search_tables()
+
+    def _derive_search_tables(self) -> None:
+        """In-memory tables of the decoded mode: per-term maxima over windows of 64 positions and,
+        unless the index stores a forward copy, a doc-major copy of the 8-bit impacts (as their
+        exact 16-bit codes ``257 * c8``) or float weights, with which exact search finishes its
+        candidates (and approximate mode re-scores them). Nothing when searching in place."""
+        self._bm = (np.zeros(self.vocab_size + 1, np.int64), np.zeros(0, np.uint8 if self.quantization else np.float32))
+        self._mem_forward = None
+        p = self.postings
+        if not p.decoded or self.nnz == 0:
+            return
+        from lsr.index import _pruning
+
+        w = p.raw_imps if p.quantized else p.weights
+        self._bm = _pruning.window_maxima(self.offsets, p.raw_docs, w, self.n_docs, max(1, (self.n_docs >> 6) + 1))
+        if not self.has_forward:
+            fw = w.astype(np.uint16) * np.uint16(257) if p.quantized else w
+            self._mem_forward = _forward(self.offsets, p.raw_docs, fw, self.n_docs)
 
     @property
     def has_forward(self) -> bool:
@@ -238,6 +274,7 @@ class InvertedIndex:
         metadata: dict[str, Any] | None = None,
         quantize: int | None = None,
         forward: bool = False,
+        decoded: bool = True,
     ) -> "InvertedIndex":
         """Build from a documents x vocabulary sparse matrix (scipy or :class:`SparseBatch`).
 
@@ -248,7 +285,7 @@ class InvertedIndex:
         ``forward=True`` also keeps a doc-major copy (16-bit codes or float32 weights, about
         4 bytes per posting) with which approximate mode re-scores its candidates more finely
         and faster; without it they are re-scored from the posting lists with the index's own
-        weights.
+        weights. ``decoded`` keeps the lists decoded in memory as well (see :meth:`load`).
         """
         import scipy.sparse as sp
 
@@ -289,6 +326,8 @@ class InvertedIndex:
         post_w = coarse_codes(fwd_w[order]) if quant else np.ascontiguousarray(fwd_w[order])
         del order, m
         postings = Postings.encode(offsets, post_docs, post_w)
+        if decoded:
+            postings.hold_decoded(post_docs, post_w if quant else None)
         return cls(postings, n_docs, doc_ids, metadata, forward=fwd, quantization=quant)
 
     # ------------------------------------------------------------------ properties
@@ -337,7 +376,7 @@ class InvertedIndex:
 
                 p = self.postings
                 self._pruned[n_postings] = _pruning.prune_lists(
-                    p.offsets, p.term_blocks, p.block_last, p.block_word, p.words,
+                    p.offsets, p.term_blocks, p.block_last, p.block_word, p.words, p.raw_docs, p.raw_imps,
                     p.weights if p.weights.size else _EMPTY_F32, p.quantized, int(n_postings))
             return self._pruned[n_postings]
 
@@ -426,9 +465,12 @@ class InvertedIndex:
                                                                                     _EMPTY_F32)
         if self.has_forward:
             fwd = (self.fwd_indptr, self.fwd_terms, self.fwd_weights)
+        elif self._mem_forward is not None:
+            fwd = self._mem_forward
         else:
             fwd = (_EMPTY_I64, np.zeros(0, np.uint16), np.zeros(0, np.uint16 if q else np.float32))
-        args = pargs + (self.term_max,) + fwd + (self.has_forward, bool(q), p_off, p_docs, p_w, approx,
+        has_fwd = self.has_forward or self._mem_forward is not None
+        args = pargs + (self.term_max,) + self._bm + fwd + (has_fwd, bool(q), p_off, p_docs, p_w, approx,
                                                 int(query_cut or 0), float(heap_factor), int(candidates or 10 * k),
                                                 self.n_docs, k, out_scale, float(q["fine_scale"]) if q else 1.0)
         self._call(_pruning.search_serial, _pruning.search_parallel, args, threads, ids, scores)
@@ -489,8 +531,13 @@ class InvertedIndex:
         )
 
     @classmethod
-    def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> "InvertedIndex":
+    def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True,
+             decoded: bool = True) -> "InvertedIndex":
         """Open an index directory; arrays are memory-mapped unless ``mmap=False``.
+
+        ``decoded=True`` (default) also keeps the posting lists decoded in memory (4 bytes per
+        posting, +1 for 8-bit impacts): search is about 3x faster than decoding blocks on the fly.
+        ``decoded=False`` searches the compressed blocks in place (memory: the file size).
 
         ``verify`` checks every file's SHA-256 against the manifest; sizes, dtypes, shapes and
         the blocks themselves (every block decodes inside its bounds to ascending positions
@@ -533,7 +580,7 @@ class InvertedIndex:
         if offsets[-1] != nnz:
             raise IndexFormatError(f"{path}/offsets.npy: ends at {int(offsets[-1])}, expected {nnz}")
         if version < 3:
-            return cls._load_uncompressed(path, m, version, offsets, n_docs, nnz, doc_ids, quant, mmap)
+            return cls._load_uncompressed(path, m, version, offsets, n_docs, nnz, doc_ids, quant, mmap, decoded)
         from lsr.index import _codec
 
         postings = Postings(
@@ -550,6 +597,8 @@ class InvertedIndex:
                            p.quantized, n_docs)
         if bad >= 0:
             raise IndexFormatError(f"{path}/words.npy: malformed posting block {bad}")
+        if decoded:
+            p.hold_decoded()
         term_max = load_array(path, "term_max.npy", np.float32, (vocab_size,), mmap)
         forward = None
         if has_fwd:
@@ -563,7 +612,7 @@ class InvertedIndex:
 
     @classmethod
     def _load_uncompressed(cls, path: Path, m: dict, version: int, offsets: np.ndarray, n_docs: int, nnz: int,
-                           doc_ids: np.ndarray, quant: dict | None, mmap: bool) -> "InvertedIndex":
+                           doc_ids: np.ndarray, quant: dict | None, mmap: bool, decoded: bool) -> "InvertedIndex":
         """Version 1/2 directories: int32 postings (and, in version 2, a forward copy)."""
         from lsr.index import _kernels
 
@@ -584,4 +633,6 @@ class InvertedIndex:
             if forward[0][0] != 0 or forward[0][-1] != nnz:
                 raise IndexFormatError(f"{path}/forward_indptr.npy: does not span the {nnz} postings")
         postings = Postings.encode(offsets, np.ascontiguousarray(post_docs), np.ascontiguousarray(post_w))
+        if decoded:
+            postings.hold_decoded(post_docs, post_w if quant else None)
         return cls(postings, n_docs, doc_ids, m.get("metadata") or {}, forward=forward, quantization=quant)
