@@ -128,7 +128,13 @@ def build_lsr(D, kind: str, workdir: Path) -> tuple[Any, dict]:
     info["note"] = (f"{kind} index: build {build:.1f}s (1 thread, in memory); peak RSS growth "
                     f"{max(0, rss1 - rss0) / 1024:.0f} MiB; {size / 2**20:.1f} MiB = {search_size / D.nnz:.2f} "
                     f"B/posting without ids")
-    return InvertedIndex.load(path), info
+    index = InvertedIndex.load(path)
+    p = index.postings
+    derived = p.raw_docs.nbytes + p.raw_imps.nbytes + sum(a.nbytes for a in index._bm)
+    derived += sum(a.nbytes for a in index._mem_forward) if index._mem_forward is not None else 0
+    info["note"] += (f"; loaded (decoded mode) it also holds {derived / D.nnz:.2f} B/posting of decoded lists and "
+                     f"derived tables in RAM")
+    return index, info
 
 
 def run_lsr(D, Q, truth, k: int, repeat: int, workdir: Path, settings=LSR_SETTINGS) -> list[dict]:
