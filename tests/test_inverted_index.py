@@ -210,9 +210,9 @@ def test_edited_file_is_refused(built):
 def test_edited_manifest_is_refused(built):
     _, _, path = built
     m = json.loads((path / "manifest.json").read_text())
-    m["n_blocks"] += 1
+    m["n_postings"] += 1
     (path / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(IndexFormatError, match="expected int32 array of shape"):
+    with pytest.raises(IndexFormatError, match="offsets.npy: ends at"):
         InvertedIndex.load(path)
 
 

@@ -1,9 +1,11 @@
 """Block compression of posting lists (private; used by :mod:`lsr.index.inverted`).
 
-Every posting list is cut into blocks of ``BLOCK`` (128) postings. Per block the index keeps the
-last document position (``block_last``, int32: skipping without decoding), the largest impact
-(``block_max``: block-max pruning) and where its bits start (``block_word``, in 32-bit words).
-A block's bits are one little-endian stream in a ``uint32`` word array:
+Every posting list is cut into blocks of ``BLOCK`` (128) postings, stored one after another in a
+``uint32`` word array (the only thing saved besides the list offsets). In memory the index also
+keeps, per block, the last document position (``block_last``, int32: skipping without
+decoding), the largest impact (``block_max``: block-max pruning) and where its bits start
+(``block_word``); :func:`derive` rebuilds them on load while checking every block. A block's bits
+are one little-endian stream:
 
 * a header word: ``gap_width | gap_high << 5 | gap_exceptions << 10 | imp_width << 17 |
   imp_high << 21 | imp_exceptions << 25``;
@@ -253,47 +255,63 @@ def decode_all(offsets, term_blocks, block_last, block_word, words, quant):
 
 
 @njit(nogil=True, cache=True)
-def check(offsets, term_blocks, block_last, block_max, block_word, words, quant, n_docs):
-    """Structural check of a compressed index; returns ``(-1, "")``-like codes: the first bad
-    block number, or -1 when every block decodes to ascending positions below ``n_docs`` that
-    agree with ``block_last`` / ``block_max`` and stay inside the word array."""
+def derive(offsets, words, quant, n_docs):
+    """Rebuild the per-block tables of a stored index from its bit streams, checking every block.
+
+    Returns ``(term_blocks, block_last, block_max, block_word, bad)``: ``bad`` is -1 when every
+    block lies inside ``words`` (which ends with the two padding words), its header agrees with its
+    size, and it decodes to ascending positions below ``n_docs`` (8-bit impacts in 1..255); else
+    the number of the first bad block (the tables are then incomplete). ``block_max`` holds the
+    8-bit maxima (zeros for float indexes, whose maxima come from their weights)."""
     v = offsets.size - 1
-    if offsets[0] != 0 or term_blocks[0] != 0 or block_word[0] != 0:
-        return 0
-    nb = block_last.size
-    if term_blocks[v] != nb or block_word.size != nb + 1 or block_word[nb] + 2 != words.size:
-        return nb
+    term_blocks = np.zeros(v + 1, np.int64)
+    for t in range(v):
+        ln = offsets[t + 1] - offsets[t]
+        if ln < 0:
+            return term_blocks, np.empty(0, np.int32), np.empty(0, np.uint8), np.empty(0, np.int64), 0
+        term_blocks[t + 1] = term_blocks[t] + (ln + BLOCK - 1) // BLOCK
+    nb = term_blocks[v]
+    block_last = np.zeros(nb, np.int32)
+    block_max = np.zeros(nb, np.uint8)
+    block_word = np.zeros(nb + 1, np.int64)
     dbuf = np.empty(BLOCK, np.int64)
     ibuf = np.empty(BLOCK, np.int64)
     nod = np.empty(0, np.int32)
     noi = np.empty(0, np.uint8)
+    end = words.size - 2
+    if offsets[0] != 0 or end < 0:
+        return term_blocks, block_last, block_max, block_word, 0
     for t in range(v):
-        ln = offsets[t + 1] - offsets[t]
-        if ln < 0 or term_blocks[t + 1] - term_blocks[t] != (ln + BLOCK - 1) // BLOCK:
-            return term_blocks[t]
         prev = -1
         for b in range(term_blocks[t], term_blocks[t + 1]):
-            if block_word[b + 1] <= block_word[b] or block_word[b + 1] > words.size - 2:
-                return b
-            h = np.int64(words[block_word[b]])
+            w0 = block_word[b]
+            if w0 >= end:
+                return term_blocks, block_last, block_max, block_word, b
+            h = np.int64(words[w0])
             n = block_size(offsets, term_blocks, t, b)
+            if (h >> 10) & 127 > n or (h >> 25) & 127 > n or (not quant and (h >> 17) != 0):
+                return term_blocks, block_last, block_max, block_word, b
             bits = 32 + _pfor_bits(n, h & 31, (h >> 5) & 31, (h >> 10) & 127)
             if quant:
                 bits += _pfor_bits(n, (h >> 17) & 15, (h >> 21) & 15, (h >> 25) & 127)
-            if (bits + 31) // 32 != block_word[b + 1] - block_word[b] or (h >> 10) & 127 > n \
-                    or (h >> 25) & 127 > n:
-                return b
+            block_word[b + 1] = w0 + (bits + 31) // 32
+            if block_word[b + 1] > end:
+                return term_blocks, block_last, block_max, block_word, b
+            if b > term_blocks[t]:
+                block_last[b - 1] = prev  # decode_block reads the previous block's last position
             decode_block(words, block_word, block_last, term_blocks, offsets, nod, noi, t, b, n, quant, dbuf, ibuf)
             mx = 0
             for i in range(n):
                 d = dbuf[i]
                 if d <= prev or d >= n_docs:
-                    return b
+                    return term_blocks, block_last, block_max, block_word, b
                 prev = d
                 if quant:
                     if ibuf[i] < 1 or ibuf[i] > 255:
-                        return b
+                        return term_blocks, block_last, block_max, block_word, b
                     mx = max(mx, ibuf[i])
-            if prev != block_last[b] or (quant and mx != block_max[b]):
-                return b
-    return -1
+            block_last[b] = prev
+            block_max[b] = mx
+    if block_word[nb] != end:
+        return term_blocks, block_last, block_max, block_word, nb
+    return term_blocks, block_last, block_max, block_word, -1

@@ -495,9 +495,8 @@ class InvertedIndex:
             self._write(tmp)
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        p = self.postings
-        arrays = {"offsets": p.offsets, "term_blocks": p.term_blocks, "block_last": p.block_last,
-                  "block_max": p.block_max, "block_word": p.block_word, "words": p.words, "term_max": self.term_max}
+        p = self.postings  # the block tables and term maxima are rebuilt from the words on load
+        arrays = {"offsets": p.offsets, "words": p.words}
         if not p.quantized:
             arrays["weights"] = p.weights
         if self.has_forward:
@@ -572,7 +571,6 @@ class InvertedIndex:
                     raise ValueError(f"unsupported block_size {m['block_size']}")
         except (KeyError, TypeError, ValueError) as exc:
             raise IndexFormatError(f"{path}/manifest.json: missing or bad field ({exc})") from exc
-        wdtype = np.uint8 if quant else np.float32
         doc_ids = load_ids(path, "doc_ids.parquet", n_docs)
         tdtype = np.uint16 if vocab_size <= 65536 else np.int32
         fdtype = np.uint16 if quant else np.float32
@@ -583,23 +581,17 @@ class InvertedIndex:
             return cls._load_uncompressed(path, m, version, offsets, n_docs, nnz, doc_ids, quant, mmap, decoded)
         from lsr.index import _codec
 
-        postings = Postings(
-            offsets,
-            load_array(path, "term_blocks.npy", np.int64, (vocab_size + 1,), mmap),
-            load_array(path, "block_last.npy", np.int32, (n_blocks,), mmap),
-            load_array(path, "block_max.npy", wdtype, (n_blocks,), mmap),
-            load_array(path, "block_word.npy", np.int64, (n_blocks + 1,), mmap),
-            load_array(path, "words.npy", np.uint32, (n_words,), mmap),
-            _EMPTY_F32 if quant else load_array(path, "weights.npy", np.float32, (nnz,), mmap),
-        )
-        p = postings
-        bad = _codec.check(p.offsets, p.term_blocks, p.block_last, p.block_max, p.block_word, p.words,
-                           p.quantized, n_docs)
-        if bad >= 0:
-            raise IndexFormatError(f"{path}/words.npy: malformed posting block {bad}")
+        words = load_array(path, "words.npy", np.uint32, (n_words,), mmap)
+        term_blocks, block_last, block_max, block_word, bad = _codec.derive(offsets, words, quant is not None, n_docs)
+        if bad >= 0 or block_last.size != n_blocks:
+            raise IndexFormatError(f"{path}/words.npy: malformed posting block {max(bad, 0)}")
+        weights = _EMPTY_F32
+        if quant is None:
+            weights = load_array(path, "weights.npy", np.float32, (nnz,), mmap)
+            block_max = _codec.block_maxima(offsets, term_blocks, weights)
+        postings = Postings(offsets, term_blocks, block_last, block_max, block_word, words, weights)
         if decoded:
-            p.hold_decoded()
-        term_max = load_array(path, "term_max.npy", np.float32, (vocab_size,), mmap)
+            postings.hold_decoded()
         forward = None
         if has_fwd:
             forward = (load_array(path, "forward_indptr.npy", np.int64, (n_docs + 1,), mmap),
@@ -607,8 +599,7 @@ class InvertedIndex:
                        load_array(path, "forward_weights.npy", fdtype, (nnz,), mmap))
             if forward[0][0] != 0 or forward[0][-1] != nnz:
                 raise IndexFormatError(f"{path}/forward_indptr.npy: does not span the {nnz} postings")
-        return cls(postings, n_docs, doc_ids, m.get("metadata") or {}, forward=forward, term_max=term_max,
-                   quantization=quant)
+        return cls(postings, n_docs, doc_ids, m.get("metadata") or {}, forward=forward, quantization=quant)
 
     @classmethod
     def _load_uncompressed(cls, path: Path, m: dict, version: int, offsets: np.ndarray, n_docs: int, nnz: int,
