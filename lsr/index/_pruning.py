@@ -1,20 +1,27 @@
 """Numba kernels for pruned search of the inverted index. Private: use :class:`lsr.InvertedIndex`.
 
+Posting lists come as blocks of 128 (:mod:`lsr.index._codec`), read either from the lists held
+decoded in memory (``raw_docs`` / ``raw_imps``, the default) or by decoding blocks in place.
+
 Exact mode is term-at-a-time MaxScore: query terms are processed in decreasing order of their
 upper bound (query weight x the term's largest impact) into a dense accumulator while the sum
 of the bounds of the terms not yet processed can still lift a document into the top ``k``
 (the ``k``-th best partial score is a valid lower bound of the final threshold). The remaining
-("non-essential") terms are then added only to the documents whose partial score plus that
-sum still reaches the threshold, by reading each such document's row in a doc-major (forward)
-copy of the index. Every bound carries a small relative slack for float rounding, so the
-result is exactly the top ``k`` of the index's scores, ties to the lower position.
+("non-essential") terms are then added only to the documents whose partial score plus their
+bound within the document's window of 64 positions still reaches the threshold: by reading the
+document's row in a doc-major (forward) copy when there is one (stored, or derived in memory in
+decoded mode), else document at a time through one cursor per remaining list (block skipping by
+last position, block-max pruning, early termination). Every bound carries a small relative slack
+for float rounding, so the result is exactly the top ``k`` of the index's scores, ties to the
+lower position.
 
 Approximate mode (Seismic-like, but with exact re-scoring of a few candidates): the
 ``query_cut`` query terms with the largest upper bounds are accumulated from a statically
 pruned copy of their lists (each list's ``n_postings`` highest impacts), touching only the
 documents they contain; the ``candidates`` best partial scores (those at least
-``heap_factor`` times the ``k``-th best partial score) are re-scored on the forward index
-with fine (16-bit or float) weights over ALL query terms, and the best ``k`` returned.
+``heap_factor`` times the ``k``-th best partial score) are re-scored over ALL query terms, on
+the forward copy (fine 16-bit or float weights when stored) or by intersecting them with the
+compressed lists, and the best ``k`` returned.
 Cost: about ``query_cut * n_postings + candidates * terms per document`` operations.
 
 Kernels take contiguous arrays and scalars, release the GIL, and allocate per thread only.
@@ -522,7 +529,7 @@ def term_maxima(term_blocks, block_max):
 @njit(nogil=True, cache=True)
 def prune_lists(offsets, term_blocks, block_last, block_word, words, raw_docs, raw_imps, post_w, quant, n_postings):
     """Keep the ``n_postings`` highest-impact entries of every list (ties to lower positions), in
-    document order, uncompressed. Returns (offsets, docs int32, weights: uint8 impacts or float32)."""
+    document order, uncompressed. Returns (offsets, docs int32, weights float32)."""
     v = offsets.size - 1
     new_off = np.zeros(v + 1, np.int64)
     longest = 0
@@ -531,10 +538,7 @@ def prune_lists(offsets, term_blocks, block_last, block_word, words, raw_docs, r
         new_off[t + 1] = new_off[t] + min(ln, n_postings)
         longest = max(longest, ln)
     docs = np.empty(new_off[v], np.int32)
-    if quant:
-        ws = np.empty(new_off[v], np.float32)
-    else:
-        ws = np.empty(new_off[v], np.float32)
+    ws = np.empty(new_off[v], np.float32)  # 8-bit impacts or float weights, as float32
     ld = np.empty(longest, np.int32)
     lw = np.empty(longest, np.float64)
     dbuf = np.empty(BLOCK, np.int64)
