@@ -337,3 +337,25 @@ def test_version_2_directories_are_read(tmp_path, quantize):
     for mode in ("exact", "approximate"):
         a, b = index.search(queries, k=10, mode=mode), loaded.search(queries, k=10, mode=mode)
         assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
+
+
+@pytest.mark.parametrize("damage", ["indptr", "terms", "order"])
+def test_damaged_forward_copy_is_refused(tmp_path, damage):
+    """The stored doc-major copy is indexed unchecked by the kernels, so load refuses rows that
+    do not increase, term ids beyond the vocabulary and unsorted rows (even with verify=False)."""
+    rng = np.random.default_rng(5)
+    docs = random_csr(rng, 300, 40, 0.15)
+    InvertedIndex.from_csr(docs, quantize=8, forward=True).save(tmp_path / "ix")
+    name = "forward_indptr.npy" if damage == "indptr" else "forward_terms.npy"
+    arr = np.load(tmp_path / "ix" / name)
+    if damage == "indptr":
+        arr[1:-1] = 10**12
+    elif damage == "terms":
+        arr[:] = 60000
+    else:
+        row = int(np.argmax(np.diff(np.load(tmp_path / "ix" / "forward_indptr.npy")) > 1))
+        start = int(np.load(tmp_path / "ix" / "forward_indptr.npy")[row])
+        arr[start], arr[start + 1] = arr[start + 1], arr[start]
+    np.save(tmp_path / "ix" / name, arr)
+    with pytest.raises(IndexFormatError, match="forward_"):
+        InvertedIndex.load(tmp_path / "ix", verify=False)

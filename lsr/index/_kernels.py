@@ -219,3 +219,21 @@ def check_postings(offsets, post_docs, n_docs):
                 return p
             prev = d
     return -1
+
+
+@njit(nogil=True, cache=True)
+def check_forward(indptr, terms, vocab_size):
+    """Return -1 if a doc-major copy is well formed (rows non-decreasing in ``indptr``, term ids
+    strictly increasing within a row and below ``vocab_size``), else the first bad row."""
+    n_docs = indptr.size - 1
+    for d in range(n_docs):
+        a, b = indptr[d], indptr[d + 1]
+        if b < a or a < 0 or b > terms.size:
+            return d
+        prev = -1
+        for p in range(a, b):
+            t = np.int64(terms[p])
+            if t <= prev or t >= vocab_size:
+                return d
+            prev = t
+    return -1

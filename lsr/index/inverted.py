@@ -95,6 +95,19 @@ def _forward(offsets: np.ndarray, post_docs: np.ndarray, post_w: np.ndarray, n_d
             np.ascontiguousarray(csr.data, dtype=post_w.dtype))
 
 
+def _check_forward(path: Path, forward: tuple, vocab_size: int, nnz: int) -> None:
+    """Refuse a stored doc-major copy that does not span the postings or has out-of-range or
+    unsorted term ids (kernels index with them unchecked)."""
+    from lsr.index import _kernels
+
+    indptr, terms, _ = forward
+    if indptr[0] != 0 or indptr[-1] != nnz:
+        raise IndexFormatError(f"{path}/forward_indptr.npy: does not span the {nnz} postings")
+    bad = _kernels.check_forward(indptr, terms, vocab_size)
+    if bad >= 0:
+        raise IndexFormatError(f"{path}/forward_terms.npy: malformed row {bad} (see forward_indptr.npy)")
+
+
 class Postings:
     """Block-compressed term-major posting lists (see :mod:`lsr.index._codec` and docs/FORMAT.md).
 
@@ -597,8 +610,7 @@ class InvertedIndex:
             forward = (load_array(path, "forward_indptr.npy", np.int64, (n_docs + 1,), mmap),
                        load_array(path, "forward_terms.npy", tdtype, (nnz,), mmap),
                        load_array(path, "forward_weights.npy", fdtype, (nnz,), mmap))
-            if forward[0][0] != 0 or forward[0][-1] != nnz:
-                raise IndexFormatError(f"{path}/forward_indptr.npy: does not span the {nnz} postings")
+            _check_forward(path, forward, vocab_size, nnz)
         return cls(postings, n_docs, doc_ids, m.get("metadata") or {}, forward=forward, quantization=quant)
 
     @classmethod
@@ -621,8 +633,7 @@ class InvertedIndex:
                        load_array(path, "forward_terms.npy", np.uint16 if vocab_size <= 65536 else np.int32,
                                   (nnz,), mmap),
                        load_array(path, "forward_weights.npy", np.uint16 if quant else np.float32, (nnz,), mmap))
-            if forward[0][0] != 0 or forward[0][-1] != nnz:
-                raise IndexFormatError(f"{path}/forward_indptr.npy: does not span the {nnz} postings")
+            _check_forward(path, forward, vocab_size, nnz)
         postings = Postings.encode(offsets, np.ascontiguousarray(post_docs), np.ascontiguousarray(post_w))
         if decoded:
             postings.hold_decoded(post_docs, post_w if quant else None)
