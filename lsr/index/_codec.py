@@ -157,6 +157,19 @@ def decode_block(words, block_word, block_last, term_blocks, offsets, raw_docs, 
             ibuf[i] += 1
 
 
+@njit(inline="always")
+def _block_values(docs, imps, p0, n, prev, quant, gaps, vals):
+    """Gaps (and, when ``quant``, impacts minus one) of the ``n`` postings from ``p0``, the
+    previous document being ``prev``; returns the block's last document."""
+    for i in range(n):
+        d = np.int64(docs[p0 + i])
+        gaps[i] = d - prev - 1
+        prev = d
+        if quant:
+            vals[i] = np.int64(imps[p0 + i]) - 1
+    return prev
+
+
 @njit(nogil=True, cache=True)
 def encode(offsets, docs, imps, quant):
     """Compress term-major postings (``imps``: uint8 impacts, used when ``quant``).
@@ -179,17 +192,12 @@ def encode(offsets, docs, imps, quant):
         for b in range(term_blocks[t], term_blocks[t + 1]):
             p0 = offsets[t] + (b - term_blocks[t]) * BLOCK
             n = block_size(offsets, term_blocks, t, b)
-            for i in range(n):
-                d = np.int64(docs[p0 + i])
-                gaps[i] = d - prev - 1
-                prev = d
+            prev = _block_values(docs, imps, p0, n, prev, quant, gaps, vals)
             block_last[b] = prev
             gw, gh, ge = _choose(gaps, n, hist)
             bits = 32 + _pfor_bits(n, gw, gh, ge)
             iw, ih, ie = 0, 0, 0
             if quant:
-                for i in range(n):
-                    vals[i] = np.int64(imps[p0 + i]) - 1
                 iw, ih, ie = _choose(vals, n, hist)
                 bits += _pfor_bits(n, iw, ih, ie)
             headers[b] = np.uint32(gw | (gh << 5) | (ge << 10) | (iw << 17) | (ih << 21) | (ie << 25))
@@ -200,17 +208,12 @@ def encode(offsets, docs, imps, quant):
         for b in range(term_blocks[t], term_blocks[t + 1]):
             p0 = offsets[t] + (b - term_blocks[t]) * BLOCK
             n = block_size(offsets, term_blocks, t, b)
-            for i in range(n):
-                d = np.int64(docs[p0 + i])
-                gaps[i] = d - prev - 1
-                prev = d
+            prev = _block_values(docs, imps, p0, n, prev, quant, gaps, vals)
             h = np.int64(headers[b])
             words[block_word[b]] = headers[b]
             pos = block_word[b] * 32 + 32
             pos = _write_pfor(words, pos, gaps, n, h & 31, (h >> 5) & 31, (h >> 10) & 127)
             if quant:
-                for i in range(n):
-                    vals[i] = np.int64(imps[p0 + i]) - 1
                 _write_pfor(words, pos, vals, n, (h >> 17) & 15, (h >> 21) & 15, (h >> 25) & 127)
     return term_blocks, block_last, block_word, words
 

@@ -54,21 +54,15 @@ def _coarse(w, q16):
 
 
 @njit(inline="always")
-def _kth(acc, bf, n_docs, k, hs, hd):
-    """Heap of the k best positive accumulator values over the flagged blocks; returns
-    (k-th value or 0 if fewer than k, heap size)."""
-    n = 0
-    thr = np.float32(0.0)
-    for blk in range(bf.size):
-        if bf[blk] == 0:
-            continue
-        for d in range(blk << _SHIFT, min((blk + 1) << _SHIFT, n_docs)):
-            s = acc[d]
-            if s > thr:  # ascending positions: an equal score never displaces a kept one
-                n = _push(hs, hd, n, k, s, d)
-                if n == k:
-                    thr = hs[0]
-    return thr, n
+def _add_essential(d, c, acc, bf, hs, hd, k):
+    """Phase 1: acc[d] += c, flag d's window, keep the list's k best updated documents in hs/hd."""
+    v = acc[d] + c
+    acc[d] = v
+    bf[d >> _SHIFT] = 1
+    if v > hs[0]:
+        hs[0] = v
+        hd[0] = d
+        _sift_down(hs, hd, k, 0)
 
 
 @njit(inline="always")
@@ -270,33 +264,17 @@ def _query(
             hd[i] = -1
         if raw_docs.size > 0:  # decoded in memory: read the list directly
             for p in range(offsets[t], offsets[t + 1]):
-                d = raw_docs[p]
-                if quant:
-                    v = acc[d] + w * np.float32(raw_imps[p])
-                else:
-                    v = acc[d] + w * post_w[p]
-                acc[d] = v
-                bf[d >> _SHIFT] = 1
-                if v > hs[0]:
-                    hs[0] = v
-                    hd[0] = d
-                    _sift_down(hs, hd, k, 0)
-        for b in range(term_blocks[t], term_blocks[t + 1] if raw_docs.size == 0 else term_blocks[t]):
-            n = block_size(offsets, term_blocks, t, b)
-            decode_block(words, block_word, block_last, term_blocks, offsets, raw_docs, raw_imps, t, b, n, quant, dbuf, ibuf)
-            p0 = offsets[t] + (b - term_blocks[t]) * BLOCK
-            for i in range(n):
-                d = dbuf[i]
-                if quant:
-                    v = acc[d] + w * np.float32(ibuf[i])
-                else:
-                    v = acc[d] + w * post_w[p0 + i]
-                acc[d] = v
-                bf[d >> _SHIFT] = 1
-                if v > hs[0]:
-                    hs[0] = v
-                    hd[0] = d
-                    _sift_down(hs, hd, k, 0)
+                c = w * np.float32(raw_imps[p]) if quant else w * post_w[p]
+                _add_essential(raw_docs[p], c, acc, bf, hs, hd, k)
+        else:
+            for b in range(term_blocks[t], term_blocks[t + 1]):
+                n = block_size(offsets, term_blocks, t, b)
+                decode_block(words, block_word, block_last, term_blocks, offsets, raw_docs, raw_imps, t, b, n, quant,
+                             dbuf, ibuf)
+                p0 = offsets[t] + (b - term_blocks[t]) * BLOCK
+                for i in range(n):
+                    c = w * np.float32(ibuf[i]) if quant else w * post_w[p0 + i]
+                    _add_essential(dbuf[i], c, acc, bf, hs, hd, k)
         theta = hs[0]
         rest -= ub[j]
         if rest < 0.0:
