@@ -124,6 +124,8 @@ def _check(queries: MultiVectors, docs: MultiVectors) -> None:
         raise TypeError("queries and documents must be MultiVectors")
     if len(queries) and len(docs) and queries.dim != docs.dim:
         raise ValueError(f"query dimension {queries.dim} != document dimension {docs.dim}")
+    if not np.isfinite(queries.vectors).all():
+        raise ValueError("query vectors must be finite (found NaN or inf)")
 
 
 def maxsim_scores(queries: MultiVectors, docs: MultiVectors, block_tokens: int = BLOCK_TOKENS) -> np.ndarray:
@@ -192,9 +194,14 @@ def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return ids, out
     for i in range(nq):
         row = scores[i]
-        part = np.argpartition(-row, kk - 1)[:kk] if kk < n else np.arange(n)
+        part = np.arange(n)
+        if kk < n:
+            neg = -row
+            kth = neg[np.argpartition(neg, kk - 1)[kk - 1]]
+            if not np.isnan(kth):  # every entry tied with the k-th, so ties go to the lower positions
+                part = np.flatnonzero(neg <= kth)
         order = np.lexsort((part, -row[part]))
-        sel = part[order]
+        sel = part[order][:kk]
         sel = sel[np.isfinite(row[sel])]
         ids[i, :sel.size] = sel
         out[i, :sel.size] = row[sel]
@@ -223,8 +230,9 @@ def maxsim_rerank(queries: MultiVectors, docs: MultiVectors, candidates: np.ndar
         raise ValueError(f"candidates must have shape ({len(queries)}, c), got {candidates.shape}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    if candidates.size and int(candidates.max()) >= len(docs):
-        raise ValueError(f"candidate position {int(candidates.max())} out of range for {len(docs)} documents")
+    if candidates.size and (int(candidates.max()) >= len(docs) or int(candidates.min()) < -1):
+        bad = int(candidates.max()) if int(candidates.max()) >= len(docs) else int(candidates.min())
+        raise ValueError(f"candidate position {bad} out of range for {len(docs)} documents (-1 = none)")
     nq, k = len(queries), int(k)
     ids = np.full((nq, k), -1, dtype=np.int64)
     scores = np.zeros((nq, k), dtype=np.float32)
