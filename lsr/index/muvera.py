@@ -197,6 +197,8 @@ class FDEEncoder:
             raise ValueError(f"vectors have dimension {mv.dim}, the FDE config expects {self.config.dim}")
         c = self.config
         x = np.ascontiguousarray(mv.vectors, dtype=np.float32)
+        if not np.isfinite(x).all():
+            raise ValueError("query vectors must be finite (found NaN or inf)")
         out = np.zeros((len(mv), c.reps, c.partitions, c.projection_dim), dtype=np.float32)
         if x.shape[0]:
             item = np.repeat(np.arange(len(mv), dtype=np.int64), mv.lengths)
@@ -206,7 +208,7 @@ class FDEEncoder:
             else:
                 labels = np.zeros((x.shape[0], c.reps), np.int64)
             _scatter_sum(x, item, labels, self._targets, self._signs, out)
-        return self._final(out.reshape(len(mv), -1))
+        return self._final(out.reshape(len(mv), c.block_dim))
 
     def encode_documents(self, mv: MultiVectors, show_progress: bool = False) -> np.ndarray:
         """Document FDEs (partition averages, empty partitions filled): ``float32 (len(mv), output_dim)``."""
@@ -413,6 +415,9 @@ class FDEIndex:
         try:
             config = FDEConfig.from_dict(m["fde"])
             n_docs = int(m["n_docs"])
+            candidates = int(m.get("candidates", DEFAULT_CANDIDATES))
+            if candidates < 1:
+                raise ValueError(f"candidates={candidates} must be positive")
         except (KeyError, TypeError, ValueError) as exc:
             raise IndexFormatError(f"{path}/manifest.json: bad FDE fields ({exc})") from exc
         dense = DenseIndex.load(path / "fde", mmap=mmap, verify=False)
@@ -423,8 +428,11 @@ class FDEIndex:
         if len(docs) != n_docs or docs.dim != config.dim:
             raise IndexFormatError(f"{path}/multivectors.npy: {len(docs)} documents of dimension {docs.dim}, "
                                    f"expected {n_docs} of dimension {config.dim}")
-        return cls(FDEEncoder(config), dense, docs, load_ids(path, "doc_ids.parquet", n_docs),
-                   int(m.get("candidates", DEFAULT_CANDIDATES)))
+        try:
+            encoder = FDEEncoder(config)  # the random matrices, regenerated from the seed
+        except (TypeError, ValueError) as exc:
+            raise IndexFormatError(f"{path}/manifest.json: bad FDE fields ({exc})") from exc
+        return cls(encoder, dense, docs, load_ids(path, "doc_ids.parquet", n_docs), candidates)
 
 
 # ---------------------------------------------------------------------------- numba kernels
