@@ -63,6 +63,19 @@ def faiss_gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+_MINIMUM = {"hnsw_m": 2, "ef_construction": 1, "ef_search": 1, "nlist": 1, "nprobe": 1, "pq_m": 1, "pq_bits": 1}
+
+
+def _check_params(params: dict[str, Any]) -> None:
+    """Integer parameters within FAISS's range (``None`` = default): FAISS aborts, crashes or hangs
+    on some out-of-range values (HNSW ``M`` below 2, ``pq_bits`` 0) instead of raising."""
+    for key, value in params.items():
+        if value is None or key not in _MINIMUM:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < _MINIMUM[key]:
+            raise ValueError(f"{key} must be an integer >= {_MINIMUM[key]}, got {value!r}")
+
+
 def _default_nlist(n: int) -> int:
     """``4 sqrt(n)`` lists, but at least 39 training vectors per list (FAISS's k-means minimum)."""
     return max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39))
@@ -123,6 +136,7 @@ class DenseIndex:
         unknown = set(params) - set(DEFAULTS)
         if unknown:
             raise ValueError(f"unknown index parameters {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        _check_params(params)
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] < 1:
             raise ValueError(f"vectors must be a 2-D (n, dim) array, got shape {x.shape}")
@@ -210,6 +224,8 @@ class DenseIndex:
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"queries must have shape (nq, {self.dim}), got {q.shape}")
+        if not np.isfinite(q).all():
+            raise ValueError("queries must be finite (found NaN or inf)")
         nq, k = q.shape[0], int(k)
         ids = np.full((nq, k), -1, dtype=np.int64)
         scores = np.zeros((nq, k), dtype=np.float32)
@@ -266,6 +282,17 @@ class DenseIndex:
         if int(index.ntotal) != n or int(index.d) != dim:
             raise IndexFormatError(f"{path}/{FAISS_FILE}: {index.ntotal} vectors of dimension {index.d}, "
                                    f"manifest says {n} of dimension {dim}")
+        expected = {"flat": faiss.IndexFlat, "hnsw": faiss.IndexHNSW, "ivf": faiss.IndexIVFFlat,
+                    "ivfpq": faiss.IndexIVFPQ}[index_type]
+        if not isinstance(index, expected) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise IndexFormatError(f"{path}/{FAISS_FILE}: a {type(index).__name__} (metric {index.metric_type}), "
+                                   f"manifest.json says an inner-product {index_type} index")
+        try:
+            _check_params(params)
+            if index_type in ("ivf", "ivfpq") and "nprobe" not in params:
+                raise ValueError("no nprobe")
+        except ValueError as exc:
+            raise IndexFormatError(f"{path}/manifest.json: bad params ({exc})") from exc
         return cls(index, index_type, params, load_ids(path, "doc_ids.parquet", n), use_gpu=use_gpu,
                    metadata=m.get("metadata") or {})
 
