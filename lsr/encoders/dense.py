@@ -91,13 +91,27 @@ def load_transformer(model: str | os.PathLike, device: str) -> tuple[Any, Any]:
         from transformers import AutoModel, AutoTokenizer
     except ImportError as exc:  # pragma: no cover
         raise ImportError(_INSTALL_HINT) from exc
-    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    local = model_path(model)  # a missing local path fails here, naming it
+    if local is not None and not (local / "config.json").is_file():
+        raise FileNotFoundError(f"{local}: not a transformers model directory (no config.json)")
+    source = str(local) if local is not None else str(model)
+    tokenizer = AutoTokenizer.from_pretrained(source)
     from lsr.encoders._torch import quiet_loading
 
     with quiet_loading():
-        net = AutoModel.from_pretrained(str(model), dtype=torch.float32)
+        net = AutoModel.from_pretrained(source, dtype=torch.float32)
     net.eval().to(device)
     return tokenizer, net
+
+
+def model_max_tokens(tokenizer: Any, net: Any) -> int:
+    """Longest input the model takes: its position embeddings, or the tokenizer's declared
+    maximum where smaller (RoBERTa-style offsets), as sentence-transformers bounds it."""
+    limit = int(getattr(net.config, "max_position_embeddings", 0) or 1 << 30)
+    declared = getattr(tokenizer, "model_max_length", None)
+    if isinstance(declared, int) and 0 < declared < limit:
+        limit = declared
+    return limit
 
 
 def load_dense_module(directory: str | os.PathLike | None, model: str, subdir: str) -> dict[str, Any] | None:
@@ -262,6 +276,9 @@ class DenseEncoder:
         self.batch_size = int(batch_size)
         self.device = resolve_device(device)
         self._tokenizer, self._net = load_transformer(model, self.device)
+        self._max_tokens = model_max_tokens(self._tokenizer, self._net)
+        if max(self.query_max_length, self.doc_max_length) > self._max_tokens:
+            logger.warning("%s: truncating to the model's %d positions", self.model, self._max_tokens)
         self._dense = load_dense_module(None, self.model, self._dense_dir) if self._dense_dir else None
         self.dim = int(self._dense["weight"].shape[0] if self._dense else self._net.config.hidden_size)
 
@@ -297,7 +314,7 @@ class DenseEncoder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        enc = self._tokenizer(texts, truncation=True, max_length=max_length, padding=False)
+        enc = self._tokenizer(texts, truncation=True, max_length=min(max_length, self._max_tokens), padding=False)
         lengths = [len(x) for x in enc["input_ids"]]
         pad_id = self._tokenizer.pad_token_id or 0
         with torch.inference_mode(), tqdm(total=len(texts), desc="encode", unit="text",

@@ -38,6 +38,7 @@ from lsr.encoders.dense import (
     load_dense_module,
     load_state_dict,
     load_transformer,
+    model_max_tokens,
     model_path,
     read_module_file,
     resolve_device,
@@ -143,6 +144,9 @@ class MultiVectorEncoder:
         max_pos = int(getattr(self._net.config, "max_position_embeddings", 512))
         self.query_max_length = int(query_max_length or settings.get("query_max_length") or (32 if colbert else 64))
         self.doc_max_length = int(doc_max_length or settings.get("doc_max_length") or min(max_pos, 256))
+        self._max_tokens = model_max_tokens(self._tokenizer, self._net)
+        if max(self.query_max_length, self.doc_max_length) > self._max_tokens:
+            logger.warning("%s: truncating to the model's %d positions", self.model, self._max_tokens)
         self.query_augmentation = bool(colbert and settings.get("query_augmentation", True)
                                        if query_augmentation is None else query_augmentation)
         self.attend_to_mask = bool(settings.get("attend_to_mask", False))
@@ -199,9 +203,11 @@ class MultiVectorEncoder:
 
     def _tokenize(self, texts: Sequence[str], query: bool) -> list[list[int]]:
         """Token ids with special tokens and the marker (after the first token) inserted."""
-        max_len = self.query_max_length if query else self.doc_max_length
+        max_len = min(self.query_max_length if query else self.doc_max_length, self._max_tokens)
         marker = self._query_marker if query else self._doc_marker
         budget = max_len - (1 if marker is not None else 0)
+        if len(texts) == 0:  # tokenizers refuse an empty batch
+            return []
         ids = self._tokenizer([str(t) for t in texts], truncation=True, max_length=budget,
                               padding=False)["input_ids"]
         if marker is not None:
@@ -215,7 +221,7 @@ class MultiVectorEncoder:
 
         ids_list = self._tokenize(texts, query)
         augment = query and self.query_augmentation
-        width_fixed = self.query_max_length if augment else None
+        width_fixed = min(self.query_max_length, self._max_tokens) if augment else None
         pad_id = self._tokenizer.pad_token_id or 0
         mask_id = self._tokenizer.mask_token_id
         lengths = [len(x) for x in ids_list]
