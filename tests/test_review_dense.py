@@ -9,6 +9,7 @@ subprocess.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -512,7 +513,7 @@ def test_failed_save_leaves_the_existing_index(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- encoders
-torch_needed = pytest.mark.skipif(not __import__("importlib").util.find_spec("torch"), reason="needs torch")
+torch_needed = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
 
 
 @pytest.fixture(scope="module")
