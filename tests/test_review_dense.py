@@ -621,3 +621,79 @@ def test_dense_module_matches_sentence_transformers(tmp_path):
     enc = DenseEncoder(d, device="cpu", batch_size=2)
     assert enc.dim == 12
     np.testing.assert_allclose(enc.encode_documents(texts), ref, atol=2e-5)
+
+
+# ---------------------------------------------------------------------------- argument and settings checks
+def test_fde_config_refuses_non_integer_settings():
+    for bad in (dict(k_sim=True), dict(d_proj=2.0), dict(reps="3"), dict(final_dim=1.5), dict(seed=None)):
+        with pytest.raises(TypeError, match=next(iter(bad))):
+            FDEConfig(dim=8, **bad)
+    with pytest.raises(TypeError, match="fill_empty_partitions"):
+        FDEConfig(dim=8, fill_empty_partitions="no")
+    with pytest.raises(ValueError, match="seed"):
+        FDEConfig(dim=8, seed=-1)
+    assert FDEConfig(dim=np.int64(8), d_proj=None, final_dim=None).output_dim == 8 * 8 * 10
+
+
+def test_fde_index_checks_candidates_and_doc_ids():
+    rng = np.random.default_rng(5)
+    docs = MultiVectors.from_list(random_sets(rng, 12, 8, 5, np.float32, min_len=1))
+    queries = MultiVectors.from_list(random_sets(rng, 3, 8, 4, np.float32, min_len=1))
+    index = FDEIndex.build(docs, FDEConfig(dim=8, k_sim=2, d_proj=4, reps=2), candidates=4)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="candidates"):
+            index.search(queries, k=2, candidates=bad)
+    # every document as a candidate = the exact top-k
+    ids, _ = index.search(queries, k=3, candidates=12)
+    np.testing.assert_array_equal(ids, maxsim_search(queries, index.docs, k=3)[0])
+    with pytest.raises(ValueError, match="doc_ids"):
+        FDEIndex(index.encoder, index.dense, index.docs, doc_ids=["a", "b"])
+    with pytest.raises(ValueError, match="candidates"):
+        FDEIndex(index.encoder, index.dense, index.docs, candidates=0)
+
+
+def test_rerank_refuses_float_candidates():
+    rng = np.random.default_rng(6)
+    docs = MultiVectors.from_list(random_sets(rng, 5, 4, 3, np.float32, min_len=1))
+    queries = MultiVectors.from_list(random_sets(rng, 2, 4, 2, np.float32, min_len=1))
+    with pytest.raises(TypeError, match="integer positions"):
+        maxsim_rerank(queries, docs, np.array([[0.0, 1.7], [2.0, 3.0]]), k=1)
+    ids, _ = maxsim_rerank(queries, docs, np.array([[0, 1], [2, 3]], dtype=np.int32), k=1)
+    assert ids.shape == (2, 1)
+
+
+@pytest.mark.parametrize("module, cls", [("lsr.encoders.dense", "DenseEncoder"),
+                                         ("lsr.encoders.multivector", "MultiVectorEncoder")])
+def test_damaged_encoder_json_is_named(tmp_path, module, cls):
+    import importlib
+
+    encoder_cls = getattr(importlib.import_module(module), cls)
+    path = tmp_path / "encoder.json"
+    with pytest.raises(IndexFormatError, match="encoder.json: missing"):
+        encoder_cls.load(tmp_path)
+    path.write_text("{not json")
+    with pytest.raises(IndexFormatError, match="encoder.json: not readable JSON"):
+        encoder_cls.load(tmp_path)
+    path.write_text(json.dumps({"model": "x"}))
+    with pytest.raises(IndexFormatError, match=r"encoder.json: missing field\(s\) .*query_max_length"):
+        encoder_cls.load(tmp_path)
+
+
+@torch_needed
+def test_muvera_identity_projection_option_is_kept(st_model, tmp_path):
+    from lsr import load_retriever
+    from lsr.hybrid.base import retriever_class
+
+    opts = dict(model=str(st_model), device="cpu", doc_max_length=48, query_max_length=16)
+    texts = ["heart disease risk", "blood pressure", "cancer cells divide"]
+    r = retriever_class("muvera").from_options(**opts, fde_d_proj=0, fde_k_sim=1, fde_reps=2)
+    r.index(["a", "b", "c"], texts)
+    config = r.fde_index.encoder.config
+    assert config.d_proj is None and config.identity and config.k_sim == 1 and config.reps == 2
+    r.save(tmp_path / "m")
+    loaded = load_retriever(tmp_path / "m")
+    loaded.index(["a", "b", "c"], texts)  # re-indexing a loaded retriever keeps its settings
+    assert loaded.fde_index.encoder.config == config
+    default = retriever_class("muvera").from_options(**opts)
+    default.index(["a", "b", "c"], texts)
+    assert default.fde_index.encoder.config == FDEConfig(dim=config.dim)

@@ -84,6 +84,26 @@ def read_module_file(model: str | os.PathLike, name: str) -> dict[str, Any] | li
         raise ValueError(f"{f}: unreadable JSON ({exc})") from exc
 
 
+def read_encoder_config(directory: str | os.PathLike, required: Sequence[str]) -> dict[str, Any]:
+    """``directory/encoder.json`` as a dict; a missing, unreadable or incomplete file raises
+    :class:`~lsr.index._format.IndexFormatError` naming the file and the missing fields."""
+    from lsr.index._format import IndexFormatError
+
+    path = Path(directory, ENCODER_CONFIG)
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise IndexFormatError(f"{path}: missing (encoder settings)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexFormatError(f"{path}: not readable JSON ({exc})") from exc
+    if not isinstance(cfg, dict):
+        raise IndexFormatError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
+    missing = [key for key in required if key not in cfg]
+    if missing:
+        raise IndexFormatError(f"{path}: missing field(s) {', '.join(missing)}")
+    return cfg
+
+
 def load_transformer(model: str | os.PathLike, device: str) -> tuple[Any, Any]:
     """(tokenizer, AutoModel) in eval mode on ``device``, weights upcast to fp32."""
     torch = import_torch()
@@ -363,7 +383,8 @@ class DenseEncoder:
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str | None = None,
              cache_dir: str | os.PathLike | None = None) -> "DenseEncoder":
-        cfg = json.loads(Path(directory, ENCODER_CONFIG).read_text())
+        cfg = read_encoder_config(directory, ("model", "pooling", "normalize", "query_prefix", "document_prefix",
+                                              "query_max_length", "doc_max_length"))
         return cls(cfg["model"], pooling=cfg["pooling"], normalize=cfg["normalize"],
                    query_prefix=cfg["query_prefix"], document_prefix=cfg["document_prefix"],
                    query_max_length=cfg["query_max_length"], doc_max_length=cfg["doc_max_length"],

@@ -40,6 +40,7 @@ from lsr.encoders.dense import (
     load_transformer,
     model_max_tokens,
     model_path,
+    read_encoder_config,
     read_module_file,
     resolve_device,
 )
@@ -271,7 +272,8 @@ class MultiVectorEncoder:
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str | None = None,
              cache_dir: str | os.PathLike | None = None) -> "MultiVectorEncoder":
-        cfg = json.loads(Path(directory, ENCODER_CONFIG).read_text())
+        cfg = read_encoder_config(directory, ("model", "mode", "query_max_length", "doc_max_length",
+                                              "query_augmentation", "skip_punctuation"))
         return cls(cfg["model"], mode=cfg["mode"], query_max_length=cfg["query_max_length"],
                    doc_max_length=cfg["doc_max_length"], query_augmentation=cfg["query_augmentation"],
                    skip_punctuation=cfg["skip_punctuation"], batch_size=cfg.get("batch_size", 32),

@@ -198,16 +198,16 @@ class MuveraRetriever(Retriever):
 
         self.encoder = encoder
         self.fde_index = index
-        self.fde = {k: v for k, v in (fde or {}).items() if v is not None}
+        self.fde = dict(fde or {})  # FDEConfig fields; d_proj None = identity projection
         self.candidates = int(candidates or DEFAULT_CANDIDATES)
         self.index_type = index_type
 
     @classmethod
     def from_options(cls, **options: Any) -> "MuveraRetriever":
-        fde = {"k_sim": options.get("fde_k_sim"), "d_proj": options.get("fde_d_proj"),
-               "reps": options.get("fde_reps"), "final_dim": options.get("fde_final_dim")}
-        if fde["d_proj"] == 0:
-            fde["d_proj"] = None
+        fde = {key: options.get(f"fde_{key}") for key in ("k_sim", "d_proj", "reps", "final_dim")}
+        fde = {key: value for key, value in fde.items() if value is not None}  # unset: FDEConfig default
+        if fde.get("d_proj") == 0:
+            fde["d_proj"] = None  # 0 on the command line = identity projection
         return cls(MaxSimRetriever._encoder(options), fde=fde, candidates=options.get("candidates"),
                    index_type=options.get("index_type") or "flat")
 

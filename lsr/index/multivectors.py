@@ -225,7 +225,10 @@ def maxsim_rerank(queries: MultiVectors, docs: MultiVectors, candidates: np.ndar
     retrieved it. Duplicate candidates count once; candidates without vectors are dropped.
     """
     _check(queries, docs)
-    candidates = np.asarray(candidates, dtype=np.int64)
+    candidates = np.asarray(candidates)
+    if candidates.size and not np.issubdtype(candidates.dtype, np.integer):
+        raise TypeError(f"candidates must be integer positions, got dtype {candidates.dtype}")
+    candidates = candidates.astype(np.int64, copy=False)
     if candidates.ndim != 2 or candidates.shape[0] != len(queries):
         raise ValueError(f"candidates must have shape ({len(queries)}, c), got {candidates.shape}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:

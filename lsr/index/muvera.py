@@ -48,7 +48,7 @@ from lsr.index._format import (
     save_ids,
     write_manifest,
 )
-from lsr.index.multivectors import MultiVectors, _top_k, maxsim_rerank
+from lsr.index.multivectors import _PARALLEL_LOCK, MultiVectors, _top_k, maxsim_rerank
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +87,17 @@ class FDEConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
+        for name in ("dim", "k_sim", "reps", "seed", "d_proj", "final_dim"):
+            value = getattr(self, name)
+            if not (value is None and name in ("d_proj", "final_dim")) and (
+                    isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+                raise TypeError(f"FDEConfig.{name} must be an integer, got {value!r}")
+        if not isinstance(self.fill_empty_partitions, (bool, np.bool_)):
+            raise TypeError(f"FDEConfig.fill_empty_partitions must be a bool, got {self.fill_empty_partitions!r}")
         if self.dim < 1 or self.reps < 1:
             raise ValueError(f"dim and reps must be positive, got dim={self.dim}, reps={self.reps}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be non-negative, got {self.seed}")
         if not 0 <= self.k_sim <= 30:
             raise ValueError(f"k_sim must be in [0, 30], got {self.k_sim}")
         if self.d_proj is not None and self.d_proj < 1:
@@ -124,6 +133,12 @@ class FDEConfig:
     def from_dict(cls, d: dict[str, Any]) -> "FDEConfig":
         fields = ("dim", "k_sim", "d_proj", "reps", "final_dim", "fill_empty_partitions", "seed")
         return cls(**{k: d[k] for k in fields if k in d})
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def gray_partition_index(bits: np.ndarray) -> np.ndarray:
@@ -261,7 +276,8 @@ class FDEEncoder:
                 proj = x
             else:
                 proj = np.zeros((t, dp), dtype=np.float32)
-                _ams_project(x, ams[0], ams[1], proj)
+                with _PARALLEL_LOCK:  # one numba parallel region at a time (workqueue layer)
+                    _ams_project(x, ams[0], ams[1], proj)
             assign = sp.csr_matrix((np.ones(t, np.float32), (item * parts + label, np.arange(t))),
                                    shape=(n * parts, t))
             sums = np.asarray(assign @ proj, dtype=np.float32).reshape(n, parts, dp)
@@ -312,9 +328,9 @@ class FDEIndex:
         if doc_ids is None:
             doc_ids = dense.doc_ids
         self.doc_ids = np.asarray(doc_ids, dtype=object)
-        if candidates < 1:
-            raise ValueError(f"candidates must be positive, got {candidates}")
-        self.candidates = int(candidates)
+        if self.doc_ids.shape != (len(docs),):
+            raise ValueError(f"{len(docs)} documents but doc_ids of shape {self.doc_ids.shape}")
+        self.candidates = _positive_int(candidates, "candidates")
         self.bf16 = True  # score a CPU flat index in bfloat16 when PyTorch is installed
         self._bf16: Any = None
 
@@ -388,7 +404,7 @@ class FDEIndex:
         """FDE top-``max(candidates, k)`` re-ranked by exact MaxSim; ``(ids, scores)`` ``(nq, k)``."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        c = max(int(candidates or self.candidates), int(k))
+        c = max(self.candidates if candidates is None else _positive_int(candidates, "candidates"), int(k))
         cand, _ = self.search_fde(queries, c, threads)
         return maxsim_rerank(queries, self.docs, cand, int(k), threads=threads)
 
