@@ -103,3 +103,17 @@ def test_maxsim_scores_with_small_query_groups_and_blocks(sets, monkeypatch):
     monkeypatch.setattr(mv, "QUERY_TOKENS", 3)  # several query groups
     monkeypatch.setattr(mv, "SIMS_FLOATS", 10)  # blocks of a document or two
     np.testing.assert_allclose(maxsim_scores(q, d), naive(queries, docs), rtol=1e-5, atol=1e-5)
+
+
+def test_float16_widening_is_exact_for_every_bit_pattern():
+    """The kernels widen float16 stores by integer arithmetic; NumPy's cast is the reference
+    (zeros of both signs, subnormals, normals, infinities and NaNs)."""
+    from lsr.index.multivectors import _widen_f16
+
+    bits = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    out = np.full(bits.shape, 7.0, np.float32)
+    _widen_f16(bits, out)
+    ref = bits.view(np.float16).astype(np.float32)
+    nan = np.isnan(ref)
+    assert np.array_equal(np.isnan(out), nan)
+    np.testing.assert_array_equal(out[~nan].view(np.uint32), ref[~nan].view(np.uint32))

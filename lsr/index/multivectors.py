@@ -163,7 +163,7 @@ def maxsim_scores(queries: MultiVectors, docs: MultiVectors, block_tokens: int =
             if b > a:
                 if half:
                     block = np.empty((b - a, docs.dim), np.float32)
-                    _widen_f16(np.asarray(docs.vectors[a:b]).view(np.uint16), _half_table(), block)
+                    _widen_f16(np.asarray(docs.vectors[a:b]).view(np.uint16), block)
                 else:
                     block = np.asarray(docs.vectors[a:b], dtype=np.float32)
                 sims = block @ q_t  # (block tokens, group query tokens)
@@ -266,9 +266,9 @@ def maxsim_rerank(queries: MultiVectors, docs: MultiVectors, candidates: np.ndar
         args = (d_off, uniq, groups, pair_q, pair_slot, out, max(max_len, 1), max(max_tokens, 1),
                 max(1, min(16 * n_threads, uniq.size)))
         if docs.vectors.dtype == np.float16:
-            _rerank_groups(q, q_off, np.asarray(docs.vectors).view(np.uint16), _half_table(), *args)
+            _rerank_groups(q, q_off, np.asarray(docs.vectors).view(np.uint16), *args)
         else:
-            _rerank_groups(q, q_off, np.ascontiguousarray(docs.vectors, dtype=np.float32), _half_table(), *args)
+            _rerank_groups(q, q_off, np.ascontiguousarray(docs.vectors, dtype=np.float32), *args)
     for i in range(nq):
         keep = np.flatnonzero(cand[i] >= 0)
         order = keep[np.lexsort((cand[i, keep], -out[i, keep]))][:k]
@@ -277,15 +277,7 @@ def maxsim_rerank(queries: MultiVectors, docs: MultiVectors, candidates: np.ndar
     return ids, scores
 
 
-_HALF_TABLE: list[np.ndarray] = []
 _PARALLEL_LOCK = threading.Lock()
-
-
-def _half_table() -> np.ndarray:
-    """float32 value of every float16 bit pattern."""
-    if not _HALF_TABLE:
-        _HALF_TABLE.append(np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32))
-    return _HALF_TABLE[0]
 
 
 # ---------------------------------------------------------------------------- numba kernels
@@ -359,11 +351,11 @@ def _group_finish(q_off, pair_q, pair_slot, p0, p1, best, out):  # pragma: no co
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _rerank_groups(q, q_off, vectors, table, d_off, docs, groups, pair_q, pair_slot, out,
+def _rerank_groups(q, q_off, vectors, d_off, docs, groups, pair_q, pair_slot, out,
                    max_len, max_tokens, n_chunks):  # pragma: no cover - compiled
     """``out[pair_q[p], pair_slot[p]]`` = MaxSim of query ``pair_q[p]`` and document ``docs[g]``
-    for the pairs ``p`` of group ``g``. Each document is read (float16 bits: widened through
-    ``table``) once for its whole group. Groups are split into ``n_chunks`` ranges, each with
+    for the pairs ``p`` of group ``g``. Each document is read (float16 bits: widened by
+    :func:`_half_to_float`) once for its whole group. Groups are split into ``n_chunks`` ranges, each with
     its own scratch buffers (no allocation per document)."""
     dim = vectors.shape[1]
     per = (docs.size + n_chunks - 1) // n_chunks
@@ -377,37 +369,63 @@ def _rerank_groups(q, q_off, vectors, table, d_off, docs, groups, pair_q, pair_s
             a, n = d_off[doc], d_off[doc + 1] - d_off[doc]
             rows = (n + 3) // 4 * 4
             for t in range(rows):
-                _load_row(vectors, table, a + min(t, n - 1), block[t])  # padding repeats the last row
+                _load_row(vectors, a + min(t, n - 1), block[t])  # padding repeats the last row
             best[:m] = -np.inf
             _block_max(block[:rows], qg[:m], best[:m])
             _group_finish(q_off, pair_q, pair_slot, p0, p1, best, out)
 
 
-def _load_row(vectors, table, t, row):  # pragma: no cover - replaced by the overload in kernels
-    """``row = float32(vectors[t])``; float16 stores come as uint16 bits widened by ``table``."""
-    row[:] = table[vectors[t]] if vectors.dtype == np.uint16 else vectors[t]
+def _load_row(vectors, t, row):  # pragma: no cover - replaced by the overload in kernels
+    """``row = float32(vectors[t])``; float16 stores come as their uint16 bits."""
+    row[:] = vectors[t].view(np.float16) if vectors.dtype == np.uint16 else vectors[t]
 
 
 @numba.extending.overload(_load_row, jit_options={"cache": True, "nogil": True})
-def _load_row_impl(vectors, table, t, row):  # pragma: no cover - compiled
+def _load_row_impl(vectors, t, row):  # pragma: no cover - compiled
     if vectors.dtype == numba.types.uint16:
-        def widen(vectors, table, t, row):
-            for j in range(row.size):
-                row[j] = table[vectors[t, j]]
+        def widen(vectors, t, row):
+            _half_to_float(vectors[t], row)
         return widen
 
-    def copy(vectors, table, t, row):
+    def copy(vectors, t, row):
         for j in range(row.size):
             row[j] = vectors[t, j]
     return copy
 
 
 @numba.njit(cache=True, nogil=True)
-def _widen_f16(bits, table, out):  # pragma: no cover - compiled
-    """``out = float32(float16 bits)`` through the 64k-entry table (serial: BLAS owns the cores)."""
+def _half_to_float(src, row):  # pragma: no cover - compiled
+    """``row = float32(float16 bits src)``, exact for every bit pattern, by integer arithmetic
+    (Numba has no float16; a 64k-entry table lookup is about 2x slower).
+
+    Exponent and mantissa are shifted into place and the exponent re-biased (+112); infinities
+    and NaNs get the all-ones exponent; zeros and subnormals are built as ``2**-14 * (1 + m/1024)``
+    and then ``2**-14`` is subtracted in float arithmetic, which is exact; the sign goes last.
+    """
+    bits = row.view(np.uint32)
+    for j in range(row.size):
+        em = np.uint32(src[j]) & np.uint32(0x7FFF)
+        b = (em << np.uint32(13)) + np.uint32(112 << 23)
+        if em >= np.uint32(0x7C00):
+            b += np.uint32(112 << 23)
+        elif em < np.uint32(0x0400):
+            b += np.uint32(1 << 23)
+        bits[j] = b
+    for j in range(row.size):
+        h = np.uint32(src[j])
+        f = row[j]
+        if (h & np.uint32(0x7C00)) == np.uint32(0):
+            f -= np.float32(6.103515625e-05)
+        if h & np.uint32(0x8000):
+            f = -f
+        row[j] = f
+
+
+@numba.njit(cache=True, nogil=True)
+def _widen_f16(bits, out):  # pragma: no cover - compiled
+    """``out = float32(float16 bits)`` row by row (serial: BLAS owns the cores)."""
     for t in range(bits.shape[0]):
-        for j in range(bits.shape[1]):
-            out[t, j] = table[bits[t, j]]
+        _half_to_float(bits[t], out[t])
 
 
 @numba.njit(cache=True, nogil=True)
