@@ -117,3 +117,21 @@ def test_float16_widening_is_exact_for_every_bit_pattern():
     nan = np.isnan(ref)
     assert np.array_equal(np.isnan(out), nan)
     np.testing.assert_array_equal(out[~nan].view(np.uint32), ref[~nan].view(np.uint32))
+
+
+def test_top_k_matches_a_sort_of_the_finite_entries():
+    """Heavy ties, NaN and infinities: the k best finite scores, ties to the lower position."""
+    from lsr.index.multivectors import _top_k
+
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        nq, n, k = int(rng.integers(1, 8)), int(rng.integers(1, 120)), int(rng.integers(1, 130))
+        scores = rng.integers(-4, 4, (nq, n)).astype(np.float32)
+        for value, share in ((-np.inf, 0.1), (np.nan, 0.05), (np.inf, 0.02)):
+            scores[rng.random(scores.shape) < share] = value
+        ids, top = _top_k(scores, k)
+        for i in range(nq):
+            finite = np.flatnonzero(np.isfinite(scores[i]))
+            expect = finite[np.lexsort((finite, -scores[i, finite]))][:k]
+            np.testing.assert_array_equal(ids[i], np.pad(expect, (0, k - expect.size), constant_values=-1))
+            np.testing.assert_array_equal(top[i], np.pad(scores[i, expect], (0, k - expect.size)))

@@ -185,26 +185,15 @@ def _query_groups(q_off: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k per row, best first, ties by lower position, -inf entries padded as -1 / 0."""
+    """Top-k per row, best first, ties by lower position; non-finite entries (NaN, +-inf) are
+    skipped, rows with fewer than ``k`` finite entries are padded with -1 / 0."""
     nq, n = scores.shape
     ids = np.full((nq, k), -1, dtype=np.int64)
     out = np.zeros((nq, k), dtype=np.float32)
     kk = min(k, n)
     if kk == 0:
         return ids, out
-    for i in range(nq):
-        row = scores[i]
-        part = np.arange(n)
-        if kk < n:
-            neg = -row
-            kth = neg[np.argpartition(neg, kk - 1)[kk - 1]]
-            if not np.isnan(kth):  # every entry tied with the k-th, so ties go to the lower positions
-                part = np.flatnonzero(neg <= kth)
-        order = np.lexsort((part, -row[part]))
-        sel = part[order][:kk]
-        sel = sel[np.isfinite(row[sel])]
-        ids[i, :sel.size] = sel
-        out[i, :sel.size] = row[sel]
+    _top_k_rows(np.ascontiguousarray(scores, dtype=np.float32), kk, ids, out)
     return ids, out
 
 
@@ -283,6 +272,26 @@ _PARALLEL_LOCK = threading.Lock()
 # ---------------------------------------------------------------------------- numba kernels
 import numba  # noqa: E402  (lsr/__init__ never imports this module eagerly)
 import numba.extending  # noqa: E402
+
+from lsr.index._kernels import _drain, _push  # noqa: E402  (the bounded top-k heap)
+
+
+@numba.njit(cache=True, nogil=True)
+def _top_k_rows(scores, k, ids, out):  # pragma: no cover - compiled
+    """Per row, the ``k`` best finite scores (higher first, ties to the lower position) into
+    ``ids[i, :k]`` / ``out[i, :k]``, padded with -1 / 0: the inverted index's bounded heap."""
+    hs = np.empty(k, np.float32)
+    hd = np.empty(k, np.int64)
+    for i in range(scores.shape[0]):
+        n = 0
+        row = scores[i]
+        for d in range(row.size):
+            v = row[d]
+            if n == k and not v >= hs[0]:
+                continue  # not better than the worst kept (or NaN): most entries stop here
+            if abs(v) < np.inf:
+                n = _push(hs, hd, n, k, v, d)
+        _drain(hs, hd, n, k, ids[i, :k], out[i, :k])
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
