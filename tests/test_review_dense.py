@@ -513,7 +513,7 @@ def test_failed_save_leaves_the_existing_index(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- encoders
-torch_needed = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
+torch_needed = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs PyTorch (the encoders' optional extra: pip install lsr[encoders])")
 
 
 @pytest.fixture(scope="module")

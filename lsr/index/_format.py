@@ -36,6 +36,13 @@ class IndexFormatError(ValueError):
     """An index directory is missing, truncated, edited, foreign or of another version."""
 
 
+def positive_int(value: Any, name: str) -> int:
+    """``value`` as an ``int`` when it is an integer >= 1 (not a bool), else ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def _library_version() -> str:
     from lsr import __version__
 

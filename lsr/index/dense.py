@@ -31,6 +31,7 @@ from lsr.index._format import (
     IndexFormatError,
     atomic_directory,
     load_ids,
+    positive_int,
     read_manifest,
     save_ids,
     write_manifest,
@@ -217,16 +218,14 @@ class DenseIndex:
         """Top-``k`` by inner product: ``int64`` positions and ``float32`` scores ``(nq, k)``,
         best first, padded with ``-1`` / ``0.0`` when the index has fewer than ``k`` vectors."""
         faiss = import_faiss()
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        k = positive_int(k, "k")
+        threads = positive_int(threads, "threads")
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"queries must have shape (nq, {self.dim}), got {q.shape}")
         if not np.isfinite(q).all():
             raise ValueError("queries must be finite (found NaN or inf)")
-        nq, k = q.shape[0], int(k)
+        nq = q.shape[0]
         ids = np.full((nq, k), -1, dtype=np.int64)
         scores = np.zeros((nq, k), dtype=np.float32)
         kk = min(k, len(self))

@@ -22,6 +22,7 @@ from lsr.index._format import (
     atomic_directory,
     load_array,
     load_ids,
+    positive_int,
     read_manifest,
     save_array,
     save_ids,
@@ -431,10 +432,8 @@ class InvertedIndex:
             ``(nq, k)``, best first, ties broken by lower position; rows are padded with
             ``-1`` / ``0.0`` when fewer than ``k`` documents share a term with the query.
         """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        k = positive_int(k, "k")
+        threads = positive_int(threads, "threads")
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         if n_postings is not None and (isinstance(n_postings, bool) or int(n_postings) < 1):

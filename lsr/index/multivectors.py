@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lsr.index._format import IndexFormatError, load_array, save_array
+from lsr.index._format import IndexFormatError, load_array, positive_int, save_array
 
 __all__ = ["MultiVectors", "maxsim_scores", "maxsim_search", "maxsim_rerank"]
 
@@ -200,9 +200,8 @@ def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def maxsim_search(queries: MultiVectors, docs: MultiVectors, k: int = 10,
                   block_tokens: int = BLOCK_TOKENS) -> tuple[np.ndarray, np.ndarray]:
     """Exact brute-force MaxSim top-``k``: ``(ids, scores)`` of shape ``(nq, k)``, padded with -1."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    return _top_k(maxsim_scores(queries, docs, block_tokens), int(k))
+    k = positive_int(k, "k")
+    return _top_k(maxsim_scores(queries, docs, block_tokens), k)
 
 
 def maxsim_rerank(queries: MultiVectors, docs: MultiVectors, candidates: np.ndarray,
@@ -220,12 +219,11 @@ def maxsim_rerank(queries: MultiVectors, docs: MultiVectors, candidates: np.ndar
     candidates = candidates.astype(np.int64, copy=False)
     if candidates.ndim != 2 or candidates.shape[0] != len(queries):
         raise ValueError(f"candidates must have shape ({len(queries)}, c), got {candidates.shape}")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    k = positive_int(k, "k")
     if candidates.size and (int(candidates.max()) >= len(docs) or int(candidates.min()) < -1):
         bad = int(candidates.max()) if int(candidates.max()) >= len(docs) else int(candidates.min())
         raise ValueError(f"candidate position {bad} out of range for {len(docs)} documents (-1 = none)")
-    nq, k = len(queries), int(k)
+    nq = len(queries)
     ids = np.full((nq, k), -1, dtype=np.int64)
     scores = np.zeros((nq, k), dtype=np.float32)
     if nq == 0 or candidates.shape[1] == 0:
@@ -258,11 +256,10 @@ def maxsim_rerank(queries: MultiVectors, docs: MultiVectors, candidates: np.ndar
             _rerank_groups(q, q_off, np.asarray(docs.vectors).view(np.uint16), *args)
         else:
             _rerank_groups(q, q_off, np.ascontiguousarray(docs.vectors, dtype=np.float32), *args)
-    for i in range(nq):
-        keep = np.flatnonzero(cand[i] >= 0)
-        order = keep[np.lexsort((cand[i, keep], -out[i, keep]))][:k]
-        ids[i, :order.size] = cand[i, order]
-        scores[i, :order.size] = out[i, order]
+    # rows of cand ascend, so ties by column are ties by document; dropped slots are -inf
+    cols = np.full((nq, k), -1, dtype=np.int64)
+    _top_k_rows(out, min(k, out.shape[1]), cols, scores)
+    ids[cols >= 0] = np.take_along_axis(cand, np.maximum(cols, 0), axis=1)[cols >= 0]
     return ids, scores
 
 

@@ -44,6 +44,7 @@ from lsr.index._format import (
     IndexFormatError,
     atomic_directory,
     load_ids,
+    positive_int,
     read_manifest,
     save_ids,
     write_manifest,
@@ -134,12 +135,6 @@ class FDEConfig:
     def from_dict(cls, d: dict[str, Any]) -> "FDEConfig":
         fields = ("dim", "k_sim", "d_proj", "reps", "final_dim", "fill_empty_partitions", "seed")
         return cls(**{k: d[k] for k in fields if k in d})
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def gray_partition_index(bits: np.ndarray) -> np.ndarray:
@@ -331,7 +326,7 @@ class FDEIndex:
         self.doc_ids = np.asarray(doc_ids, dtype=object)
         if self.doc_ids.shape != (len(docs),):
             raise ValueError(f"{len(docs)} documents but doc_ids of shape {self.doc_ids.shape}")
-        self.candidates = _positive_int(candidates, "candidates")
+        self.candidates = positive_int(candidates, "candidates")
         self.bf16 = True  # score a CPU flat index in bfloat16 when PyTorch is installed
         self._bf16: Any = None
 
@@ -367,8 +362,7 @@ class FDEIndex:
         flat = self._flat_fdes()
         if flat is None:
             return self.dense.search(qf, k=k, threads=threads)
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = positive_int(k, "k")
         torch_fdes = self._bf16_fdes(flat)
         if torch_fdes is None:
             scores = qf @ flat.T
@@ -376,7 +370,7 @@ class FDEIndex:
             import torch
 
             scores = (torch.from_numpy(qf).to(torch.bfloat16) @ torch_fdes.T).float().numpy()
-        return _top_k(scores, int(k))
+        return _top_k(scores, k)
 
     def _flat_fdes(self) -> np.ndarray | None:
         """The document FDEs as a ``(n, dim)`` view of a CPU flat FAISS index (no copy), else None."""
@@ -403,11 +397,10 @@ class FDEIndex:
     def search(self, queries: MultiVectors, k: int = 10, threads: int = 1,
                candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """FDE top-``max(candidates, k)`` re-ranked by exact MaxSim; ``(ids, scores)`` ``(nq, k)``."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        c = max(self.candidates if candidates is None else _positive_int(candidates, "candidates"), int(k))
+        k = positive_int(k, "k")
+        c = max(self.candidates if candidates is None else positive_int(candidates, "candidates"), k)
         cand, _ = self.search_fde(queries, c, threads)
-        return maxsim_rerank(queries, self.docs, cand, int(k), threads=threads)
+        return maxsim_rerank(queries, self.docs, cand, k, threads=threads)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, overwrite: bool = True) -> None:
@@ -432,9 +425,7 @@ class FDEIndex:
         try:
             config = FDEConfig.from_dict(m["fde"])
             n_docs = int(m["n_docs"])
-            candidates = int(m.get("candidates", DEFAULT_CANDIDATES))
-            if candidates < 1:
-                raise ValueError(f"candidates={candidates} must be positive")
+            candidates = positive_int(m.get("candidates", DEFAULT_CANDIDATES), "candidates")
         except (KeyError, TypeError, ValueError) as exc:
             raise IndexFormatError(f"{path}/manifest.json: bad FDE fields ({exc})") from exc
         dense = DenseIndex.load(path / "fde", mmap=mmap, verify=False)
@@ -445,11 +436,7 @@ class FDEIndex:
         if len(docs) != n_docs or docs.dim != config.dim:
             raise IndexFormatError(f"{path}/multivectors.npy: {len(docs)} documents of dimension {docs.dim}, "
                                    f"expected {n_docs} of dimension {config.dim}")
-        try:
-            encoder = FDEEncoder(config)  # the random matrices, regenerated from the seed
-        except (TypeError, ValueError) as exc:
-            raise IndexFormatError(f"{path}/manifest.json: bad FDE fields ({exc})") from exc
-        return cls(encoder, dense, docs, load_ids(path, "doc_ids.parquet", n_docs), candidates)
+        return cls(FDEEncoder(config), dense, docs, load_ids(path, "doc_ids.parquet", n_docs), candidates)
 
 
 # ---------------------------------------------------------------------------- numba kernels
