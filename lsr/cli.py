@@ -17,7 +17,7 @@ from typing import Any, Callable
 import click
 
 from lsr import __version__
-from lsr.hybrid.base import RETRIEVERS
+from lsr.retrievers.base import RETRIEVERS
 
 logger = logging.getLogger("lsr")
 
@@ -97,7 +97,7 @@ def hybrid_options(fn: Callable) -> Callable:
 
 
 def _build_retriever(retriever: str, **options: Any):
-    from lsr.hybrid.base import retriever_class
+    from lsr.retrievers.base import retriever_class
 
     try:
         return retriever_class(retriever).from_options(**options)
@@ -115,8 +115,8 @@ def _friendly_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from lsr.eval.datasets import DataFormatError
-        from lsr.index._format import IndexFormatError
+        from lsr.errors import DataFormatError
+        from lsr.errors import IndexFormatError
 
         try:
             return fn(*args, **kwargs)
@@ -137,7 +137,7 @@ def main(verbose: int) -> None:
 # ------------------------------------------------------------------------------ index
 def _read_docs(source: Path, split: str) -> tuple[list[str], list[str]]:
     """Document ids and texts from a BEIR directory, a JSONL file or a Parquet file."""
-    from lsr.eval.datasets import read_corpus
+    from lsr.io.readers import read_corpus
 
     if source.is_dir():
         corpus_file = source / "corpus.jsonl"
@@ -188,9 +188,9 @@ def index_cmd(input_path: Path, output: Path, retriever: str, overwrite: bool, *
 def search_cmd(index_dir: Path, queries_file: Path | None, query_text: str | None, query_id: str, k: int,
                threads: int, output: str, tag: str | None) -> None:
     """Search INDEX_DIR and write a TREC run."""
-    from lsr.eval.datasets import read_queries
-    from lsr.eval.runs import write_run
-    from lsr.hybrid.base import load_retriever
+    from lsr.io.readers import read_queries
+    from lsr.io.runs import write_run
+    from lsr.retrievers.base import load_retriever
 
     if (queries_file is None) == (query_text is None):
         raise click.UsageError("give exactly one of --queries FILE or --query TEXT")
@@ -231,9 +231,9 @@ def _print_table(title: str, metrics: dict[str, float]) -> None:
 def eval_cmd(dataset: Path, retriever: str, output: Path, split: str, depth: int, threads: int,
              keep_self_hits: bool, save_index: Path | None, **options: Any) -> None:
     """Index DATASET (a BEIR directory), search its split and evaluate with trec_eval metrics."""
-    from lsr.eval.datasets import load_beir
-    from lsr.eval.metrics import DEFAULT_METRICS, evaluate, remove_self_hits
-    from lsr.eval.runs import read_run, write_run
+    from lsr.io.readers import load_beir
+    from lsr.metrics import DEFAULT_METRICS, evaluate, remove_self_hits
+    from lsr.io.runs import read_run, write_run
 
     try:
         ds = load_beir(dataset, split=split)
@@ -258,7 +258,7 @@ def eval_cmd(dataset: Path, retriever: str, output: Path, split: str, depth: int
     run = res.to_run(qids) if held_out is None else held_out
     if not keep_self_hits:
         run = remove_self_hits(run)
-    from lsr.eval.runs import ranked
+    from lsr.io.runs import ranked
 
     run = {q: dict(ranked(docs)[:depth]) for q, docs in run.items()}
     output.mkdir(parents=True, exist_ok=True)
@@ -288,8 +288,8 @@ def eval_cmd(dataset: Path, retriever: str, output: Path, split: str, depth: int
 
 # ------------------------------------------------------------------------------ encode (learned sparse)
 def _is_encoded_input(path: Path) -> bool:
-    from lsr.encoders.interchange import EXPORT_SIDECAR, looks_like_vector_jsonl
-    from lsr.encoders.shards import is_shards_dir
+    from lsr.io.interchange import EXPORT_SIDECAR, looks_like_vector_jsonl
+    from lsr.io.shards import is_shards_dir
 
     if path.is_dir():
         return is_shards_dir(path) or (path / EXPORT_SIDECAR).is_file()
@@ -298,9 +298,9 @@ def _is_encoded_input(path: Path) -> bool:
 
 def _index_encoded(path: Path, output: Path, retriever: str, overwrite: bool, options: dict[str, Any]) -> None:
     """Index pre-encoded vectors; the query encoder comes from the shards' record or --retriever/--model."""
-    from lsr.encoders.interchange import read_collection
-    from lsr.encoders.shards import is_shards_dir, read_progress
-    from lsr.hybrid.base import retriever_class
+    from lsr.io.interchange import read_collection
+    from lsr.io.shards import is_shards_dir, read_progress
+    from lsr.retrievers.base import retriever_class
 
     t = time.perf_counter()
     if is_shards_dir(path) and not options.get("model"):
@@ -377,9 +377,9 @@ def encode_cmd(input_path: Path, output: Path, retriever: str, model: str, idf: 
 
     A killed run resumes at the first unfinished shard when rerun with the same arguments.
     """
-    from lsr.encoders.interchange import export_collection
-    from lsr.encoders.shards import encode_corpus_to_shards, load_shards
-    from lsr.hybrid.base import retriever_class
+    from lsr.io.interchange import export_collection
+    from lsr.io.shards import encode_corpus_to_shards, load_shards
+    from lsr.retrievers.base import retriever_class
 
     doc_ids, texts = _read_docs(input_path, "test")
     cls = retriever_class(retriever)
@@ -411,7 +411,7 @@ def _tune_hybrid(r: Any, dataset: Path, ds: Any, folds: int, k: int, threads: in
     """Tune a hybrid's weights: on qrels/dev.tsv when the dataset has it (returns None: the test
     queries are then searched with the tuned weights), else by k-fold CV over the evaluated
     queries (returns the held-out run)."""
-    from lsr.eval.datasets import load_beir
+    from lsr.io.readers import load_beir
 
     if (dataset / "qrels" / "dev.tsv").is_file():
         dev = load_beir(dataset, split="dev")
@@ -465,10 +465,10 @@ def fuse_cmd(runs: tuple[Path, ...], norm: str, method: str, weights: list[float
              metric: str, search: str, step: float, selection: str, seed: int, tuning_json: Path | None,
              output: str, tag: str | None) -> None:
     """Fuse TREC run files RUN1 RUN2 ... into one run (normalise, then combine)."""
-    from lsr.eval.datasets import read_qrels
-    from lsr.eval.runs import read_run, write_run
-    from lsr.hybrid.fusion import FUSIONS, RANK_BASED, canonical_fusion, fuse
-    from lsr.hybrid.normalize import canonical_normalizer
+    from lsr.io.readers import read_qrels
+    from lsr.io.runs import read_run, write_run
+    from lsr.fusion.combine import FUSIONS, RANK_BASED, canonical_fusion, fuse
+    from lsr.fusion.normalize import canonical_normalizer
 
     try:
         norm, method = canonical_normalizer(norm), canonical_fusion(method)
@@ -490,7 +490,7 @@ def fuse_cmd(runs: tuple[Path, ...], norm: str, method: str, weights: list[float
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from exc
     else:
-        from lsr.hybrid.tuning import WEIGHTABLE, cross_validate, tune_weights
+        from lsr.fusion.tuning import WEIGHTABLE, cross_validate, tune_weights
 
         if method not in WEIGHTABLE:
             raise click.BadParameter(f"{method!r} has no weights to tune", param_hint="--method")
@@ -542,7 +542,7 @@ def report_cmd(out_dirs: tuple[Path, ...], metrics: tuple[str, ...], output: str
     Each OUT_DIR is an eval directory or a folder holding some (searched recursively). Rows are
     retrievers (the directory name), columns datasets (config.json's dataset, else the parent
     directory's name); the best value of each column is bold."""
-    from lsr.hybrid.report import collect, markdown_table, plot_bars
+    from lsr.eval.report import collect, markdown_table, plot_bars
 
     table = collect(out_dirs)
     if not table:

@@ -37,9 +37,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-    from lsr.encoders.dense import DenseEncoder
-    from lsr.eval.datasets import load_beir
-    from lsr.eval.metrics import evaluate, remove_self_hits
+    from lsr.encoders.embedding import DenseEncoder
+    from lsr.io.readers import load_beir
+    from lsr.metrics import evaluate, remove_self_hits
     from lsr.index.dense import DenseIndex
 
     print(f"# bench_dense  {machine_line()}  "

@@ -6,11 +6,11 @@ Synthetic runs (seeded): each run retrieves ``depth`` documents per query from a
 ``3 * depth`` ids per query (so candidates overlap, as real sparse/dense runs do). Measured after a
 warm-up call (Numba compiled), best of ``--repeat``:
 
-* ``batch``: :func:`lsr.hybrid.fusion.fuse_arrays` on all queries at once (what ``lsr eval`` and
+* ``batch``: :func:`lsr.fusion.combine.fuse_arrays` on all queries at once (what ``lsr eval`` and
   :class:`HybridRetriever` do per batch), time / queries, wall clock and process CPU time;
 * ``single``: one query per call (a RAG pipeline answering one question; serial kernels), wall
   clock and process CPU time (the CPU column is the honest one on a machine shared with other jobs);
-* ``dict``: :func:`lsr.hybrid.fusion.fuse` on ``{qid: {docid: score}}`` runs, string conversion included.
+* ``dict``: :func:`lsr.fusion.combine.fuse` on ``{qid: {docid: score}}`` runs, string conversion included.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def main() -> None:
 
     import numba
 
-    from lsr.hybrid.fusion import arrays_to_run, fuse, fuse_arrays
+    from lsr.fusion.combine import arrays_to_run, fuse, fuse_arrays
 
     ids, scores = make_runs(args.queries, args.depth, args.docs)
     configs = [("min-max", "wsum"), ("zmuv", "wsum"), ("min-max", "mnz"), ("min-max", "rrf"), ("rank", "sum")]

@@ -41,7 +41,7 @@ def parse_config(text: str, dim: int):
 
 
 def ndcg10(qrels, ids, scores, doc_ids, qids):
-    from lsr.eval.metrics import evaluate, remove_self_hits
+    from lsr.metrics import evaluate, remove_self_hits
 
     run = {q: {str(doc_ids[d]): float(s) for d, s in zip(ids[i], scores[i]) if d >= 0} for i, q in enumerate(qids)}
     return evaluate(qrels, remove_self_hits(run), ["ndcg@10"])["ndcg@10"]
@@ -79,8 +79,8 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
     from lsr.encoders.multivector import MultiVectorEncoder
-    from lsr.eval.datasets import load_beir
-    from lsr.index.multivectors import MultiVectors, _top_k, maxsim_rerank, maxsim_scores
+    from lsr.io.readers import load_beir
+    from lsr.index.maxsim import MultiVectors, _top_k, maxsim_rerank, maxsim_scores
     from lsr.index.muvera import DEFAULT_CANDIDATES, FDEIndex
 
     reranks = args.rerank or [DEFAULT_CANDIDATES]

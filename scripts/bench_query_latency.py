@@ -41,10 +41,10 @@ def main() -> None:
     args = ap.parse_args()
 
     from lsr.encoders.inference_free import InferenceFreeEncoder
-    from lsr.encoders.shards import load_shards
+    from lsr.io.shards import load_shards
     from lsr.encoders.splade import SpladeEncoder
-    from lsr.eval.datasets import load_beir
-    from lsr.hybrid.sparse import BM25Retriever, InferenceFreeRetriever, SpladeRetriever
+    from lsr.io.readers import load_beir
+    from lsr.retrievers.sparse import BM25Retriever, InferenceFreeRetriever, SpladeRetriever
 
     ds = load_beir(args.dataset, split="test")
     queries = [ds.queries[q] for q in ds.queries]

@@ -77,7 +77,7 @@ def real_data(name: str, cache: Path, data_root: Path, model: Path):
     and cached as ``cache/sparse_real/<name>_queries.npz``."""
     import scipy.sparse as sp
 
-    from lsr.encoders.shards import load_shards
+    from lsr.io.shards import load_shards
 
     shard_dirs = sorted((cache / "splade" / name).glob("*/progress.json"))
     if not shard_dirs:
@@ -87,7 +87,7 @@ def real_data(name: str, cache: Path, data_root: Path, model: Path):
     fq = cache / "sparse_real" / f"{name}_queries.npz"
     if not fq.exists():
         from lsr import SpladeEncoder
-        from lsr.eval import load_beir
+        from lsr.io.readers import load_beir
 
         ds = load_beir(data_root / name, "test")
         enc = SpladeEncoder(model, query_max_length=64)

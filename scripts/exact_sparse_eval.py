@@ -46,9 +46,9 @@ def main() -> None:
     ap.add_argument("--lsr-run", type=Path, default=None, help="an `lsr eval` output directory to compare with")
     args = ap.parse_args()
 
-    from lsr.encoders.shards import load_shards
-    from lsr.eval.datasets import load_beir
-    from lsr.eval.metrics import evaluate, remove_self_hits
+    from lsr.io.shards import load_shards
+    from lsr.io.readers import load_beir
+    from lsr.metrics import evaluate, remove_self_hits
 
     ds = load_beir(args.dataset, split="test")
     doc_ids, docs = load_shards(args.shards)

@@ -84,7 +84,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
     import scipy.sparse as sp
     import torch
 
-    from lsr.eval.datasets import load_beir
+    from lsr.io.readers import load_beir
 
     torch.set_num_threads(args.threads)
     ds = load_beir(DATA / args.dataset)
@@ -109,20 +109,20 @@ def cmd_encode(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------- helpers
 def _eval(qrels, run) -> dict[str, float]:
-    from lsr.eval.metrics import DEFAULT_METRICS, evaluate
+    from lsr.metrics import DEFAULT_METRICS, evaluate
 
     return evaluate(qrels, run, DEFAULT_METRICS)
 
 
 def _cut(run, depth: int = 1000):
-    from lsr.eval.metrics import remove_self_hits
-    from lsr.eval.runs import ranked
+    from lsr.metrics import remove_self_hits
+    from lsr.io.runs import ranked
 
     return {q: dict(ranked(d)[:depth]) for q, d in remove_self_hits(run).items()}
 
 
 def _save(out: Path, run, metrics: dict, config: dict) -> None:
-    from lsr.eval.runs import write_run
+    from lsr.io.runs import write_run
 
     out.mkdir(parents=True, exist_ok=True)
     write_run(run, out / "run.trec", tag=out.name.replace(" ", "_")[:40] or "run")
@@ -131,7 +131,7 @@ def _save(out: Path, run, metrics: dict, config: dict) -> None:
 
 
 def _component_runs(args, names):
-    from lsr.eval.runs import read_run
+    from lsr.io.runs import read_run
 
     runs = {}
     for n in names:
@@ -146,9 +146,9 @@ def _component_runs(args, names):
 # ---------------------------------------------------------------------------------- fusion
 def cmd_fusion(args: argparse.Namespace) -> None:
     """Every normaliser x method with equal weights, then 5-fold CV tuned weights, 3 and 4 signals."""
-    from lsr.eval.datasets import load_beir
-    from lsr.hybrid.fusion import RANK_BASED, fuse
-    from lsr.hybrid.tuning import cross_validate
+    from lsr.io.readers import load_beir
+    from lsr.fusion.combine import RANK_BASED, fuse
+    from lsr.fusion.tuning import cross_validate
 
     ds = load_beir(DATA / args.dataset)
     comps = _component_runs(args, ["bm25", "splade", "dense", "muvera", "maxsim"])
@@ -208,8 +208,8 @@ def cmd_fusion(args: argparse.Namespace) -> None:
 def cmd_tuning(args: argparse.Namespace) -> None:
     """5-fold CV of BM25 + SPLADE + MiniLM (wsum, min-max and z-score) for fold seeds ``--seeds`` and
     both weight selections (best, 1se): held-out nDCG@10 and each fold's weights."""
-    from lsr.eval.datasets import load_beir
-    from lsr.hybrid.tuning import cross_validate
+    from lsr.io.readers import load_beir
+    from lsr.fusion.tuning import cross_validate
 
     ds = load_beir(DATA / args.dataset)
     comps = _component_runs(args, ["bm25", "splade", "dense"])
@@ -242,8 +242,8 @@ def cmd_tuning(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------- PRF
 def _retrievers(args, ds):
     """BM25, SPLADE (shards of `lsr encode` when present) and dense (embedding cache) retrievers."""
-    from lsr.hybrid.base import retriever_class
-    from lsr.hybrid.sparse import BM25Retriever
+    from lsr.retrievers.base import retriever_class
+    from lsr.retrievers.sparse import BM25Retriever
 
     ids, texts = ds.corpus.ids, ds.corpus.all_contents()
     out = {}
@@ -259,7 +259,7 @@ def _retrievers(args, ds):
     except Exception as exc:  # noqa: BLE001 - report and go on without it
         logger.warning("no SPLADE retriever: %s", exc)
     try:
-        from lsr.encoders.dense import DenseEncoder
+        from lsr.encoders.embedding import DenseEncoder
 
         enc = DenseEncoder(str(MODELS / "all-MiniLM-L6-v2"), doc_max_length=256, query_max_length=64,
                            cache_dir="/work/cache/dense")
@@ -273,8 +273,8 @@ def _retrievers(args, ds):
 
 def cmd_prf(args: argparse.Namespace) -> None:
     """nDCG@10 / recall@1000 without PRF and with PRF interpolated before / after / both."""
-    from lsr.eval.datasets import load_beir
-    from lsr.hybrid.hybrid import HybridRetriever
+    from lsr.io.readers import load_beir
+    from lsr.retrievers.hybrid import HybridRetriever
 
     ds = load_beir(DATA / args.dataset)
     qids = list(ds.queries)
@@ -303,7 +303,7 @@ def cmd_prf(args: argparse.Namespace) -> None:
                 _save(out / f"prf-{label}-{mode}", fused, m, {"dataset": args.dataset, **h.config()})
             if mode in ("after", "before"):
                 # the per-component PRF runs (own feedback for "after", hybrid feedback for "before")
-                from lsr.hybrid.prf import prf_for
+                from lsr.retrievers.prf import prf_for
 
                 fused0 = None
                 if mode == "before":

@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+# the layer rule (docs/ARCHITECTURE.md): a violation fails CI before any test runs
+.venv/bin/lint-imports --no-cache
 exec .venv/bin/python -m pytest -q "$@"

@@ -10,7 +10,7 @@ import pytest
 
 from lsr import BM25Encoder, EnglishAnalyzer, InvertedIndex, evaluate, load_beir
 from lsr.encoders.bm25 import lucene_norm_decode, lucene_norm_encode
-from lsr.hybrid.sparse import BM25Retriever
+from lsr.retrievers.sparse import BM25Retriever
 
 from conftest import beir_dataset
 

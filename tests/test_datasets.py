@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lsr import DataFormatError, load_beir, read_corpus, read_qrels, read_queries
-from lsr.eval.datasets import iter_corpus
+from lsr.io.readers import iter_corpus
 
 
 def test_tiny_beir(tiny_beir):

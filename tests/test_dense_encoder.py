@@ -9,7 +9,7 @@ pytest.importorskip("transformers")
 
 from conftest_dense import build_sentence_transformer  # noqa: E402
 
-from lsr.encoders.dense import DenseEncoder, cache_key  # noqa: E402
+from lsr.encoders.embedding import DenseEncoder, cache_key  # noqa: E402
 
 TEXTS = ["what causes heart disease", "Heart disease is mostly caused by high blood pressure, high "
          "cholesterol and smoking.", "", "stock market", "The stock market fell sharply on Tuesday."]

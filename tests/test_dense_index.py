@@ -6,7 +6,7 @@ import pytest
 
 faiss = pytest.importorskip("faiss")
 
-from lsr.index._format import IndexFormatError  # noqa: E402
+from lsr.errors import IndexFormatError  # noqa: E402
 from lsr.index.dense import DenseIndex, faiss_gpu_available  # noqa: E402
 
 

@@ -14,7 +14,7 @@ from conftest_dense import build_sentence_transformer  # noqa: E402
 
 from lsr import load_beir, load_retriever, read_run  # noqa: E402
 from lsr.cli import main  # noqa: E402
-from lsr.hybrid.base import RETRIEVERS, retriever_class  # noqa: E402
+from lsr.retrievers.base import RETRIEVERS, retriever_class  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lsr.hybrid.fusion import FUSIONS, fuse, fuse_arrays, register_fusion
-from lsr.hybrid.normalize import normalize
+from lsr.fusion.combine import FUSIONS, fuse, fuse_arrays, register_fusion
+from lsr.fusion.normalize import normalize
 
 
 def _ranked(docs: dict[str, float]) -> list[tuple[str, float]]:
@@ -97,7 +97,7 @@ def test_k_cuts_output_and_queries_union():
 def test_array_api_with_padding_matches_dict_api():
     runs = _random_runs(seed=6)
     ref = fuse(runs, norm="zmuv", method="mnz", k=7)
-    from lsr.hybrid.fusion import arrays_to_run, runs_to_arrays
+    from lsr.fusion.combine import arrays_to_run, runs_to_arrays
 
     qids, vocab, ids, scores = runs_to_arrays(runs)
     # shuffle row order and add extra padding: the kernel re-sorts and ignores -1

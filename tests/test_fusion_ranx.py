@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lsr.hybrid.fusion import RANK_BASED, fuse
+from lsr.fusion.combine import RANK_BASED, fuse
 
 ranx = pytest.importorskip("ranx")
 

@@ -9,12 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 from lsr.cli import main
-from lsr.eval.runs import read_run, write_run
-from lsr.hybrid.base import load_retriever
-from lsr.hybrid.fusion import fuse
-from lsr.hybrid.hybrid import HybridRetriever, parse_components
-from lsr.hybrid.sparse import BM25Retriever
-from lsr.hybrid.tuning import cross_validate, make_folds, tune_weights, weight_grid
+from lsr.io.runs import read_run, write_run
+from lsr.retrievers.base import load_retriever
+from lsr.fusion.combine import fuse
+from lsr.retrievers.hybrid import HybridRetriever, parse_components
+from lsr.retrievers.sparse import BM25Retriever
+from lsr.fusion.tuning import cross_validate, make_folds, tune_weights, weight_grid
 
 TOPICS = {
     "heart": "heart disease blood pressure cholesterol artery cardiac",
@@ -169,7 +169,7 @@ def test_cli_fuse_tune_writes_cross_validated_run(tmp_path, synthetic):
 
 
 def read_run_qrels(path):
-    from lsr.eval.datasets import read_qrels
+    from lsr.io.readers import read_qrels
 
     return read_qrels(path)
 

@@ -6,7 +6,7 @@ import pytest
 import scipy.sparse as sp
 
 from lsr import InvertedIndex, SparseBatch
-from lsr.encoders.shards import encode_corpus_to_shards
+from lsr.io.shards import encode_corpus_to_shards
 from lsr.index.build import build_index, shards_from_directory
 
 ARRAYS = ("offsets", "term_blocks", "block_last", "block_max", "block_word", "words", "weights")

@@ -107,7 +107,7 @@ def test_save_copies_idf(tiny_mlm, tmp_path):
 
 def test_query_path_never_imports_torch(tiny_mlm, tmp_path):
     """Query encoding and search of a saved inference-free index run without torch in the process."""
-    from lsr.hybrid.sparse import InferenceFreeRetriever
+    from lsr.retrievers.sparse import InferenceFreeRetriever
 
     r = InferenceFreeRetriever.from_options(model=str(tiny_mlm), doc_max_length=32)
     r.index(list(CORPUS), [f"{t} {x}" for t, x in CORPUS.values()])
@@ -119,7 +119,7 @@ def test_query_path_never_imports_torch(tiny_mlm, tmp_path):
         enc = InferenceFreeEncoder({str(tiny_mlm)!r})
         enc.encode_queries(["what causes heart disease"])
         assert "torch" not in sys.modules, "encoding queries imported torch"
-        from lsr.hybrid.base import load_retriever
+        from lsr.retrievers.base import load_retriever
         r = load_retriever({str(tmp_path / 'idx')!r})
         ids = r.search({list(QUERIES.values())!r}, k=3).ids.tolist()
         print(json.dumps({{"torch": "torch" in sys.modules, "ids": ids}}))

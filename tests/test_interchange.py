@@ -7,15 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from lsr.encoders.interchange import (
+from lsr.io.interchange import (
     export_collection,
     looks_like_vector_jsonl,
     read_collection,
     read_vector_jsonl,
     write_vector_jsonl,
 )
-from lsr.eval.datasets import DataFormatError
-from lsr.sparse import SparseBatch
+from lsr.errors import DataFormatError
+from lsr.types import SparseBatch
 
 VOCAB = ["[PAD]", "heart", "disease", "##s", "blood", "pressure"]
 
@@ -87,7 +87,7 @@ def test_lsr_index_reads_jsonvector_and_seismic(tmp_path):
     from conftest_splade import CORPUS, QUERIES, build_tiny_mlm, write_tiny_beir
 
     from lsr.cli import main
-    from lsr.hybrid.base import load_retriever
+    from lsr.retrievers.base import load_retriever
 
     model = build_tiny_mlm(tmp_path / "model")
     beir = write_tiny_beir(tmp_path / "beir")

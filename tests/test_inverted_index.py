@@ -311,7 +311,7 @@ def test_save_refuses_to_overwrite_foreign_directory(tmp_path):
 def test_version_2_directories_are_read(tmp_path, quantize):
     """A directory in the previous, uncompressed layout (written here by hand from the decoded
     arrays) loads, is compressed in memory, and searches like the index it came from."""
-    from lsr.index._format import save_array, save_ids, write_manifest
+    from lsr.io.manifest import save_array, save_ids, write_manifest
     from lsr.index.inverted import _forward
 
     rng = np.random.default_rng(11)

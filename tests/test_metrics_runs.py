@@ -9,7 +9,7 @@ import pytest
 import pytrec_eval
 
 from lsr import DataFormatError, evaluate, read_run, write_run
-from lsr.eval.metrics import evaluate_per_query
+from lsr.metrics import evaluate_per_query
 
 
 def random_case(seed):

@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 
 from conftest_dense import build_bert, build_colbert_ir, build_pylate, build_sentence_transformer  # noqa: E402
 
-from lsr.encoders.dense import DenseEncoder  # noqa: E402
+from lsr.encoders.embedding import DenseEncoder  # noqa: E402
 from lsr.encoders.multivector import MultiVectorEncoder, encode_dense_and_tokens  # noqa: E402
 
 QUERIES = ["what causes heart disease?", "stock market"]

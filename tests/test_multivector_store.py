@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lsr.index._format import IndexFormatError
-from lsr.index.multivectors import MultiVectors, maxsim_rerank, maxsim_scores, maxsim_search
+from lsr.errors import IndexFormatError
+from lsr.io.manifest import load_multivectors, save_multivectors
+from lsr.index.maxsim import MultiVectors, maxsim_rerank, maxsim_scores, maxsim_search
 
 
 def naive(q_sets, d_sets):
@@ -59,13 +60,13 @@ def test_search_and_rerank_agree_with_naive(sets, dtype):
 def test_store_roundtrip_is_float16_mmap(sets, tmp_path):
     docs, _ = sets
     mv = MultiVectors.from_list(docs, dtype=np.float32)
-    fields = mv.save(tmp_path)
-    again = MultiVectors.load(tmp_path, fields)
+    fields = save_multivectors(tmp_path, mv)
+    again = load_multivectors(tmp_path, fields)
     assert again.vectors.dtype == np.float16 and isinstance(again.vectors, np.memmap)
     np.testing.assert_array_equal(again.offsets, mv.offsets)
     np.testing.assert_array_equal(again[3], mv[3].astype(np.float16))
     with pytest.raises(IndexFormatError):
-        MultiVectors.load(tmp_path, {**fields, "total_vectors": fields["total_vectors"] + 1})
+        load_multivectors(tmp_path, {**fields, "total_vectors": fields["total_vectors"] + 1})
 
 
 def test_validation():
@@ -96,7 +97,7 @@ def test_rerank_groups_of_many_queries_match_naive(dtype):
 
 
 def test_maxsim_scores_with_small_query_groups_and_blocks(sets, monkeypatch):
-    import lsr.index.multivectors as mv
+    import lsr.index.maxsim as mv
 
     docs, queries = sets
     d, q = MultiVectors.from_list(docs, dtype=np.float16), MultiVectors.from_list(queries)
@@ -108,7 +109,7 @@ def test_maxsim_scores_with_small_query_groups_and_blocks(sets, monkeypatch):
 def test_float16_widening_is_exact_for_every_bit_pattern():
     """The kernels widen float16 stores by integer arithmetic; NumPy's cast is the reference
     (zeros of both signs, subnormals, normals, infinities and NaNs)."""
-    from lsr.index.multivectors import _widen_f16
+    from lsr.index._maxsim_kernels import _widen_f16
 
     bits = np.arange(65536, dtype=np.uint16).reshape(256, 256)
     out = np.full(bits.shape, 7.0, np.float32)
@@ -121,7 +122,7 @@ def test_float16_widening_is_exact_for_every_bit_pattern():
 
 def test_top_k_matches_a_sort_of_the_finite_entries():
     """Heavy ties, NaN and infinities: the k best finite scores, ties to the lower position."""
-    from lsr.index.multivectors import _top_k
+    from lsr.index.maxsim import _top_k
 
     rng = np.random.default_rng(3)
     for _ in range(100):

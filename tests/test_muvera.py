@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lsr.index.multivectors import MultiVectors, maxsim_scores
+from lsr.index.maxsim import MultiVectors, maxsim_scores
 from lsr.index.muvera import FDEConfig, FDEEncoder, gray_partition_index
 
 

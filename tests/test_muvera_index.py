@@ -6,8 +6,8 @@ import pytest
 
 pytest.importorskip("faiss")
 
-from lsr.index._format import IndexFormatError  # noqa: E402
-from lsr.index.multivectors import MultiVectors, maxsim_search  # noqa: E402
+from lsr.errors import IndexFormatError  # noqa: E402
+from lsr.index.maxsim import MultiVectors, maxsim_search  # noqa: E402
 from lsr.index.muvera import FDEConfig, FDEIndex  # noqa: E402
 
 
@@ -73,13 +73,6 @@ def test_flat_fde_search_matches_faiss(corpus):
     docs, queries, ids = corpus
     index = FDEIndex.build(docs, FDEConfig(dim=16, k_sim=3, d_proj=8, reps=4), doc_ids=ids)
     ref_ids, ref_scores = index.dense.search(index.encoder.encode_queries(queries), k=20)
-    index.bf16 = False  # one float32 product: the same ranking as FAISS
-    got_ids, got_scores = index.search_fde(queries, 20)
+    got_ids, got_scores = index.search_fde(queries, 20)  # one float32 product: FAISS's ranking
     np.testing.assert_allclose(got_scores, ref_scores, rtol=1e-5, atol=1e-5)
     assert np.mean(got_ids == ref_ids) > 0.99
-    index.bf16 = True  # bfloat16 product (float32 without PyTorch): scores within bfloat16 rounding
-    got_ids, got_scores = index.search_fde(queries, 20)
-    exact = np.take_along_axis(index.encoder.encode_queries(queries) @ index.encoder.encode_documents(docs).T,
-                               got_ids, axis=1)
-    np.testing.assert_allclose(got_scores, exact, rtol=0.02, atol=0.02 * np.abs(exact).max())
-    assert np.mean([len(set(a) & set(b)) / 20 for a, b in zip(got_ids, ref_ids)]) > 0.9

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from lsr.hybrid.normalize import NORMALIZERS, canonical_normalizer, normalize
+from lsr.fusion.normalize import NORMALIZERS, canonical_normalizer, normalize
 
 
 def _ref(name: str, s: list[float], pool: int, lb: float = 0.0) -> tuple[list[float], float]:

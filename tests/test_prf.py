@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from lsr.hybrid.fusion import fuse_arrays
-from lsr.hybrid.hybrid import HybridRetriever, prf_interpolation
-from lsr.hybrid.prf import SparsePRF, doc_major, prf_for, rm3, rocchio
-from lsr.hybrid.sparse import BM25Retriever
+from lsr.fusion.combine import fuse_arrays
+from lsr.retrievers.hybrid import HybridRetriever, prf_interpolation
+from lsr.retrievers.prf import SparsePRF, doc_major, prf_for, rm3, rocchio
+from lsr.retrievers.sparse import BM25Retriever
 from lsr.index.inverted import InvertedIndex
 
 
@@ -164,8 +164,8 @@ class _BagEncoder:
 
 def test_dense_prf_uses_index_vectors_and_matches_rocchio():
     pytest.importorskip("faiss")
-    from lsr.hybrid.dense import DenseRetriever
-    from lsr.hybrid.prf import DensePRF
+    from lsr.retrievers.bi_encoder import DenseRetriever
+    from lsr.retrievers.prf import DensePRF
 
     texts = ["heart disease cholesterol", "heart attack cholesterol statin", "stock market", "statin drug trial"]
     r = DenseRetriever(_BagEncoder())

@@ -22,9 +22,9 @@ import pytest
 
 pytest.importorskip("faiss")
 
-from lsr.index._format import IndexFormatError  # noqa: E402
+from lsr.errors import IndexFormatError  # noqa: E402
 from lsr.index.dense import DenseIndex  # noqa: E402
-from lsr.index.multivectors import MultiVectors, maxsim_rerank, maxsim_scores, maxsim_search  # noqa: E402
+from lsr.index.maxsim import MultiVectors, maxsim_rerank, maxsim_scores, maxsim_search  # noqa: E402
 from lsr.index.muvera import FDEConfig, FDEEncoder, FDEIndex  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +115,6 @@ def test_flat_fde_candidates_ties_go_to_the_lower_position():
     docs = MultiVectors.from_list([base[i % 4][None] for i in range(60)])
     queries = MultiVectors.from_list([rng.integers(-2, 3, size=(2, 6)).astype(np.float32) for _ in range(5)])
     index = FDEIndex.build(docs, FDEConfig(dim=6, k_sim=0, d_proj=None, reps=1))
-    index.bf16 = False
     ref = (queries.vectors.reshape(5, 2, 6).sum(1) @ base.T)[:, np.arange(60) % 4]
     for k in (1, 9, 16, 33):
         ids, _ = index.search_fde(queries, k)
@@ -411,8 +410,8 @@ def test_bad_offsets_never_reach_the_kernels(saved_fde, tmp_path):
         import hashlib, json, shutil
         from pathlib import Path
         import numpy as np
-        from lsr.index._format import IndexFormatError
-        from lsr.index.multivectors import MultiVectors, maxsim_search
+        from lsr.errors import IndexFormatError
+        from lsr.index.maxsim import MultiVectors, maxsim_search
         from lsr.index.muvera import FDEIndex
         q = MultiVectors.from_list([np.ones((2, 8), np.float32)])
         for case in range(4):
@@ -526,7 +525,7 @@ def st_model(tmp_path_factory):
 
 @torch_needed
 def test_missing_or_foreign_model_paths_name_the_path(tmp_path):
-    from lsr.encoders.dense import DenseEncoder
+    from lsr.encoders.embedding import DenseEncoder
     from lsr.encoders.multivector import MultiVectorEncoder
 
     (tmp_path / "not_a_model").mkdir()
@@ -538,7 +537,7 @@ def test_missing_or_foreign_model_paths_name_the_path(tmp_path):
 
 @torch_needed
 def test_model_path_with_tilde(st_model, tmp_path, monkeypatch):
-    from lsr.encoders.dense import DenseEncoder
+    from lsr.encoders.embedding import DenseEncoder
     from lsr.encoders.multivector import MultiVectorEncoder
 
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -565,7 +564,7 @@ def test_cli_names_a_missing_model(tiny_beir, tmp_path):
 @torch_needed
 def test_retrievers_on_an_empty_corpus_and_no_queries(st_model, tmp_path):
     from lsr import load_retriever
-    from lsr.hybrid.base import retriever_class
+    from lsr.retrievers.base import retriever_class
 
     opts = dict(model=str(st_model), device="cpu", doc_max_length=48, query_max_length=16)
     for name, extra in (("dense", {}), ("maxsim", {}), ("muvera", dict(fde_reps=2, fde_k_sim=2, fde_d_proj=8))):
@@ -581,7 +580,7 @@ def test_retrievers_on_an_empty_corpus_and_no_queries(st_model, tmp_path):
 
 @torch_needed
 def test_max_length_beyond_the_model_positions_truncates(st_model):
-    from lsr.encoders.dense import DenseEncoder
+    from lsr.encoders.embedding import DenseEncoder
     from lsr.encoders.multivector import MultiVectorEncoder
 
     long_text = " ".join(["heart"] * 300)  # the tiny model has 128 positions
@@ -602,7 +601,7 @@ def test_dense_module_matches_sentence_transformers(tmp_path):
     from safetensors.torch import save_file
     from sentence_transformers import SentenceTransformer
 
-    from lsr.encoders.dense import DenseEncoder
+    from lsr.encoders.embedding import DenseEncoder
 
     d = build_sentence_transformer(tmp_path / "st", pooling="mean", normalize=False, max_seq_length=40)
     modules = json.loads((d / "modules.json").read_text()) + [
@@ -662,7 +661,7 @@ def test_rerank_refuses_float_candidates():
     assert ids.shape == (2, 1)
 
 
-@pytest.mark.parametrize("module, cls", [("lsr.encoders.dense", "DenseEncoder"),
+@pytest.mark.parametrize("module, cls", [("lsr.encoders.embedding", "DenseEncoder"),
                                          ("lsr.encoders.multivector", "MultiVectorEncoder")])
 def test_damaged_encoder_json_is_named(tmp_path, module, cls):
     import importlib
@@ -682,7 +681,7 @@ def test_damaged_encoder_json_is_named(tmp_path, module, cls):
 @torch_needed
 def test_muvera_identity_projection_option_is_kept(st_model, tmp_path):
     from lsr import load_retriever
-    from lsr.hybrid.base import retriever_class
+    from lsr.retrievers.base import retriever_class
 
     opts = dict(model=str(st_model), device="cpu", doc_max_length=48, query_max_length=16)
     texts = ["heart disease risk", "blood pressure", "cancer cells divide"]

@@ -15,9 +15,9 @@ pytest.importorskip("transformers")
 
 from conftest_splade import CORPUS, QUERIES, tiny_beir, tiny_mlm  # noqa: E402
 
-from lsr.encoders.shards import encode_corpus_to_shards, load_shards, read_progress  # noqa: E402
+from lsr.io.shards import encode_corpus_to_shards, load_shards, read_progress  # noqa: E402
 from lsr.encoders.splade import SpladeEncoder  # noqa: E402
-from lsr.index._format import IndexFormatError  # noqa: E402
+from lsr.errors import IndexFormatError  # noqa: E402
 
 __all__ = ["tiny_beir", "tiny_mlm"]
 
@@ -94,9 +94,9 @@ def test_killed_lsr_encode_resumes(tiny_mlm, tiny_beir, tmp_path):
     out = tmp_path / "killed"
     code = textwrap.dedent(f"""
         import os, signal
-        from lsr.eval.datasets import read_corpus
+        from lsr.io.readers import read_corpus
         from lsr.encoders.splade import SpladeEncoder
-        from lsr.encoders.shards import encode_corpus_to_shards
+        from lsr.io.shards import encode_corpus_to_shards
         c = read_corpus({str(tiny_beir / 'corpus.jsonl')!r})
         def die(i):
             if i == 1:
@@ -145,8 +145,8 @@ def test_lsr_index_from_shards_and_eval_doc_vectors(tiny_mlm, tiny_beir, tmp_pat
     from click.testing import CliRunner
 
     from lsr.cli import main
-    from lsr.hybrid.base import load_retriever
-    from lsr.hybrid.sparse import SpladeRetriever
+    from lsr.retrievers.base import load_retriever
+    from lsr.retrievers.sparse import SpladeRetriever
 
     runner = CliRunner()
     res = runner.invoke(main, ["encode", str(tiny_beir), str(tmp_path / "enc"), "-m", str(tiny_mlm)])

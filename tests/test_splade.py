@@ -128,8 +128,8 @@ def test_bad_inputs(tiny_mlm, tmp_path):
 
 
 def test_retriever_matches_brute_force_and_round_trips(tiny_mlm, tmp_path):
-    from lsr.hybrid.base import load_retriever
-    from lsr.hybrid.sparse import SpladeRetriever
+    from lsr.retrievers.base import load_retriever
+    from lsr.retrievers.sparse import SpladeRetriever
 
     r = SpladeRetriever.from_options(model=str(tiny_mlm), doc_max_length=32, query_max_length=16)
     ids = list(CORPUS)
@@ -154,7 +154,7 @@ def test_retriever_matches_brute_force_and_round_trips(tiny_mlm, tmp_path):
 
 
 def test_from_options_errors():
-    from lsr.hybrid.sparse import SpladeRetriever
+    from lsr.retrievers.sparse import SpladeRetriever
 
     with pytest.raises(ValueError, match="needs --model"):
         SpladeRetriever.from_options(model=None)
@@ -166,8 +166,8 @@ def test_cli_eval_splade(tiny_mlm, tiny_beir, tmp_path):
     from click.testing import CliRunner
 
     from lsr.cli import main
-    from lsr.eval.metrics import evaluate
-    from lsr.eval.runs import read_run
+    from lsr.metrics import evaluate
+    from lsr.io.runs import read_run
 
     out = tmp_path / "out"
     res = CliRunner().invoke(main, ["eval", str(tiny_beir), "-r", "splade", "-m", str(tiny_mlm), "-o", str(out),

@@ -12,8 +12,8 @@ import pytrec_eval
 from click.testing import CliRunner
 
 from lsr.cli import main
-from lsr.eval.runs import write_run
-from lsr.hybrid.tuning import cross_validate, select_weights, tune_weights, weight_grid
+from lsr.io.runs import write_run
+from lsr.fusion.tuning import cross_validate, select_weights, tune_weights, weight_grid
 
 
 # ------------------------------------------------------------------ brute-force references

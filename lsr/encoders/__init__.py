@@ -1,5 +1,5 @@
 """Encoders: text to sparse, dense or multi-vector representations."""
-from lsr.encoders.analyzer import EnglishAnalyzer
+from lsr.encoders.analysis import EnglishAnalyzer
 from lsr.encoders.bm25 import BM25Encoder
 
 __all__ = ["EnglishAnalyzer", "BM25Encoder"]

@@ -22,8 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
-from lsr.encoders.analyzer import EnglishAnalyzer
-from lsr.sparse import SparseBatch
+from lsr.encoders.analysis import EnglishAnalyzer
+from lsr.types import SparseBatch
 
 logger = logging.getLogger(__name__)
 

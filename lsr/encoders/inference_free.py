@@ -25,7 +25,7 @@ import numpy as np
 
 from lsr.encoders._query_tokenizer import QueryTokenizer
 from lsr.encoders.splade import SpladeEncoder
-from lsr.sparse import SparseBatch
+from lsr.types import SparseBatch
 
 logger = logging.getLogger(__name__)
 

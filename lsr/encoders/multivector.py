@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lsr.encoders.dense import (
+from lsr.encoders.embedding import (
     apply_dense,
     autocast,
     cache_key,
@@ -44,7 +44,7 @@ from lsr.encoders.dense import (
     read_module_file,
     resolve_device,
 )
-from lsr.index.multivectors import MultiVectors
+from lsr.types import MultiVectors
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def _colbert_ir_linear(model: str) -> Any | None:
 
 
 class MultiVectorEncoder:
-    """Text to a set of token vectors (:class:`~lsr.index.multivectors.MultiVectors`).
+    """Text to a set of token vectors (:class:`~lsr.index.maxsim.MultiVectors`).
 
     Args:
         model: model directory or hub id.
@@ -85,7 +85,7 @@ class MultiVectorEncoder:
         query_max_length / doc_max_length: token limits (colbert default: the checkpoint's).
         query_augmentation: pad queries with ``[MASK]`` to ``query_max_length`` (colbert default on).
         skip_punctuation: drop punctuation tokens from documents (colbert default on).
-        batch_size, device, cache_dir: as for :class:`~lsr.encoders.dense.DenseEncoder`.
+        batch_size, device, cache_dir: as for :class:`~lsr.encoders.embedding.DenseEncoder`.
 
     ``encode_documents`` returns float16 vectors (the storage precision), ``encode_queries`` float32.
     """

@@ -36,7 +36,7 @@ from lsr.encoders._torch import (
     require_transformers,
     set_threads,
 )
-from lsr.sparse import SparseBatch
+from lsr.types import SparseBatch
 
 logger = logging.getLogger(__name__)
 

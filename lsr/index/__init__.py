@@ -1,5 +1,2 @@
-"""Indexes: the Numba inverted index (sparse), FAISS dense and FDE indexes, on-disk format."""
-from lsr.index._format import IndexFormatError
-from lsr.index.inverted import InvertedIndex
-
-__all__ = ["InvertedIndex", "IndexFormatError"]
+"""Indexes: vectors in, ranked positions out. The Numba inverted index (sparse), the FAISS dense
+index (``dense``, the only module that imports faiss), MUVERA FDEs and exact MaxSim."""

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, Union
 
 import numpy as np
-from numba import njit
 
-from lsr.index._format import atomic_directory, load_ids
+from lsr.index._build_kernels import _scatter
+from lsr.io.manifest import atomic_directory, load_ids
 from lsr.index.inverted import InvertedIndex, Postings, check_doc_ids, coarse_codes, fine_codes, quantization_for
-from lsr.sparse import SparseBatch
+from lsr.types import SparseBatch
 
 logger = logging.getLogger(__name__)
 
@@ -56,31 +56,15 @@ def _clean(shard: Shard, vocab_size: int | None, i: int):
     return m
 
 
-@njit(nogil=True, cache=True)
-def _scatter(start, counts, run_docs, run_w, post_docs, post_w):
-    """Append each term's run segment at ``start[t]`` of the final lists; advance ``start``."""
-    src = 0
-    for t in range(counts.size):
-        c = counts[t]
-        if c == 0:
-            continue
-        dst = start[t]
-        for i in range(c):
-            post_docs[dst + i] = run_docs[src + i]
-            post_w[dst + i] = run_w[src + i]
-        start[t] = dst + c
-        src += c
-
-
 def shards_from_directory(path: str | os.PathLike) -> tuple[list[str], list[Callable[[], SparseBatch]]]:
     """``(doc_ids, shard loaders)`` of an ``lsr encode`` shards directory; each loader reads one
     shard memory-mapped, so nothing is loaded until the build asks for it."""
-    from lsr.encoders.shards import _PARTS, _shard_name, read_progress
+    from lsr.io.shards import _PARTS, _shard_name, read_progress
 
     path = Path(path)
     progress = read_progress(path)
     if not progress.get("complete"):
-        from lsr.index._format import IndexFormatError
+        from lsr.errors import IndexFormatError
 
         raise IndexFormatError(f"{path}: encoding is unfinished; rerun `lsr encode` to resume it")
     doc_ids = [str(x) for x in load_ids(path, "doc_ids.parquet", int(progress["n_docs"]))]

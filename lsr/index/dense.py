@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lsr.index._format import (
+from lsr.io.manifest import (
     IndexFormatError,
     atomic_directory,
     load_ids,
@@ -214,6 +214,24 @@ class DenseIndex:
                 f"params={self.params}, gpu={self.on_gpu})")
 
     # ------------------------------------------------------------------ search
+    def flat_vectors(self) -> np.ndarray | None:
+        """The stored vectors as an ``(n, dim)`` float32 view (no copy) of a CPU flat index, else None."""
+        if self.index_type != "flat" or self.on_gpu:
+            return None
+        faiss = import_faiss()
+        index = self._cpu
+        return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+
+    def reconstruct(self, positions: np.ndarray) -> np.ndarray:
+        """The stored vectors of ``positions`` as ``(len(positions), dim)`` float32 (decoded for
+        compressed index types)."""
+        positions = np.asarray(positions, dtype=np.int64).ravel()
+        if positions.size and (positions.min() < 0 or positions.max() >= len(self)):
+            raise ValueError(f"positions must lie in [0, {len(self)})")
+        if not positions.size:
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack([self._cpu.reconstruct(int(i)) for i in positions])
+
     def search(self, queries: np.ndarray, k: int = 10, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` by inner product: ``int64`` positions and ``float32`` scores ``(nq, k)``,
         best first, padded with ``-1`` / ``0.0`` when the index has fewer than ``k`` vectors."""

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lsr.index._format import (
+from lsr.io.manifest import (
     IndexFormatError,
     atomic_directory,
     load_array,
@@ -28,13 +28,12 @@ from lsr.index._format import (
     save_ids,
     write_manifest,
 )
-from lsr.sparse import SparseBatch
+from lsr.types import SparseBatch
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["InvertedIndex"]
 
-_PARALLEL_LOCK = threading.Lock()
 
 
 def check_doc_ids(doc_ids: Sequence[Any] | None, n_docs: int) -> list[str] | None:
@@ -99,7 +98,7 @@ def _forward(offsets: np.ndarray, post_docs: np.ndarray, post_w: np.ndarray, n_d
 def _check_forward(path: Path, forward: tuple, vocab_size: int, nnz: int) -> None:
     """Refuse a stored doc-major copy that does not span the postings or has out-of-range or
     unsorted term ids (kernels index with them unchecked)."""
-    from lsr.index import _kernels
+    from lsr.index import _exhaustive_kernels as _kernels
 
     indptr, terms, _ = forward
     if indptr[0] != 0 or indptr[-1] != nnz:
@@ -110,7 +109,7 @@ def _check_forward(path: Path, forward: tuple, vocab_size: int, nnz: int) -> Non
 
 
 class Postings:
-    """Block-compressed term-major posting lists (see :mod:`lsr.index._codec` and docs/FORMAT.md).
+    """Block-compressed term-major posting lists (see :mod:`lsr.index._codec_kernels` and docs/FORMAT.md).
 
     ``offsets`` (int64, vocab + 1): each list's range in posting order; ``term_blocks`` (int64,
     vocab + 1): each list's range of blocks; per block ``block_last`` (int32, last document
@@ -150,7 +149,7 @@ class Postings:
     def encode(cls, offsets: np.ndarray, docs: np.ndarray, weights: np.ndarray) -> "Postings":
         """Compress term-major arrays (docs ascending within each list; weights uint8 impacts
         >= 1 or float32)."""
-        from lsr.index import _codec
+        from lsr.index import _codec_kernels as _codec
 
         offsets = np.ascontiguousarray(offsets, dtype=np.int64)
         quant = weights.dtype == np.uint8
@@ -162,7 +161,7 @@ class Postings:
 
     def decode(self) -> tuple[np.ndarray, np.ndarray]:
         """Uncompressed ``(docs int32, weights)`` in posting order (weights uint8 or float32)."""
-        from lsr.index import _codec
+        from lsr.index import _codec_kernels as _codec
 
         docs, imps = _codec.decode_all(self.offsets, self.term_blocks, self.block_last, self.block_word, self.words,
                                        self.quantized)
@@ -241,7 +240,7 @@ class InvertedIndex:
             if self.fwd_indptr.shape != (self.n_docs + 1,) or self.fwd_terms.shape != (self.nnz,):
                 raise ValueError("forward arrays do not match the postings")
         if term_max is None:
-            from lsr.index import _pruning
+            from lsr.index import _maxscore_kernels as _pruning
 
             term_max = _pruning.term_maxima(postings.term_blocks, postings.block_max)
         self.term_max = term_max
@@ -259,7 +258,7 @@ class InvertedIndex:
         p = self.postings
         if not p.decoded or self.nnz == 0:
             return
-        from lsr.index import _pruning
+        from lsr.index import _maxscore_kernels as _pruning
 
         w = p.raw_imps if p.quantized else p.weights
         self._bm = _pruning.window_maxima(self.offsets, p.raw_docs, w, self.n_docs, max(1, (self.n_docs >> 6) + 1))
@@ -386,7 +385,7 @@ class InvertedIndex:
         memory (not saved: it is derived from the postings in about a second per million documents)."""
         with self._pruned_lock:
             if n_postings not in self._pruned:
-                from lsr.index import _pruning
+                from lsr.index import _maxscore_kernels as _pruning
 
                 p = self.postings
                 self._pruned[n_postings] = _pruning.prune_lists(
@@ -453,21 +452,21 @@ class InvertedIndex:
             return ids, scores
         threads = min(int(threads), nq)
         if threads > 1:
-            import numba
+            from lsr.index._heap_kernels import max_threads
 
-            threads = min(threads, numba.config.NUMBA_NUM_THREADS)
+            threads = min(threads, max_threads())
         q = self.quantization
         out_scale = float(q["scale"]) if q else 1.0
         pargs = (indptr, indices, data) + self.postings.kernel_args()
         if mode == "exhaustive" or not self.positive or (mode == "exact" and self.n_docs < self.EXACT_SCAN_BELOW):
-            from lsr.index import _kernels
+            from lsr.index import _exhaustive_kernels as _kernels
 
             args = pargs[:6] + pargs[7:] + (self.n_docs, self.positive, k)  # no block maxima
             self._call(_kernels.search_serial, _kernels.search_parallel, args, threads, ids, scores)
             if q:
                 scores[ids >= 0] *= np.float32(out_scale)
             return ids, scores
-        from lsr.index import _pruning
+        from lsr.index import _maxscore_kernels as _pruning
 
         approx = mode == "approximate"
         if approx and n_postings is not None:
@@ -493,11 +492,11 @@ class InvertedIndex:
         if threads == 1:
             serial(*args, ids, scores)  # lock-free: the kernel releases the GIL
             return
-        import numba
+        from lsr.index._heap_kernels import PARALLEL_LOCK, set_threads
 
         # numba's default 'workqueue' layer cannot run two parallel regions at once.
-        with _PARALLEL_LOCK:
-            numba.set_num_threads(threads)
+        with PARALLEL_LOCK:
+            threads = set_threads(threads)
             parallel(*args, threads, ids, scores)
 
     # ------------------------------------------------------------------ persistence
@@ -591,7 +590,7 @@ class InvertedIndex:
             raise IndexFormatError(f"{path}/offsets.npy: ends at {int(offsets[-1])}, expected {nnz}")
         if version < 3:
             return cls._load_uncompressed(path, m, version, offsets, n_docs, nnz, doc_ids, quant, mmap, decoded)
-        from lsr.index import _codec
+        from lsr.index import _codec_kernels as _codec
 
         words = load_array(path, "words.npy", np.uint32, (n_words,), mmap)
         term_blocks, block_last, block_max, block_word, bad = _codec.derive(offsets, words, quant is not None, n_docs)
@@ -616,7 +615,7 @@ class InvertedIndex:
     def _load_uncompressed(cls, path: Path, m: dict, version: int, offsets: np.ndarray, n_docs: int, nnz: int,
                            doc_ids: np.ndarray, quant: dict | None, mmap: bool, decoded: bool) -> "InvertedIndex":
         """Version 1/2 directories: int32 postings (and, in version 2, a forward copy)."""
-        from lsr.index import _kernels
+        from lsr.index import _exhaustive_kernels as _kernels
 
         post_docs = load_array(path, "postings_docs.npy", np.int32, (nnz,), mmap)
         post_w = load_array(path, "postings_weights.npy", np.uint8 if quant else np.float32, (nnz,), mmap)

@@ -21,7 +21,7 @@ Random matrices come from NumPy's generator seeded with the same seeds, so the e
 structurally identical to the reference but not bit-identical to its C++ ``mt19937`` draws.
 
 >>> import numpy as np
->>> from lsr.index.multivectors import MultiVectors
+>>> from lsr.types import MultiVectors
 >>> enc = FDEEncoder(FDEConfig(dim=8, k_sim=2, d_proj=None, reps=3))
 >>> rng = np.random.default_rng(0)
 >>> q, d = rng.normal(size=(1, 8)).astype(np.float32), rng.normal(size=(1, 8)).astype(np.float32)
@@ -40,16 +40,21 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lsr.index._format import (
-    IndexFormatError,
+from lsr.errors import IndexFormatError
+from lsr.io.manifest import (
     atomic_directory,
     load_ids,
+    load_multivectors,
     positive_int,
     read_manifest,
     save_ids,
+    save_multivectors,
     write_manifest,
 )
-from lsr.index.multivectors import _PARALLEL_LOCK, MultiVectors, _top_k, maxsim_rerank
+from lsr.index._fde_kernels import _ams_project, _scatter_sum
+from lsr.index._heap_kernels import PARALLEL_LOCK
+from lsr.index.maxsim import _top_k, maxsim_rerank
+from lsr.types import MultiVectors
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +277,7 @@ class FDEEncoder:
                 proj = x
             else:
                 proj = np.zeros((t, dp), dtype=np.float32)
-                with _PARALLEL_LOCK:  # one numba parallel region at a time (workqueue layer)
+                with PARALLEL_LOCK:  # one numba parallel region at a time (workqueue layer)
                     _ams_project(x, ams[0], ams[1], proj)
             assign = sp.csr_matrix((np.ones(t, np.float32), (item * parts + label, np.arange(t))),
                                    shape=(n * parts, t))
@@ -327,8 +332,6 @@ class FDEIndex:
         if self.doc_ids.shape != (len(docs),):
             raise ValueError(f"{len(docs)} documents but doc_ids of shape {self.doc_ids.shape}")
         self.candidates = positive_int(candidates, "candidates")
-        self.bf16 = True  # score a CPU flat index in bfloat16 when PyTorch is installed
-        self._bf16: Any = None
 
     @classmethod
     def build(cls, docs: MultiVectors, config: FDEConfig | None = None, doc_ids: Sequence[str] | None = None,
@@ -353,46 +356,15 @@ class FDEIndex:
     def search_fde(self, queries: MultiVectors, k: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` by FDE inner product only (no re-ranking).
 
-        A CPU flat index is scored with one matrix product for the whole query batch; where
-        PyTorch is installed the product runs in bfloat16 (about 2.5x the float32 speed on CPUs
-        with AVX512-BF16/AMX; the FDE stage is approximate anyway, re-ranking stays float32).
-        Other index types go through FAISS.
+        A CPU flat index is scored with one float32 matrix product for the whole query batch
+        (faster than FAISS's per-query scan for a batch); other index types go through FAISS.
         """
         qf = self.encoder.encode_queries(queries)
-        flat = self._flat_fdes()
+        flat = self.dense.flat_vectors()
         if flat is None:
             return self.dense.search(qf, k=k, threads=threads)
         k = positive_int(k, "k")
-        torch_fdes = self._bf16_fdes(flat)
-        if torch_fdes is None:
-            scores = qf @ flat.T
-        else:
-            import torch
-
-            scores = (torch.from_numpy(qf).to(torch.bfloat16) @ torch_fdes.T).float().numpy()
-        return _top_k(scores, k)
-
-    def _flat_fdes(self) -> np.ndarray | None:
-        """The document FDEs as a ``(n, dim)`` view of a CPU flat FAISS index (no copy), else None."""
-        if self.dense.index_type != "flat" or self.dense.on_gpu:
-            return None
-        import faiss
-
-        index = self.dense._cpu
-        return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
-
-    def _bf16_fdes(self, flat: np.ndarray) -> Any:
-        """A bfloat16 PyTorch copy of the FDEs (made once), or None without PyTorch / when disabled."""
-        if not self.bf16:
-            return None
-        if self._bf16 is None:
-            try:
-                import torch
-            except ImportError:
-                self.bf16 = False
-                return None
-            self._bf16 = torch.from_numpy(np.ascontiguousarray(flat)).to(torch.bfloat16)
-        return self._bf16
+        return _top_k(qf @ flat.T, k)
 
     def search(self, queries: MultiVectors, k: int = 10, threads: int = 1,
                candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -410,7 +382,7 @@ class FDEIndex:
     def _write(self, directory: Path) -> None:
         (directory / "fde").mkdir()
         self.dense._write(directory / "fde")
-        fields = self.docs.save(directory, "multivectors")
+        fields = save_multivectors(directory, self.docs)
         save_ids(directory, "doc_ids.parquet", self.doc_ids)
         write_manifest(directory, self.FORMAT, self.VERSION, {
             "n_docs": len(self), "fde": self.encoder.config.to_dict(), "candidates": self.candidates,
@@ -432,31 +404,8 @@ class FDEIndex:
         if dense.dim != config.output_dim or len(dense) != n_docs:
             raise IndexFormatError(f"{path}/fde: {len(dense)} x {dense.dim} FDEs, manifest says "
                                    f"{n_docs} x {config.output_dim}")
-        docs = MultiVectors.load(path, m.get("multivectors") or {}, "multivectors", mmap)
+        docs = load_multivectors(path, m.get("multivectors") or {}, "multivectors", mmap)
         if len(docs) != n_docs or docs.dim != config.dim:
             raise IndexFormatError(f"{path}/multivectors.npy: {len(docs)} documents of dimension {docs.dim}, "
                                    f"expected {n_docs} of dimension {config.dim}")
         return cls(FDEEncoder(config), dense, docs, load_ids(path, "doc_ids.parquet", n_docs), candidates)
-
-
-# ---------------------------------------------------------------------------- numba kernels
-import numba  # noqa: E402  (lsr/__init__ never imports this module eagerly)
-
-
-@numba.njit(cache=True, nogil=True)
-def _scatter_sum(x, item, labels, targets, signs, out):  # pragma: no cover - compiled
-    """``out[item[t], r, labels[t, r], targets[r, i]] += signs[r, i] * x[t, i]`` (query FDE blocks)."""
-    for t in range(x.shape[0]):
-        for r in range(labels.shape[1]):
-            block = out[item[t], r, labels[t, r]]
-            for i in range(x.shape[1]):
-                block[targets[r, i]] += signs[r, i] * x[t, i]
-
-
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _ams_project(x, target, sign, out):  # pragma: no cover - compiled
-    """``out[t, target[i]] += sign[i] * x[t, i]``: the AMS sketch without a dense matrix."""
-    for t in numba.prange(x.shape[0]):
-        for i in range(x.shape[1]):
-            out[t, target[i]] += sign[i] * x[t, i]
-

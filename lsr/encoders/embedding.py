@@ -86,8 +86,8 @@ def read_module_file(model: str | os.PathLike, name: str) -> dict[str, Any] | li
 
 def read_encoder_config(directory: str | os.PathLike, required: Sequence[str]) -> dict[str, Any]:
     """``directory/encoder.json`` as a dict; a missing, unreadable or incomplete file raises
-    :class:`~lsr.index._format.IndexFormatError` naming the file and the missing fields."""
-    from lsr.index._format import IndexFormatError
+    :class:`~lsr.io.manifest.IndexFormatError` naming the file and the missing fields."""
+    from lsr.errors import IndexFormatError
 
     path = Path(directory, ENCODER_CONFIG)
     try:

@@ -1,6 +1,6 @@
 """Numba kernels for pruned search of the inverted index. Private: use :class:`lsr.InvertedIndex`.
 
-Posting lists come as blocks of 128 (:mod:`lsr.index._codec`), read either from the lists held
+Posting lists come as blocks of 128 (:mod:`lsr.index._codec_kernels`), read either from the lists held
 decoded in memory (``raw_docs`` / ``raw_imps``, the default) or by decoding blocks in place.
 
 Exact mode is term-at-a-time MaxScore: query terms are processed in decreasing order of their
@@ -31,8 +31,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from lsr.index._codec import BLOCK, block_size, decode_block
-from lsr.index._kernels import _drain, _one_query, _push, _sift_down
+from lsr.index._codec_kernels import BLOCK, block_size, decode_block
+from lsr.index._exhaustive_kernels import _one_query
+from lsr.index._heap_kernels import _drain, _push, _sift_down
 
 _SLACK = 1e-4  # relative slack on upper bounds (float32 sums of <= thousands of terms)
 _SHIFT = 6  # documents per block = 64 (block flags and block-max tables)

@@ -1,4 +1,5 @@
-"""Numba kernels of the inverted index. Private: use :class:`lsr.InvertedIndex`.
+"""Exhaustive (term-at-a-time, no pruning) search kernels of the inverted index; also the
+load-time checks of posting and forward arrays. Private: use :class:`lsr.InvertedIndex`.
 
 All kernels take contiguous arrays and scalars only, allocate per thread (never per posting)
 and release the GIL. Ties are broken towards the lower document position, so results are
@@ -9,74 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from lsr.index._codec import BLOCK, block_size, decode_block
-
-
-@njit(inline="always")
-def _better(s1, d1, s2, d2):
-    # Is (s1, d1) ranked before (s2, d2)? Higher score first, then lower position.
-    return s1 > s2 or (s1 == s2 and d1 < d2)
-
-
-@njit(inline="always")
-def _sift_down(hs, hd, n, i):
-    # Min-heap on rank order: the root is the worst of the kept candidates.
-    while True:
-        left = 2 * i + 1
-        if left >= n:
-            break
-        worst = left
-        right = left + 1
-        if right < n and _better(hs[left], hd[left], hs[right], hd[right]):
-            worst = right
-        if _better(hs[i], hd[i], hs[worst], hd[worst]):
-            hs[i], hs[worst] = hs[worst], hs[i]
-            hd[i], hd[worst] = hd[worst], hd[i]
-            i = worst
-        else:
-            break
-
-
-@njit(inline="always")
-def _sift_up(hs, hd, i):
-    while i > 0:
-        parent = (i - 1) // 2
-        if _better(hs[parent], hd[parent], hs[i], hd[i]):
-            hs[i], hs[parent] = hs[parent], hs[i]
-            hd[i], hd[parent] = hd[parent], hd[i]
-            i = parent
-        else:
-            break
-
-
-@njit(inline="always")
-def _push(hs, hd, n, k, s, d):
-    """Offer candidate (s, d) to a heap holding n of at most k entries; return the new size."""
-    if n < k:
-        hs[n] = s
-        hd[n] = d
-        _sift_up(hs, hd, n)
-        return n + 1
-    if _better(s, d, hs[0], hd[0]):
-        hs[0] = s
-        hd[0] = d
-        _sift_down(hs, hd, n, 0)
-    return n
-
-
-@njit(inline="always")
-def _drain(hs, hd, n, k, out_ids, out_scores):
-    """Write the heap best-first into the output row, padding with -1 / 0."""
-    for pos in range(k - 1, -1, -1):
-        if pos >= n:
-            out_ids[pos] = -1
-            out_scores[pos] = 0.0
-            continue
-        out_ids[pos] = hd[0]
-        out_scores[pos] = hs[0]
-        hs[0] = hs[pos]  # heap size is pos + 1: move the last entry to the root
-        hd[0] = hd[pos]
-        _sift_down(hs, hd, pos, 0)
+from lsr.index._codec_kernels import BLOCK, block_size, decode_block
+from lsr.index._heap_kernels import _drain, _push, _sift_down
 
 
 @njit(inline="always")

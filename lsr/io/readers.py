@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from lsr.errors import DataFormatError
+
 __all__ = [
     "DataFormatError",
     "Document",
@@ -31,16 +33,6 @@ ID_FIELDS = ("_id", "id", "docid", "doc_id")
 TEXT_FIELDS = ("text", "contents", "content", "body")
 QUERY_ID_FIELDS = ("_id", "id", "qid", "query_id")
 QUERY_TEXT_FIELDS = ("text", "query", "title")
-
-
-class DataFormatError(ValueError):
-    """A corpus, query, qrels or run file is malformed; the message names file, line and field."""
-
-    def __init__(self, path: str | os.PathLike, line: int | None, message: str, field: str | None = None):
-        where = f"{path}" + (f":{line}" if line is not None else "")
-        what = f" field {field!r}:" if field else ""
-        super().__init__(f"{where}:{what} {message}")
-        self.path, self.line, self.field = str(path), line, field
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Sparse retrievers: a sparse encoder plus lsr's inverted index.
 
 :class:`SparseRetriever` works with any encoder that has ``encode_documents`` and
-``encode_queries`` returning :class:`~lsr.sparse.SparseBatch` (an encoder that must learn
+``encode_queries`` returning :class:`~lsr.types.SparseBatch` (an encoder that must learn
 corpus statistics first, like BM25, provides ``fit_documents`` instead), plus ``save`` /
 ``load`` and a ``name``.
 """
@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lsr.hybrid.base import Retriever, SearchResults
+from lsr.retrievers.base import Retriever, SearchResults
 from lsr.index.inverted import InvertedIndex
 
 logger = logging.getLogger(__name__)
@@ -163,8 +163,8 @@ class SpladeRetriever(SparseRetriever):
         """Encode and index the corpus, or index the pre-encoded ``doc_vectors`` shards (``lsr encode``)."""
         if self.doc_vectors is None:
             return super().index(doc_ids, texts, show_progress)
-        from lsr.encoders.shards import load_shards, read_progress
-        from lsr.index._format import IndexFormatError
+        from lsr.io.shards import load_shards, read_progress
+        from lsr.errors import IndexFormatError
 
         saved = read_progress(self.doc_vectors).get("encoder", {})
         mine = self.encoder.config()

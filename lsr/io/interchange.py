@@ -13,7 +13,7 @@ Exports from ``lsr encode`` are laid out as ``OUT/collection/part-00000.jsonl`` 
 ``-input`` at ``OUT/collection``) plus ``OUT/export.json``.
 
 >>> import io, numpy as np
->>> from lsr.sparse import SparseBatch
+>>> from lsr.types import SparseBatch
 >>> b = SparseBatch.from_rows([([0, 2], [1.234, 0.5])], vocab=["heart", "##s", "disease"])
 >>> f = io.StringIO(); n = write_vector_jsonl(f, ["d1"], b, fmt="jsonvector", scale=100)
 >>> f.getvalue()
@@ -30,7 +30,7 @@ from typing import IO, Any, Iterable, Sequence
 
 import numpy as np
 
-from lsr.sparse import SparseBatch
+from lsr.types import SparseBatch
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def read_vector_jsonl(paths: str | os.PathLike | Sequence[str | os.PathLike], vo
     (to undo JsonVectorCollection's integer quantisation). Bad lines raise DataFormatError
     naming file, line and field.
     """
-    from lsr.eval.datasets import DataFormatError
+    from lsr.errors import DataFormatError
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]

@@ -30,8 +30,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lsr.index._format import IndexFormatError, _sha256, load_ids, save_ids
-from lsr.sparse import SparseBatch
+from lsr.errors import IndexFormatError
+from lsr.io.manifest import _sha256, load_ids, save_ids
+from lsr.types import SparseBatch
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ directory (``manifest.json`` naming the retriever, its configuration and files).
 maps the names the CLI's ``--retriever`` accepts to classes, imported lazily so that heavy
 dependencies (torch, faiss) load only when used.
 
->>> from lsr.hybrid.sparse import BM25Retriever
+>>> from lsr.retrievers.sparse import BM25Retriever
 >>> r = BM25Retriever()
 >>> r.index(["d1", "d2"], ["heart disease and blood pressure", "stock markets fell"])
 >>> res = r.search(["what causes heart disease"], k=2)
@@ -18,58 +18,72 @@ import importlib
 import json
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from lsr.index._format import IndexFormatError, atomic_directory, read_manifest, write_manifest
+from lsr.errors import IndexFormatError
+from lsr.io.manifest import atomic_directory, read_manifest, write_manifest
+from lsr.types import SearchResults
 
 __all__ = ["SearchResults", "Retriever", "RETRIEVERS", "retriever_class", "load_retriever"]
+
+SEARCH_BATCH = 256  # queries encoded and searched per step (progress granularity)
+
+
+def encoder_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    model = options.get("model")
+    if not model:
+        raise ValueError("this retriever needs --model (a model directory or hub id)")
+    kw: dict[str, Any] = {"doc_max_length": options.get("doc_max_length"),
+                          "query_max_length": options.get("query_max_length"),
+                          "device": options.get("device"), "cache_dir": options.get("embedding_cache")}
+    if options.get("batch_size"):
+        kw["batch_size"] = int(options["batch_size"])
+    return kw
+
+
+def empty_results(k: int, doc_ids: np.ndarray) -> SearchResults:
+    return SearchResults(np.empty((0, k), np.int64), np.empty((0, k), np.float32), doc_ids)
+
+
+def batched_search(queries: Sequence[str], k: int, show_progress: bool, step: Any,
+                    doc_ids: np.ndarray) -> SearchResults:
+    from tqdm.auto import tqdm
+
+    ids, scores = [], []
+    with tqdm(total=len(queries), desc="search", unit="q", disable=not show_progress) as bar:
+        for s in range(0, len(queries), SEARCH_BATCH):
+            batch = list(queries[s:s + SEARCH_BATCH])
+            i, sc = step(batch)
+            ids.append(i)
+            scores.append(sc)
+            bar.update(len(batch))
+    if not ids:
+        return empty_results(k, doc_ids)
+    return SearchResults(np.concatenate(ids), np.concatenate(scores), doc_ids)
+
+
+def check_texts(doc_ids: Sequence[str], texts: Sequence[str]) -> None:
+    if len(doc_ids) != len(texts):
+        raise ValueError(f"{len(doc_ids)} ids for {len(texts)} texts")
+
+
 
 RETRIEVER_FORMAT = "lsr.retriever"
 RETRIEVER_FORMAT_VERSION = 1
 
 # name -> "module:Class". Add a line here to make a retriever available to the CLI.
 RETRIEVERS: dict[str, str] = {
-    "bm25": "lsr.hybrid.sparse:BM25Retriever",
-    "splade": "lsr.hybrid.sparse:SpladeRetriever",
-    "inference-free": "lsr.hybrid.sparse:InferenceFreeRetriever",
-    "dense": "lsr.hybrid.dense:DenseRetriever",
-    "maxsim": "lsr.hybrid.dense:MaxSimRetriever",
-    "muvera": "lsr.hybrid.dense:MuveraRetriever",
-    "hybrid": "lsr.hybrid.hybrid:HybridRetriever",
+    "bm25": "lsr.retrievers.sparse:BM25Retriever",
+    "splade": "lsr.retrievers.sparse:SpladeRetriever",
+    "inference-free": "lsr.retrievers.sparse:InferenceFreeRetriever",
+    "dense": "lsr.retrievers.bi_encoder:DenseRetriever",
+    "maxsim": "lsr.retrievers.late_interaction:MaxSimRetriever",
+    "muvera": "lsr.retrievers.late_interaction:MuveraRetriever",
+    "hybrid": "lsr.retrievers.hybrid:HybridRetriever",
 }
-
-
-@dataclass
-class SearchResults:
-    """Top-k results of a batch of queries.
-
-    Attributes:
-        ids: ``int64`` document positions, shape ``(nq, k)``, ``-1`` where fewer than k matched.
-        scores: ``float32`` scores, shape ``(nq, k)``, best first.
-        doc_ids: external document ids indexed by position (``doc_ids[ids[i, j]]``).
-    """
-
-    ids: np.ndarray
-    scores: np.ndarray
-    doc_ids: np.ndarray
-
-    def __len__(self) -> int:
-        return self.ids.shape[0]
-
-    def hits(self, i: int) -> list[tuple[str, float]]:
-        """Query ``i``'s results as ``(doc_id, score)`` pairs, padding dropped."""
-        keep = self.ids[i] >= 0
-        return [(str(self.doc_ids[d]), float(s)) for d, s in zip(self.ids[i][keep], self.scores[i][keep])]
-
-    def to_run(self, query_ids: Sequence[str]) -> dict[str, dict[str, float]]:
-        """A run ``{qid: {doc_id: score}}`` for :func:`lsr.evaluate` and :func:`lsr.write_run`."""
-        if len(query_ids) != len(self):
-            raise ValueError(f"{len(query_ids)} query ids for {len(self)} result rows")
-        return {str(q): dict(self.hits(i)) for i, q in enumerate(query_ids)}
 
 
 class Retriever(ABC):

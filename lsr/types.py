@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["SparseBatch"]
+__all__ = ["SparseBatch", "MultiVectors", "SearchResults"]
 
 
 @dataclass(frozen=True)
@@ -177,3 +177,98 @@ class SparseBatch:
         ids, w = self.row(i)
         order = np.argsort(-w, kind="stable")[:top_k]
         return [(self.vocab[int(ids[j])], round(float(w[j]), 4)) for j in order]
+
+
+@dataclass
+class MultiVectors:
+    """Variable-length sets of vectors: flat ``vectors (total, dim)`` and ``offsets (n + 1,)``."""
+
+    vectors: np.ndarray
+    offsets: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.vectors.ndim != 2:
+            raise ValueError(f"vectors must be 2-D (total_tokens, dim), got shape {self.vectors.shape}")
+        if self.offsets.dtype != np.int64 or self.offsets.ndim != 1 or self.offsets.size < 1:
+            raise ValueError("offsets must be a non-empty 1-D int64 array")
+        if int(self.offsets[0]) != 0 or int(self.offsets[-1]) != self.vectors.shape[0]:
+            raise ValueError(f"offsets must run from 0 to {self.vectors.shape[0]}, "
+                             f"got {int(self.offsets[0])}..{int(self.offsets[-1])}")
+        if self.offsets.size > 1 and np.any(np.diff(self.offsets) < 0):
+            raise ValueError("offsets must be non-decreasing")
+
+    @classmethod
+    def from_list(cls, items: Sequence[np.ndarray], dtype: np.dtype | type = np.float32,
+                  dim: int | None = None) -> "MultiVectors":
+        """Stack a list of ``(n_i, dim)`` arrays."""
+        if not items:
+            return cls(np.zeros((0, dim or 0), dtype=dtype), np.zeros(1, np.int64))
+        dims = {np.asarray(x).shape[1] for x in items}
+        if len(dims) != 1:
+            raise ValueError(f"all items need the same dimension, got {sorted(dims)}")
+        offsets = np.zeros(len(items) + 1, np.int64)
+        np.cumsum([len(x) for x in items], out=offsets[1:])
+        return cls(np.concatenate([np.asarray(x, dtype=dtype) for x in items]), offsets)
+
+    @classmethod
+    def concat(cls, parts: Sequence["MultiVectors"]) -> "MultiVectors":
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        offsets = [np.zeros(1, np.int64)]
+        base = 0
+        for p in parts:
+            offsets.append(p.offsets[1:] + base)
+            base += p.vectors.shape[0]
+        return cls(np.concatenate([p.vectors for p in parts]), np.concatenate(offsets))
+
+    def __len__(self) -> int:
+        return self.offsets.size - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.vectors[self.offsets[i]:self.offsets[i + 1]]
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def astype(self, dtype: np.dtype | type) -> "MultiVectors":
+        return MultiVectors(np.asarray(self.vectors, dtype=dtype), self.offsets)
+
+    def take(self, positions: Sequence[int]) -> "MultiVectors":
+        """The items at ``positions`` as a new (in-memory) set."""
+        return MultiVectors.from_list([self[int(i)] for i in positions], dtype=self.vectors.dtype, dim=self.dim)
+
+
+@dataclass
+class SearchResults:
+    """Top-k results of a batch of queries.
+
+    Attributes:
+        ids: ``int64`` document positions, shape ``(nq, k)``, ``-1`` where fewer than k matched.
+        scores: ``float32`` scores, shape ``(nq, k)``, best first.
+        doc_ids: external document ids indexed by position (``doc_ids[ids[i, j]]``).
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    doc_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def hits(self, i: int) -> list[tuple[str, float]]:
+        """Query ``i``'s results as ``(doc_id, score)`` pairs, padding dropped."""
+        keep = self.ids[i] >= 0
+        return [(str(self.doc_ids[d]), float(s)) for d, s in zip(self.ids[i][keep], self.scores[i][keep])]
+
+    def to_run(self, query_ids: Sequence[str]) -> dict[str, dict[str, float]]:
+        """A run ``{qid: {doc_id: score}}`` for :func:`lsr.evaluate` and :func:`lsr.write_run`."""
+        if len(query_ids) != len(self):
+            raise ValueError(f"{len(query_ids)} query ids for {len(self)} result rows")
+        return {str(q): dict(self.hits(i)) for i, q in enumerate(query_ids)}
+
+

@@ -18,6 +18,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from lsr.errors import IndexFormatError
+
 MANIFEST = "manifest.json"
 
 __all__ = [
@@ -30,10 +32,6 @@ __all__ = [
     "save_ids",
     "load_ids",
 ]
-
-
-class IndexFormatError(ValueError):
-    """An index directory is missing, truncated, edited, foreign or of another version."""
 
 
 def positive_int(value: Any, name: str) -> int:
@@ -221,3 +219,28 @@ def load_array(
             f"found {arr.dtype} of shape {arr.shape}"
         )
     return arr
+
+
+def save_multivectors(directory: Path, mv: Any, prefix: str = "multivectors") -> dict[str, Any]:
+    """Write a :class:`~lsr.types.MultiVectors` as ``<prefix>.npy`` (float16) and
+    ``<prefix>_offsets.npy``; return the manifest fields :func:`load_multivectors` needs."""
+    save_array(directory, f"{prefix}.npy", np.asarray(mv.vectors, dtype=np.float16))
+    save_array(directory, f"{prefix}_offsets.npy", mv.offsets)
+    return {"n_items": len(mv), "total_vectors": int(mv.vectors.shape[0]), "dim": mv.dim, "dtype": "float16"}
+
+
+def load_multivectors(directory: Path, fields: dict[str, Any], prefix: str = "multivectors",
+                      mmap: bool = True) -> Any:
+    """The :class:`~lsr.types.MultiVectors` :func:`save_multivectors` wrote (float16, memory-mapped)."""
+    from lsr.types import MultiVectors
+
+    try:
+        n, total, dim = int(fields["n_items"]), int(fields["total_vectors"]), int(fields["dim"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IndexFormatError(f"{directory}/manifest.json: bad multi-vector fields ({exc})") from exc
+    vectors = load_array(directory, f"{prefix}.npy", np.float16, (total, dim), mmap)
+    offsets = load_array(directory, f"{prefix}_offsets.npy", np.int64, (n + 1,), mmap)
+    try:
+        return MultiVectors(vectors, np.asarray(offsets))
+    except ValueError as exc:
+        raise IndexFormatError(f"{directory}/{prefix}_offsets.npy: {exc}") from exc

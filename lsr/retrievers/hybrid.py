@@ -1,6 +1,6 @@
 """HybridRetriever: several retrievers, one fused ranking -- what a RAG pipeline calls.
 
->>> from lsr.hybrid.sparse import BM25Retriever
+>>> from lsr.retrievers.sparse import BM25Retriever
 >>> h = HybridRetriever([BM25Retriever(), BM25Retriever(k1=1.2, b=0.75)], norm="min-max", fusion="wsum")
 >>> h.index(["d1", "d2", "d3"], ["heart disease and blood pressure", "stock markets fell", "heart attack"])
 >>> h.search(["heart disease"], k=2).hits(0)[0][0]
@@ -30,9 +30,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lsr.hybrid.base import Retriever, SearchResults, load_retriever, retriever_class
-from lsr.hybrid.fusion import canonical_fusion, fuse_arrays
-from lsr.hybrid.normalize import canonical_normalizer
+from lsr.retrievers.base import Retriever, SearchResults, load_retriever, retriever_class
+from lsr.fusion.combine import canonical_fusion, fuse_arrays
+from lsr.fusion.normalize import canonical_normalizer
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class HybridRetriever(Retriever):
         results = self.component_results(queries, threads, show_progress)
         if self.prf == "none":
             return self.fuse_results(results, k)
-        from lsr.hybrid.prf import prf_for
+        from lsr.retrievers.prf import prf_for
 
         vocab, maps = self._id_space(results)
         if self._prf_objects is None:
@@ -198,12 +198,12 @@ class HybridRetriever(Retriever):
         """Tune the fusion weights on ``queries``/``qrels`` and keep them in the configuration.
 
         With ``folds`` (k-fold CV over these queries) returns the
-        :class:`~lsr.hybrid.tuning.CrossValidation` (held-out run and scores) and stores the weights
+        :class:`~lsr.fusion.tuning.CrossValidation` (held-out run and scores) and stores the weights
         tuned on all the queries; without, these are development queries: returns the
-        :class:`~lsr.hybrid.tuning.TuneResult`. ``selection``: ``"1se"`` (default; the most even
+        :class:`~lsr.fusion.tuning.TuneResult`. ``selection``: ``"1se"`` (default; the most even
         weights within one standard error of the best) or ``"best"``
-        (:func:`~lsr.hybrid.tuning.select_weights`)."""
-        from lsr.hybrid.tuning import cross_validate, tune_weights
+        (:func:`~lsr.fusion.tuning.select_weights`)."""
+        from lsr.fusion.tuning import cross_validate, tune_weights
 
         qids = list(queries)
         results = self.component_results([queries[q] for q in qids], threads, show_progress)

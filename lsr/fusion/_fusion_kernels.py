@@ -1,4 +1,4 @@
-"""Numba kernels of the fusion layer (private; wrapped by :mod:`lsr.hybrid.fusion`).
+"""Numba kernels of the fusion layer (private; wrapped by :mod:`lsr.fusion.combine`).
 
 They work on integer document ids and float scores only. ``ids`` of a run are padded per
 query with ``-1``; every id is a non-negative int64 whose order is the order of the external

@@ -15,7 +15,7 @@
   (L1 distance), i.e. the most regularised model the tuning queries cannot tell from the best.
   With ``search="coordinate"`` the candidates are the vectors the ascent scored.
 
-The normalisation and the candidate union are computed once (:func:`lsr.hybrid.fusion.prepare`);
+The normalisation and the candidate union are computed once (:func:`lsr.fusion.combine.prepare`);
 each weight vector then costs one matrix-vector product, a top-k and a trec_eval call on the
 metric's cutoff.
 
@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from lsr.hybrid.fusion import WEIGHTED, Candidates, arrays_to_run, canonical_fusion, combine, prepare, runs_to_arrays
+from lsr.fusion.combine import WEIGHTED, Candidates, arrays_to_run, canonical_fusion, combine, prepare, runs_to_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class _Objective:
     def per_query(self, weights: np.ndarray) -> np.ndarray:
         key = tuple(np.round(weights, 10))
         if key not in self.cache:
-            from lsr.eval.metrics import evaluate
+            from lsr.metrics import evaluate
 
             ids, scores = combine(self.cands, self.method, weights, k=self.k_eval, **self.params)
             run = arrays_to_run(self.qids, self.vocab, ids, scores)

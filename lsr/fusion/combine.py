@@ -4,11 +4,11 @@ Two entry points share the same kernels:
 
 * :func:`fuse` takes runs in the I/O shape ``{qid: {docid: score}}`` and returns one;
 * :func:`fuse_arrays` takes ``(nq, K)`` integer id / score arrays (what retrievers return) and is
-  what :class:`~lsr.hybrid.hybrid.HybridRetriever` calls per batch.
+  what :class:`~lsr.retrievers.hybrid.HybridRetriever` calls per batch.
 
 Pipeline per query: cut every run to its best ``depth`` candidates (order: score descending,
 then document id descending, as trec_eval ranks), normalise each run's list
-(:mod:`lsr.hybrid.normalize`), build the union of candidates, give each document *missing* from
+(:mod:`lsr.fusion.normalize`), build the union of candidates, give each document *missing* from
 a run that run's **floor**, combine with the method, keep the best ``k`` (same tie order).
 
 Floors. With ``floor="zero"`` (the default, identical to ranx) a missing document counts 0 in
@@ -42,7 +42,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from lsr.hybrid.normalize import canonical_normalizer, normalize
+from lsr.fusion.normalize import canonical_normalizer, normalize
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def prepare(ids: Sequence[np.ndarray], scores: Sequence[np.ndarray], norm: str =
             depth: int | None = None, floor: str = "zero",
             norm_params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None) -> Candidates:
     """Normalise each run and build the candidate union (everything but the method)."""
-    from lsr.hybrid import _fusion_kernels as K
+    from lsr.fusion import _fusion_kernels as K
 
     if len(ids) != len(scores) or not ids:
         raise ValueError(f"need one score array per id array and at least one run, got {len(ids)} and {len(scores)}")
@@ -295,7 +295,7 @@ def prepare(ids: Sequence[np.ndarray], scores: Sequence[np.ndarray], norm: str =
 def combine(c: Candidates, method: str = "wsum", weights: Sequence[float] | None = None,
             k: int | None = None, **params: Any) -> tuple[np.ndarray, np.ndarray]:
     """Apply a fusion method to prepared candidates; ``(ids, scores)`` ``(nq, k)``, padded with -1."""
-    from lsr.hybrid import _fusion_kernels as K
+    from lsr.fusion import _fusion_kernels as K
 
     method = canonical_fusion(method)
     R = c.values.shape[1]
@@ -386,7 +386,7 @@ def fuse(runs: Sequence[Mapping[str, Mapping[str, float]]], norm: str = "min-max
 
     Args:
         runs: two or more runs (one is allowed: it is then only normalised and re-cut).
-        norm: normaliser name (:data:`lsr.hybrid.normalize.NORMALIZERS`), e.g. ``min-max``, ``zmuv``.
+        norm: normaliser name (:data:`lsr.fusion.normalize.NORMALIZERS`), e.g. ``min-max``, ``zmuv``.
         method: fusion name (:data:`FUSIONS`), e.g. ``wsum``, ``mnz``, ``rrf``.
         weights: one per run for weighted methods (default 1 each).
         depth: candidates taken from each run (its best ``depth``); all by default.

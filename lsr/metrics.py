@@ -13,9 +13,15 @@ from __future__ import annotations
 import re
 from typing import Iterable, Sequence
 
-from lsr.eval.runs import Run, ranked
+Run = dict[str, dict[str, float]]
 
-__all__ = ["DEFAULT_METRICS", "evaluate", "evaluate_per_query", "remove_self_hits"]
+
+def ranked(docs: dict[str, float]) -> list[tuple[str, float]]:
+    """Documents in trec_eval's order: score descending, then document id descending."""
+    return sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
+
+
+__all__ = ["Run", "ranked", "DEFAULT_METRICS", "evaluate", "evaluate_per_query", "remove_self_hits"]
 
 DEFAULT_METRICS = ("ndcg@10", "recall@100", "recall@1000", "mrr@10", "map")
 

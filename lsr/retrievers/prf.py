@@ -1,7 +1,7 @@
 """Pseudo-relevance feedback: RM3 for sparse retrievers, Rocchio (vector PRF) for dense ones.
 
 Both take the feedback documents from *any* ranking (their own first pass, or a fused hybrid
-ranking: see :func:`lsr.hybrid.hybrid.prf_interpolation` for interpolation before/after/both).
+ranking: see :func:`lsr.retrievers.hybrid.prf_interpolation` for interpolation before/after/both).
 
 **RM3 over sparse vectors.** The inverted index stores term-major postings; RM3 needs the
 feedback documents' vectors. :func:`doc_major` transposes the postings once into a doc-major CSR
@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lsr.hybrid.base import SearchResults
+from lsr.retrievers.base import SearchResults
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def rm3(queries: Any, docs: Any, fb_ids: np.ndarray, fb_scores: np.ndarray | Non
     """
     import scipy.sparse as sp
 
-    from lsr.sparse import SparseBatch
+    from lsr.types import SparseBatch
 
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -134,7 +134,7 @@ def _positions(doc_ids: np.ndarray, feedback: Sequence[Sequence[str]]) -> np.nda
 
 
 class SparsePRF:
-    """RM3 for any :class:`~lsr.hybrid.sparse.SparseRetriever` (BM25, SPLADE, inference-free).
+    """RM3 for any :class:`~lsr.retrievers.sparse.SparseRetriever` (BM25, SPLADE, inference-free).
 
     ``search(queries, k, feedback=None)``: feedback documents are the retriever's own top
     ``fb_docs`` (first pass), or the given external ids per query (e.g. a hybrid ranking's)."""
@@ -164,16 +164,15 @@ class SparsePRF:
 
 
 class DensePRF:
-    """Rocchio vector PRF for a :class:`~lsr.hybrid.dense.DenseRetriever` (FAISS index)."""
+    """Rocchio vector PRF for a :class:`~lsr.retrievers.bi_encoder.DenseRetriever` (FAISS index)."""
 
     def __init__(self, retriever: Any, fb_docs: int = 3, alpha: float = 1.0, beta: float = 1.0,
                  normalize: bool = True) -> None:
         self.retriever, self.fb_docs, self.alpha, self.beta, self.normalize = retriever, fb_docs, alpha, beta, normalize
 
     def _doc_vectors(self, ids: np.ndarray) -> np.ndarray:
-        index = self.retriever.dense_index._cpu
         flat = np.unique(ids[ids >= 0])
-        vecs = np.stack([index.reconstruct(int(i)) for i in flat]) if flat.size else np.zeros((0, index.d))
+        vecs = self.retriever.dense_index.reconstruct(flat)
         table = dict(zip(flat.tolist(), range(flat.size)))
 
         class _View:  # positions -> rows of vecs

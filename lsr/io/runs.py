@@ -16,17 +16,11 @@ import os
 from pathlib import Path
 from typing import IO, Union
 
-from lsr.eval.datasets import DataFormatError, _check_file, _lines
+from lsr.errors import DataFormatError
+from lsr.io.readers import _check_file, _lines
+from lsr.metrics import Run, ranked
 
 __all__ = ["Run", "write_run", "read_run", "ranked", "format_score"]
-
-Run = dict[str, dict[str, float]]
-
-
-def ranked(docs: dict[str, float]) -> list[tuple[str, float]]:
-    """Documents in trec_eval's order: score descending, then document id descending."""
-    return sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
-
 
 def format_score(score: float) -> str:
     """Nine significant digits: float32 scores round-trip exactly, so the file ranks as memory does."""

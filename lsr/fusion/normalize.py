@@ -9,7 +9,7 @@ A normaliser sees one run as padded arrays, one row per query, each row sorted b
 
 and returns ``(normalised, floor)``: the normalised scores (same shape; padding left as is) and,
 per query, the score a document *missing* from this run receives when runs are fused
-(see :mod:`lsr.hybrid.fusion`). Every method is safe on an empty query, one candidate and
+(see :mod:`lsr.fusion.combine`). Every method is safe on an empty query, one candidate and
 all-equal scores (denominators are clamped at ``1e-9`` exactly as ranx does, so those cases
 map to 0 instead of dividing by zero).
 
@@ -30,7 +30,7 @@ name                normalised score of candidate i (0-based)    floor (missing 
 
 ``min-max``, ``max``, ``sum``, ``zmuv``, ``rank`` and ``borda`` are exactly ranx's
 normalisations (ranx gives every missing document 0 in the normalised space, Borda its
-"unranked" points); ``l2``, ``tmm`` and ``none`` are lsr's. :func:`lsr.hybrid.fusion.fuse`'s
+"unranked" points); ``l2``, ``tmm`` and ``none`` are lsr's. :func:`lsr.fusion.combine.fuse`'s
 ``floor="min"`` replaces the 0 floor by the run's lowest normalised score for the query.
 
 >>> import numpy as np

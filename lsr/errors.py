@@ -1,0 +1,36 @@
+"""Every error class a user of lsr catches, in one place.
+
+Both derive from ``ValueError`` (bad input is a value error), so code that catches ``ValueError``
+keeps working; catch these to tell a damaged file from a bad argument.
+
+>>> from lsr.errors import DataFormatError
+>>> str(DataFormatError("queries.tsv", 3, "empty query id"))
+'queries.tsv:3: empty query id'
+"""
+from __future__ import annotations
+
+import os
+
+__all__ = ["LsrError", "IndexFormatError", "DataFormatError", "ModelNotFoundError"]
+
+
+class LsrError(Exception):
+    """Base of lsr's own errors."""
+
+
+class IndexFormatError(LsrError, ValueError):
+    """An index directory is missing, truncated, edited, foreign or of another version."""
+
+
+class DataFormatError(LsrError, ValueError):
+    """A corpus, query, qrels or run file is malformed; the message names file, line and field."""
+
+    def __init__(self, path: str | os.PathLike, line: int | None, message: str, field: str | None = None):
+        where = f"{path}" + (f":{line}" if line is not None else "")
+        what = f" field {field!r}:" if field else ""
+        super().__init__(f"{where}:{what} {message}")
+        self.path, self.line, self.field = str(path), line, field
+
+
+class ModelNotFoundError(LsrError, OSError):
+    """A model named by path or hub id cannot be loaded (no such directory, hub unreachable)."""
