@@ -32,5 +32,7 @@ class DataFormatError(LsrError, ValueError):
         self.path, self.line, self.field = str(path), line, field
 
 
-class ModelNotFoundError(LsrError, OSError):
-    """A model named by path or hub id cannot be loaded (no such directory, hub unreachable)."""
+class ModelNotFoundError(LsrError, FileNotFoundError):
+    """A model named by path or hub id cannot be found (no such directory; a hub id neither cached
+    nor reachable). A ``FileNotFoundError`` (so an ``OSError``): code that caught the missing
+    directory before this class existed still catches it."""

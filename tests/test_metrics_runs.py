@@ -101,3 +101,14 @@ def test_run_roundtrip_and_errors(tmp_path):
     bad.write_text("q1 Q0 d1 1 1.0 t\nq1 Q0 d1 2 0.5 t\n")
     with pytest.raises(DataFormatError, match="listed twice"):
         read_run(bad)
+
+
+@pytest.mark.parametrize("bad", ["d 1", "d\t1", "d\n1", "d\u00a01", "d\u3000", "\ud800", ""], ids=ascii)
+def test_run_writer_refuses_ids_a_trec_run_cannot_hold(tmp_path, bad):
+    """An id with whitespace would split into extra columns; a lone surrogate cannot be UTF-8."""
+    p = tmp_path / "r.trec"
+    with pytest.raises(ValueError, match=r"document id .* not writable in a TREC run"):
+        write_run({"q1": {"d0": 2.0, bad: 1.0}}, p)
+    with pytest.raises(ValueError, match=r"query id .* not writable in a TREC run"):
+        write_run({bad: {"d0": 1.0}}, p)
+    assert not p.exists() and not list(tmp_path.iterdir())  # nothing half-written is left

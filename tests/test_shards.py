@@ -183,3 +183,61 @@ def test_progress_manifest_is_json_and_complete(tiny_mlm, tmp_path):
     p = json.loads((tmp_path / "progress.json").read_text())
     assert p["complete"] and p["n_shards"] == 2 and p["n_docs"] == 3
     assert [(s["start"], s["stop"]) for s in p["shards"]] == [(0, 2), (2, 3)]
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_run_killed_before_its_first_progress_file_starts_again(tiny_mlm, tmp_path, monkeypatch, restart):
+    """Killed after writing doc_ids.parquet (here: while writing the vocabulary, which is left
+    truncated) and before progress.json: a rerun, resuming or --restart, encodes everything."""
+    import lsr.io.shards as shards
+
+    real_save_ids = shards.save_ids
+
+    def killed_on_vocab(directory, name, ids):
+        real_save_ids(directory, name, ids)
+        if name == "vocab.parquet":
+            file = directory / name
+            file.write_bytes(file.read_bytes()[:100])
+            raise Interrupt
+
+    out = tmp_path / "s"
+    monkeypatch.setattr(shards, "save_ids", killed_on_vocab)
+    with pytest.raises(Interrupt):
+        encode_corpus_to_shards(SpladeEncoder(tiny_mlm), IDS, TEXTS, out, shard_size=5)
+    monkeypatch.setattr(shards, "save_ids", real_save_ids)
+    (out / ".progress.json.tmp").write_text('{"format": "lsr.enc')  # and its first progress file half-written
+    assert sorted(p.name for p in out.iterdir()) == [".progress.json.tmp", "doc_ids.parquet", "vocab.parquet"]
+    with pytest.raises(IndexFormatError, match="not an encoded-shards directory"):
+        load_shards(out)
+    counting = Counting(SpladeEncoder(tiny_mlm))
+    encode_corpus_to_shards(counting, IDS, TEXTS, out, shard_size=5, restart=restart)
+    assert counting.n == len(IDS)
+    encode_corpus_to_shards(SpladeEncoder(tiny_mlm), IDS, TEXTS, tmp_path / "clean", shard_size=5)
+    ids_a, a = load_shards(out)
+    ids_b, b = load_shards(tmp_path / "clean")
+    assert ids_a == ids_b == IDS and a.vocab == b.vocab
+    _same(a, b)
+    assert not list(out.glob(".*.tmp"))
+    # a directory with anything else in it is still refused, progress file or not
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / "doc_ids.parquet").write_bytes((out / "doc_ids.parquet").read_bytes())
+    (tmp_path / "mixed" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty"):
+        encode_corpus_to_shards(SpladeEncoder(tiny_mlm), IDS, TEXTS, tmp_path / "mixed", restart=restart)
+    assert (tmp_path / "mixed" / "notes.txt").read_text() == "mine"
+
+
+def test_killed_before_progress_lsr_encode_reruns(tiny_mlm, tiny_beir, tmp_path):
+    """The same through `lsr encode`: today's message told the user to delete the directory."""
+    from click.testing import CliRunner
+
+    from lsr.cli import main
+    from lsr.io.manifest import save_ids
+
+    out = tmp_path / "enc"
+    out.mkdir()
+    save_ids(out, "doc_ids.parquet", list(CORPUS))
+    res = CliRunner().invoke(main, ["encode", str(tiny_beir), str(out), "-m", str(tiny_mlm), "--shard-size", "2"])
+    assert res.exit_code == 0, res.output
+    ids, vectors = load_shards(out)
+    assert ids == list(CORPUS) and len(vectors) == len(CORPUS)

@@ -1,23 +1,35 @@
-"""Shared torch helpers for the neural encoders: imports, device and dtype choice, threads, batching.
+"""Shared torch helpers for the neural encoders: model resolution, imports, device and dtype
+choice, threads, batching.
 
 Nothing here imports torch at module import time; every helper that needs it imports it inside,
 so ``import lsr`` (and the inference-free query path) stays torch-free.
 
 >>> length_sorted_batches([3, 9, 5, 1], batch_size=2)
 [array([1, 2]), array([0, 3])]
+>>> resolve_model("./no/such/model")
+Traceback (most recent call last):
+    ...
+lsr.errors.ModelNotFoundError: ./no/such/model: no such model directory
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import logging
+import os
+import re
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from lsr.errors import ModelNotFoundError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "resolve_model",
+    "local_model_dir",
     "require_torch",
     "require_transformers",
     "choose_device",
@@ -29,6 +41,108 @@ __all__ = [
 ]
 
 _ENCODERS_HINT = "install the encoder extra: pip install 'lsr[encoders]' (torch and transformers)"
+
+# ---------------------------------------------------------------------------- model resolution
+# Without a reachable hub, transformers and huggingface_hub retry each file with back-off: 24 s
+# of warnings before a SPLADE model fails, 120 s for a sentence-transformers one (measured).
+# One short probe of the endpoint decides instead, before any of them is called.
+HUB_PROBE_TIMEOUT_S = 3.0
+_HUB_ID = re.compile(r"(?:[A-Za-z0-9_][\w.-]*/)?[A-Za-z0-9_][\w.-]*", re.ASCII)
+_TRUE = {"1", "on", "yes", "true"}
+
+
+def local_model_dir(model: str | os.PathLike) -> Path | None:
+    """The local directory ``model`` names, or ``None`` when it can only be a hub id.
+
+    Raises :class:`ModelNotFoundError` for a file, and for a missing path that is spelt like a
+    local one: starting with ``.``, ``/`` or ``~``, ending with a separator, whose first
+    component exists here, or that no hub id could be (``a/b/c``, spaces, ``..``).
+    """
+    text = str(model)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelNotFoundError(f"{text}: a model must be a directory or a hub id, not a file")
+    seps = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    first = re.split("|".join(map(re.escape, seps)), text, maxsplit=1)[0]
+    local = (text.startswith((".", "~")) or text[:1] in seps or text[-1:] in seps
+             or (len(first) < len(text) and bool(first) and Path(first).exists())
+             or not _HUB_ID.fullmatch(text) or "--" in text or ".." in text or len(text) > 96)
+    if local:
+        raise ModelNotFoundError(f"{text}: no such model directory")
+    return None
+
+
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE as set now, or as huggingface_hub read them at import
+    (it then refuses every request itself)."""
+    if any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return True
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - transformers requires it
+        return False
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_endpoint() -> str:
+    endpoint = os.environ.get("HF_ENDPOINT")
+    if not endpoint:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    return endpoint.rstrip("/")
+
+
+def _hub_reachable(endpoint: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether ``endpoint`` answers HTTP at all (any status), through huggingface_hub's own
+    session so that proxy settings apply."""
+    try:
+        from huggingface_hub.utils import get_session
+
+        get_session().head(endpoint, timeout=timeout)
+    except Exception as exc:  # connection refused, DNS, timeout, proxy: all mean "unreachable"
+        logger.debug("hub %s unreachable: %s: %s", endpoint, type(exc).__name__, exc)
+        return False
+    return True
+
+
+def _cached_snapshot(repo_id: str) -> str | None:
+    """The cached snapshot directory of ``repo_id`` (no network), or ``None``."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # not cached, or huggingface_hub missing
+        return None
+    return str(folder) if Path(folder).is_dir() else None
+
+
+def resolve_model(model: str | os.PathLike) -> str:
+    """Where to load ``model`` from, decided in at most a few seconds.
+
+    A local directory gives its absolute path. A hub id gives itself when the hub answers, or its
+    cached snapshot directory when the hub cannot be reached (or ``HF_HUB_OFFLINE`` is set), so
+    nothing downstream waits on network retries. Otherwise :class:`ModelNotFoundError`, one line
+    that names the model (see :func:`local_model_dir` for what counts as a local path).
+    """
+    local = local_model_dir(model)
+    if local is not None:
+        return str(local.resolve())
+    repo_id = str(model)
+    offline = _hub_offline()
+    endpoint = "" if offline else _hub_endpoint()
+    if not offline and _hub_reachable(endpoint):
+        return repo_id
+    cached = _cached_snapshot(repo_id)
+    if cached is not None:
+        logger.info("%s: hub %s, using the cached snapshot %s", repo_id,
+                    "offline (HF_HUB_OFFLINE)" if offline else f"{endpoint} unreachable", cached)
+        return cached
+    hub = "HF_HUB_OFFLINE is set" if offline else f"the Hugging Face hub ({endpoint}) cannot be reached"
+    raise ModelNotFoundError(f"{repo_id}: not a local directory, not in the Hugging Face cache, and {hub}; "
+                             "pass a local model directory")
 
 
 @contextlib.contextmanager

@@ -25,6 +25,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from lsr.encoders._torch import local_model_dir, resolve_model
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["DenseEncoder", "POOLINGS"]
@@ -53,15 +55,9 @@ def resolve_device(device: str | None) -> str:
 
 
 def model_path(model: str | os.PathLike) -> Path | None:
-    """The local directory of ``model``, or ``None`` for a hub id that is not a local path."""
-    p = Path(model).expanduser()
-    if p.is_dir():
-        return p
-    if p.exists():
-        raise FileNotFoundError(f"{p}: a model must be a directory or a hub id, not a file")
-    if os.sep in str(model) and str(model).startswith((".", "/", "~")):
-        raise FileNotFoundError(f"{model}: no such model directory")
-    return None
+    """The local directory of ``model``, or ``None`` for a hub id; a file or a missing path spelt
+    like a local one raises :class:`~lsr.errors.ModelNotFoundError` (see ``local_model_dir``)."""
+    return local_model_dir(model)
 
 
 def read_module_file(model: str | os.PathLike, name: str) -> dict[str, Any] | list | None:
@@ -266,15 +262,16 @@ class DenseEncoder:
                  query_max_length: int | None = None, doc_max_length: int | None = None,
                  batch_size: int = 32, device: str | None = None,
                  cache_dir: str | os.PathLike | None = None) -> None:
-        self.model = str(model)
+        self.model = str(model)  # what config() records; files are read from the resolved source
+        self._source = source = resolve_model(model)
         self.cache_dir = cache_dir
-        modules = read_module_file(model, "modules.json") or []
+        modules = read_module_file(source, "modules.json") or []
         if not isinstance(modules, list):
             raise ValueError(f"{model}/modules.json: expected a list of modules")
         types = {str(m.get("type", "")).rsplit(".", 1)[-1]: m for m in modules if isinstance(m, dict)}
         pool_cfg = {}
         if "Pooling" in types:
-            pool_cfg = read_module_file(model, f"{types['Pooling'].get('path', '1_Pooling')}/config.json") or {}
+            pool_cfg = read_module_file(source, f"{types['Pooling'].get('path', '1_Pooling')}/config.json") or {}
         if pooling is None:
             pooling = ("cls" if pool_cfg.get("pooling_mode_cls_token") else
                        "lasttoken" if pool_cfg.get("pooling_mode_lasttoken") else "mean")
@@ -283,23 +280,23 @@ class DenseEncoder:
         self.pooling = pooling
         self.normalize = bool("Normalize" in types) if normalize is None else bool(normalize)
         self._dense_dir = types["Dense"].get("path") if "Dense" in types else None
-        st_cfg = read_module_file(model, "config_sentence_transformers.json") or {}
+        st_cfg = read_module_file(source, "config_sentence_transformers.json") or {}
         prompts = st_cfg.get("prompts") or {}
         self.query_prefix = prompts.get("query", "") if query_prefix is None else query_prefix
         self.document_prefix = (prompts.get("document", prompts.get("passage", ""))
                                 if document_prefix is None else document_prefix)
-        max_seq = (read_module_file(model, "sentence_bert_config.json") or {}).get("max_seq_length") or 512
+        max_seq = (read_module_file(source, "sentence_bert_config.json") or {}).get("max_seq_length") or 512
         self.query_max_length = int(query_max_length or max_seq)
         self.doc_max_length = int(doc_max_length or max_seq)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.batch_size = int(batch_size)
         self.device = resolve_device(device)
-        self._tokenizer, self._net = load_transformer(model, self.device)
+        self._tokenizer, self._net = load_transformer(source, self.device)
         self._max_tokens = model_max_tokens(self._tokenizer, self._net)
         if max(self.query_max_length, self.doc_max_length) > self._max_tokens:
             logger.warning("%s: truncating to the model's %d positions", self.model, self._max_tokens)
-        self._dense = load_dense_module(None, self.model, self._dense_dir) if self._dense_dir else None
+        self._dense = load_dense_module(None, source, self._dense_dir) if self._dense_dir else None
         self.dim = int(self._dense["weight"].shape[0] if self._dense else self._net.config.hidden_size)
 
     def __repr__(self) -> str:

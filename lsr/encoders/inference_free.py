@@ -61,13 +61,14 @@ def read_idf(path: str | os.PathLike, vocab: Sequence[str]) -> np.ndarray:
     return idf
 
 
-def _resolve_idf(model_name: str, idf: str | os.PathLike | None) -> Path:
+def _resolve_idf(source: str, idf: str | os.PathLike | None) -> Path:
+    """``idf``, else ``idf.json`` of the model ``source`` (a directory, or a hub id that answered)."""
     if idf is not None:
         path = Path(idf)
         if not path.is_file():
             raise ValueError(f"IDF file {path} does not exist")
         return path
-    local = Path(model_name)
+    local = Path(source)
     if local.is_dir():
         if not (local / IDF_FILE).is_file():
             raise ValueError(f"{local} has no {IDF_FILE}: pass the query IDF table with --idf FILE")
@@ -75,9 +76,9 @@ def _resolve_idf(model_name: str, idf: str | os.PathLike | None) -> Path:
     try:
         from huggingface_hub import hf_hub_download
 
-        return Path(hf_hub_download(model_name, IDF_FILE))
+        return Path(hf_hub_download(source, IDF_FILE))
     except Exception as exc:  # hub errors come in many types
-        raise ValueError(f"cannot fetch {IDF_FILE} for {model_name!r} ({type(exc).__name__}: {exc}); "
+        raise ValueError(f"cannot fetch {IDF_FILE} for {source!r} ({type(exc).__name__}: {exc}); "
                          "pass the query IDF table with --idf FILE") from exc
 
 
@@ -94,7 +95,7 @@ class InferenceFreeEncoder(SpladeEncoder):
 
     def __init__(self, model: str | os.PathLike, idf: str | os.PathLike | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
-        self.idf_path = _resolve_idf(self.model_name, idf).resolve()
+        self.idf_path = _resolve_idf(self._source, idf).resolve()
         self.idf = read_idf(self.idf_path, self.vocab)
         self.idf[self.special_ids] = 0.0
         self._query_tokenizer: QueryTokenizer | None = None

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lsr.encoders._torch import resolve_model
 from lsr.encoders.embedding import (
     apply_dense,
     autocast,
@@ -96,22 +97,23 @@ class MultiVectorEncoder:
                  doc_max_length: int | None = None, query_augmentation: bool | None = None,
                  skip_punctuation: bool | None = None, batch_size: int = 32, device: str | None = None,
                  cache_dir: str | os.PathLike | None = None) -> None:
-        self.model = str(model)
+        self.model = str(model)  # what config() records; files are read from the resolved source
+        self._source = source = resolve_model(model)
         self.cache_dir = cache_dir
         self.device = resolve_device(device)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.batch_size = int(batch_size)
-        self._tokenizer, self._net = load_transformer(model, self.device)
+        self._tokenizer, self._net = load_transformer(source, self.device)
         # ---- find the projection (colbert-ir linear.weight or a PyLate Dense module)
         self._dense: dict[str, Any] | None = None
         settings: dict[str, Any] = {}
-        modules = read_module_file(model, "modules.json") or []
+        modules = read_module_file(source, "modules.json") or []
         dense_dirs = [m.get("path") for m in modules if isinstance(m, dict)
                       and str(m.get("type", "")).endswith(".Dense")]
         if dense_dirs:  # PyLate
-            self._dense = load_dense_module(None, self.model, dense_dirs[0])
-            st = read_module_file(model, "config_sentence_transformers.json") or {}
+            self._dense = load_dense_module(None, source, dense_dirs[0])
+            st = read_module_file(source, "config_sentence_transformers.json") or {}
             settings = {"query_marker": st.get("query_prefix"), "doc_marker": st.get("document_prefix"),
                         "query_max_length": st.get("query_length"), "doc_max_length": st.get("document_length"),
                         "query_augmentation": st.get("do_query_expansion", True),
@@ -119,10 +121,10 @@ class MultiVectorEncoder:
                         "skiplist": st.get("skiplist_words")}
             self.checkpoint = "pylate"
         else:
-            linear = _colbert_ir_linear(self.model)
+            linear = _colbert_ir_linear(source)
             if linear is not None:
                 self._dense = {"weight": linear, "bias": None, "activation": "Identity"}
-                meta = read_module_file(model, "artifact.metadata") or {}
+                meta = read_module_file(source, "artifact.metadata") or {}
                 settings = {"query_marker": meta.get("query_token_id", "[unused0]"),
                             "doc_marker": meta.get("doc_token_id", "[unused1]"),
                             "query_max_length": meta.get("query_maxlen", 32),

@@ -32,6 +32,7 @@ from lsr.encoders._torch import (
     choose_device,
     length_sorted_batches,
     quiet_loading,
+    resolve_model,
     require_torch,
     require_transformers,
     set_threads,
@@ -52,11 +53,14 @@ def load_tokenizer(model: str | os.PathLike) -> tuple[Any, list[str], list[int]]
     """A fast ``tokenizers.Tokenizer`` for a model directory or hub id, its vocab and special ids.
 
     Uses ``tokenizer.json`` (or a BERT ``vocab.txt``) and never imports torch, so query
-    encoding of inference-free models stays light. Raises ValueError when nothing loads.
+    encoding of inference-free models stays light. Raises ModelNotFoundError for a missing
+    directory or an unreachable hub (see :func:`~lsr.encoders._torch.resolve_model`) and
+    ValueError when the files found do not load.
     """
     from tokenizers import Tokenizer
 
-    path = Path(model)
+    source = resolve_model(model)
+    path = Path(source)
     if path.is_dir():
         if (path / "tokenizer.json").is_file():
             tok = Tokenizer.from_file(str(path / "tokenizer.json"))
@@ -70,13 +74,11 @@ def load_tokenizer(model: str | os.PathLike) -> tuple[Any, list[str], list[int]]
             tok = BertWordPieceTokenizer(str(path / "vocab.txt"), lowercase=lower)._tokenizer
         else:
             raise ValueError(f"{path}: no tokenizer.json or vocab.txt in the model directory")
-    elif path.exists():
-        raise ValueError(f"{path}: expected a model directory, found a file")
-    else:
+    else:  # a hub id, and the hub answered
         try:
             from huggingface_hub import hf_hub_download
 
-            tok = Tokenizer.from_file(hf_hub_download(str(model), "tokenizer.json"))
+            tok = Tokenizer.from_file(hf_hub_download(source, "tokenizer.json"))
         except Exception as exc:  # hub errors come in many types
             raise ValueError(f"cannot load a tokenizer for {str(model)!r}: not a local directory and the "
                              f"Hugging Face hub failed ({type(exc).__name__}: {exc})") from exc
@@ -149,12 +151,14 @@ class SpladeEncoder:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if precision not in {"auto", "fp32", "bf16", "fp16"}:
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {precision!r}")
-        path = Path(model)
-        self.model_name = str(path.resolve()) if path.exists() else str(model)
+        # Where the files are read from: a local directory, a hub id whose hub answered, or a cached
+        # snapshot of it when the hub is unreachable. Configs record the directory or the hub id.
+        self._source = resolve_model(model)
+        self.model_name = self._source if Path(model).expanduser().is_dir() else str(model)
         self.doc_max_length, self.query_max_length = int(doc_max_length), int(query_max_length)
         self.batch_size, self.device_name, self.threads = batch_size, device, threads
         self.precision, self.top_k, self.min_weight = precision, top_k, float(min_weight)
-        self.tokenizer, self.vocab, self.special_ids = load_tokenizer(self.model_name)
+        self.tokenizer, self.vocab, self.special_ids = load_tokenizer(self._source)
         self._model: Any = None
 
     @property
@@ -171,7 +175,7 @@ class SpladeEncoder:
         self.device = choose_device(self.device_name)
         try:
             with quiet_loading():
-                model = transformers.AutoModelForMaskedLM.from_pretrained(self.model_name, dtype=torch.float32)
+                model = transformers.AutoModelForMaskedLM.from_pretrained(self._source, dtype=torch.float32)
         except (OSError, ValueError, KeyError) as exc:
             raise ValueError(f"cannot load a masked-LM model from {self.model_name!r}: {exc}") from exc
         model.eval().to(self.device)

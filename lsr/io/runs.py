@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Union
 
 from lsr.errors import DataFormatError
-from lsr.io.readers import _check_file, _lines
+from lsr.io.readers import _check_file, _lines, check_id
 from lsr.metrics import Run, ranked
 
 __all__ = ["Run", "write_run", "read_run", "ranked", "format_score"]
@@ -34,9 +34,13 @@ def write_run(run: Run, out: Union[str, os.PathLike, IO[str]], tag: str = "lsr")
 
     def emit(f: IO[str]) -> None:
         for qid, docs in run.items():
-            if any(c.isspace() for c in qid):
-                raise ValueError(f"query id {qid!r} contains whitespace")
+            why = check_id(str(qid))
+            if why is not None:  # the file would not split back into six columns, or not encode
+                raise ValueError(f"query id {ascii(qid)} {why}: not writable in a TREC run")
             for rank, (docid, score) in enumerate(ranked(docs), start=1):
+                why = check_id(str(docid))
+                if why is not None:
+                    raise ValueError(f"query {qid!r}: document id {ascii(docid)} {why}: not writable in a TREC run")
                 if not math.isfinite(score):
                     raise ValueError(f"query {qid!r}, document {docid!r}: score {score} is not finite")
                 f.write(f"{qid} Q0 {docid} {rank} {format_score(score)} {tag}\n")

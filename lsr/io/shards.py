@@ -12,7 +12,8 @@ Directory layout (all fixed names, no pickle)::
 
 ``progress.json`` is replaced atomically after every finished shard (its arrays are written and
 renamed into place first, and their sizes and SHA-256 recorded), so a run killed at any point
-resumes at the first unfinished shard. Each shard is encoded on its own, so a resumed run
+resumes at the first unfinished shard; one killed before its first ``progress.json`` (while
+writing the ids) has finished nothing and simply starts again. Each shard is encoded on its own, so a resumed run
 produces exactly the vectors of an uninterrupted one.
 
 >>> enc = SpladeEncoder("path/to/splade")                                   # doctest: +SKIP
@@ -25,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -43,6 +45,10 @@ SHARDS_FORMAT = "lsr.encoded-shards"
 SHARDS_VERSION = 1
 PROGRESS = "progress.json"
 _PARTS = (("indptr", np.int64), ("indices", np.int32), ("data", np.float32))
+# Every name encode_corpus_to_shards writes, temporary ones included: a directory holding only
+# these but no progress.json is a run killed before its first progress file.
+_OWN_FILE = re.compile(r"(doc_ids|vocab)\.parquet|\.?progress\.json(\.tmp)?|"
+                       r"\.?shard-\d{5,}\.(indptr|indices|data)\.npy(\.tmp)?")
 
 
 def corpus_fingerprint(doc_ids: Sequence[str], texts: Sequence[str]) -> str:
@@ -84,6 +90,12 @@ def _write_json_atomic(file: Path, obj: dict[str, Any]) -> None:
     os.replace(tmp, file)
 
 
+def _unstarted_run(out: Path) -> bool:
+    """Whether ``out`` holds only files of a run that never wrote ``progress.json`` (killed while
+    writing the document ids or the vocabulary): nothing in it is worth keeping."""
+    return not is_shards_dir(out) and all(_OWN_FILE.fullmatch(p.name) and p.is_file() for p in out.iterdir())
+
+
 def _shard_name(i: int, part: str) -> str:
     return f"shard-{i:05d}.{part}.npy"
 
@@ -118,7 +130,8 @@ def encode_corpus_to_shards(
     Args:
         encoder: any sparse encoder (``encode_documents``, ``config``, ``vocab``/``vocab_size``).
         doc_ids, texts: the corpus.
-        out_dir: directory (created); a partial run there with the same corpus and encoder resumes.
+        out_dir: directory (created); a partial run there with the same corpus and encoder resumes,
+            and one that never wrote its progress file (only this function's files) starts again.
         shard_size: documents per shard.
         restart: discard an existing partial run instead of refusing a mismatching one.
         on_shard: called with the shard number after each shard is safely on disk (tests use it
@@ -147,11 +160,17 @@ def encode_corpus_to_shards(
                 raise ValueError(f"{out}: holds a run with another {key} ({progress.get(key)!r} != {want!r}); "
                                  "use another directory or restart=True (--restart) to discard it")
         logger.info("%s: resuming after %d of %d shards", out, len(progress["shards"]), n_shards)
-    elif any(out.iterdir()) and not is_shards_dir(out):
-        raise ValueError(f"{out}: directory is not empty and holds no encoded shards")
+    elif not is_shards_dir(out) and any(out.iterdir()):
+        if not _unstarted_run(out):
+            raise ValueError(f"{out}: directory is not empty and holds no encoded shards")
+        logger.info("%s: a run stopped before its first progress file; starting it again", out)
     if progress is None:
-        for f in out.glob("shard-*.npy"):
-            f.unlink()
+        # A discarded or never-started run: the old progress file goes first, so that a kill in
+        # the middle of this leaves an unstarted run (see above), never a manifest without shards.
+        (out / PROGRESS).unlink(missing_ok=True)
+        for f in out.iterdir():
+            if _OWN_FILE.fullmatch(f.name) and f.is_file():
+                f.unlink()
         save_ids(out, "doc_ids.parquet", list(doc_ids))
         vocab = getattr(encoder, "vocab", None)
         if vocab is not None:
