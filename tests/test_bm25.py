@@ -140,6 +140,22 @@ def test_bm25_encoder_errors_and_roundtrip(tmp_path):
     assert docs.decode(1)[0][0] == "gamma"
 
 
+def test_term_counts_match_counter():
+    """Repeated terms are merged per row (sorted term ids, float32 counts); empty texts and
+    unknown query terms give empty rows."""
+    enc = BM25Encoder()
+    enc.fit_documents(["heart heart attack", "stock market", "heart market market"])
+    texts = ["market heart market", "", "unknown words", "attack attack attack stock"]
+    q = enc.encode_queries(texts)
+    assert q.indptr.tolist() == [0, 2, 2, 2, 4]
+    for i, text in enumerate(texts):
+        want = Counter(enc._term_ids[t] for t in enc.analyzer(text) if t in enc._term_ids)
+        row = slice(q.indptr[i], q.indptr[i + 1])
+        assert q.indices[row].tolist() == sorted(want)
+        assert q.data[row].tolist() == [float(want[t]) for t in sorted(want)]
+    assert q.data.dtype == np.float32 and enc.encode_queries([]).indptr.tolist() == [0]
+
+
 @pytest.mark.parametrize("name, anserini", [("scifact", 0.6789), ("nfcorpus", 0.3218)])
 def test_bm25_matches_anserini_flat(name, anserini):
     ds = load_beir(beir_dataset(name))

@@ -96,16 +96,21 @@ class BM25Encoder:
         df = self.df.astype(np.float64)
         return np.log(1.0 + (self.n_docs - df + 0.5) / (df + 0.5)).astype(np.float32).astype(np.float64)
 
-    def _count(self, texts: Sequence[str], grow: bool, show_progress: bool):
-        """Analyze texts into a CSR matrix of term frequencies; returns (tf, lengths)."""
-        import scipy.sparse as sp
-        from tqdm.auto import tqdm
-
+    def _count(self, texts: Sequence[str], grow: bool, show_progress: bool) -> tuple[SparseBatch, np.ndarray]:
+        """Analyze texts into term frequencies (rows with sorted, unique term ids; float32
+        counts) and their analyzed lengths. numpy only: no scipy or tqdm import unless progress
+        is shown, so encoding a query stays cheap in a fresh process."""
         ids = self._term_ids
-        indptr = np.zeros(len(texts) + 1, dtype=np.int64)
+        n = len(texts)
+        indptr = np.zeros(n + 1, dtype=np.int64)
         cols: list[int] = []
-        lengths = np.zeros(len(texts), dtype=np.int64)
-        for i, text in enumerate(tqdm(texts, desc="analyze", unit="doc", disable=not show_progress)):
+        lengths = np.zeros(n, dtype=np.int64)
+        rows: Sequence[str] = texts
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            rows = tqdm(texts, desc="analyze", unit="doc")
+        for i, text in enumerate(rows):
             terms = self.analyzer(text)
             lengths[i] = len(terms)
             for t in terms:
@@ -117,10 +122,14 @@ class BM25Encoder:
                     self.vocab.append(t)
                 cols.append(j)
             indptr[i + 1] = len(cols)
-        indices = np.asarray(cols, dtype=np.int64)
-        tf = sp.csr_matrix((np.ones(indices.size, np.float32), indices, indptr), shape=(len(texts), len(self.vocab)))
-        tf.sum_duplicates()
-        return tf, lengths
+        v = len(self.vocab)
+        counts = np.zeros(0, np.float32)
+        if cols:  # merge repeated terms of a row: unique (row, term) keys, already in CSR order
+            key, counts = np.unique(np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr)) * v
+                                    + np.asarray(cols, dtype=np.int64), return_counts=True)
+            indptr = np.concatenate(([0], np.cumsum(np.bincount(key // v, minlength=n)))).astype(np.int64)
+            cols = key % v
+        return SparseBatch(indptr, np.asarray(cols, np.int64), counts.astype(np.float32), v, self.vocab), lengths
 
     def fit_documents(self, texts: Sequence[str], show_progress: bool = False) -> SparseBatch:
         """Learn vocabulary and statistics from the corpus; return its BM25 impact vectors."""
@@ -135,12 +144,12 @@ class BM25Encoder:
             raise ValueError("no document has any indexable term")
         return self._impacts(tf, lengths)
 
-    def _impacts(self, tf, lengths: np.ndarray) -> SparseBatch:
+    def _impacts(self, tf: SparseBatch, lengths: np.ndarray) -> SparseBatch:
         dl = lucene_norm_decode(lucene_norm_encode(lengths)) if self.lucene_norms else lengths
         avgdl = np.float32(self.avgdl)
         # Lucene caches 1 / (k1 * (1 - b + b * dl / avgdl)) in float32 per norm value.
         inv_norm = (1.0 / (self.k1 * ((1 - self.b) + self.b * dl.astype(np.float32) / avgdl))).astype(np.float32)
-        row = np.repeat(np.arange(tf.shape[0]), np.diff(tf.indptr))
+        row = np.repeat(np.arange(tf.indptr.size - 1), np.diff(tf.indptr))
         freq = tf.data.astype(np.float32)
         idf = self.idf().astype(np.float32)[tf.indices]
         w = idf - idf / (np.float32(1.0) + freq * inv_norm[row])
@@ -158,7 +167,7 @@ class BM25Encoder:
         """Query vectors: the count of each analyzed term (Anserini's bag-of-words boosts)."""
         self._require_fit()
         tf, _ = self._count(texts, grow=False, show_progress=show_progress)
-        return SparseBatch(tf.indptr, tf.indices, tf.data, len(self.vocab), self.vocab)
+        return tf
 
     def _require_fit(self) -> None:
         if not self.fitted:
@@ -183,7 +192,7 @@ class BM25Encoder:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "BM25Encoder":
-        import pyarrow.parquet as pq
+        from lsr.io.manifest import int64_column, read_parquet
 
         directory = Path(directory)
         cfg = json.loads((directory / "encoder.json").read_text())
@@ -195,10 +204,10 @@ class BM25Encoder:
         else:
             analyzer = EnglishAnalyzer(stopwords=frozenset(stop), stemmer=stemmer)
         enc = cls(cfg["k1"], cfg["b"], analyzer, cfg.get("lucene_norms", True))
-        table = pq.read_table(directory / "vocab.parquet")
+        table = read_parquet(directory / "vocab.parquet")
         enc.vocab = table.column("term").to_pylist()
         enc._term_ids = {t: i for i, t in enumerate(enc.vocab)}
-        enc.df = table.column("df").to_numpy().astype(np.int64)
+        enc.df = int64_column(table, "df")
         enc.n_docs, enc.sum_lengths = int(cfg["n_docs"]), int(cfg["sum_lengths"])
         if len(enc.vocab) != cfg["vocab_size"] or len(set(enc.vocab)) != len(enc.vocab):
             raise ValueError(f"{directory}/vocab.parquet: vocabulary does not match encoder.json")

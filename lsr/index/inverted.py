@@ -95,10 +95,13 @@ def _forward(offsets: np.ndarray, post_docs: np.ndarray, post_w: np.ndarray, n_d
             np.ascontiguousarray(csr.data, dtype=post_w.dtype))
 
 
-def _check_forward(path: Path, forward: tuple, vocab_size: int, nnz: int) -> None:
+def _check_forward(path: Path, forward: tuple, vocab_size: int, nnz: int, compiled: bool = True) -> None:
     """Refuse a stored doc-major copy that does not span the postings or has out-of-range or
-    unsorted term ids (kernels index with them unchecked)."""
-    from lsr.index import _exhaustive_kernels as _kernels
+    unsorted term ids (kernels index with them unchecked); ``compiled=False`` checks with numpy."""
+    if compiled:
+        from lsr.index import _exhaustive_kernels as _kernels
+    else:
+        from lsr.index import _numpy_path as _kernels
 
     indptr, terms, _ = forward
     if indptr[0] != 0 or indptr[-1] != nnz:
@@ -206,6 +209,9 @@ class InvertedIndex:
     #: nfcorpus with SPLADE vectors) the dense scan is faster than MaxScore's bookkeeping; the
     #: result is the same (exact top-k of the index's scores, ties to the lower position)
     EXACT_SCAN_BELOW = 32768
+    #: :meth:`load` reads indexes of at most this many postings with numpy instead of the
+    #: compiled kernels: no Numba import, no kernel to load or compile (docs/startup.md)
+    NUMPY_LOAD_POSTINGS = 1 << 19
 
     def __init__(
         self,
@@ -246,25 +252,45 @@ class InvertedIndex:
         self.term_max = term_max
         self._pruned: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._pruned_lock = threading.Lock()
-        self._derive_search_tables()
+        self._tables: tuple | None = None
+        self._tables_lock = threading.Lock()
 
-    def _derive_search_tables(self) -> None:
+    @property
+    def _bm(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-term maxima over windows of 64 positions (offsets, values): see :meth:`_search_tables`."""
+        return self._search_tables()[0]
+
+    @property
+    def _mem_forward(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The in-memory doc-major copy (or ``None``): see :meth:`_search_tables`."""
+        return self._search_tables()[1]
+
+    def _search_tables(self) -> tuple:
         """In-memory tables of the decoded mode: per-term maxima over windows of 64 positions and,
         unless the index stores a forward copy, a doc-major copy of the 8-bit impacts (as their
         exact 16-bit codes ``257 * c8``) or float weights, with which exact search finishes its
-        candidates (and approximate mode re-scores them). Nothing when searching in place."""
-        self._bm = (np.zeros(self.vocab_size + 1, np.int64), np.zeros(0, np.uint8 if self.quantization else np.float32))
-        self._mem_forward = None
+        candidates (and approximate mode re-scores them). Nothing when searching in place.
+
+        Made on first use, not on load: the exhaustive scan (small indexes) never reads them,
+        and making them costs a compiled kernel and scipy's import."""
+        with self._tables_lock:
+            if self._tables is None:
+                self._tables = self._derive_search_tables()
+            return self._tables
+
+    def _derive_search_tables(self) -> tuple:
+        bm = (np.zeros(self.vocab_size + 1, np.int64), np.zeros(0, np.uint8 if self.quantization else np.float32))
         p = self.postings
         if not p.decoded or self.nnz == 0:
-            return
+            return bm, None
         from lsr.index import _maxscore_kernels as _pruning
 
         w = p.raw_imps if p.quantized else p.weights
-        self._bm = _pruning.window_maxima(self.offsets, p.raw_docs, w, self.n_docs, max(1, (self.n_docs >> 6) + 1))
-        if not self.has_forward:
-            fw = w.astype(np.uint16) * np.uint16(257) if p.quantized else w
-            self._mem_forward = _forward(self.offsets, p.raw_docs, fw, self.n_docs)
+        bm = _pruning.window_maxima(self.offsets, p.raw_docs, w, self.n_docs, max(1, (self.n_docs >> 6) + 1))
+        if self.has_forward:
+            return bm, None
+        fw = w.astype(np.uint16) * np.uint16(257) if p.quantized else w
+        return bm, _forward(self.offsets, p.raw_docs, fw, self.n_docs)
 
     @property
     def has_forward(self) -> bool:
@@ -555,6 +581,10 @@ class InvertedIndex:
         checked. Raises :class:`IndexFormatError` on a missing, truncated, edited, foreign or
         newer-version directory. Version 1 and 2 directories (uncompressed postings) are read
         too and compressed in memory.
+
+        Indexes of at most :attr:`NUMPY_LOAD_POSTINGS` postings are read and checked with numpy
+        (the same tables and the same checks as the compiled kernels), so opening one needs no
+        Numba at all.
         """
         path = Path(path)
         version = cls.VERSION
@@ -590,10 +620,18 @@ class InvertedIndex:
             raise IndexFormatError(f"{path}/offsets.npy: ends at {int(offsets[-1])}, expected {nnz}")
         if version < 3:
             return cls._load_uncompressed(path, m, version, offsets, n_docs, nnz, doc_ids, quant, mmap, decoded)
-        from lsr.index import _codec_kernels as _codec
-
         words = load_array(path, "words.npy", np.uint32, (n_words,), mmap)
-        term_blocks, block_last, block_max, block_word, bad = _codec.derive(offsets, words, quant is not None, n_docs)
+        compiled = nnz > cls.NUMPY_LOAD_POSTINGS
+        if compiled:
+            from lsr.index import _codec_kernels as _codec
+
+            term_blocks, block_last, block_max, block_word, bad = _codec.derive(offsets, words, quant is not None,
+                                                                                n_docs)
+        else:
+            from lsr.index import _numpy_path as _codec
+
+            term_blocks, block_last, block_max, block_word, bad, docs, imps = _codec.derive(
+                offsets, words, quant is not None, n_docs)
         if bad >= 0 or block_last.size != n_blocks:
             raise IndexFormatError(f"{path}/words.npy: malformed posting block {max(bad, 0)}")
         weights = _EMPTY_F32
@@ -601,15 +639,19 @@ class InvertedIndex:
             weights = load_array(path, "weights.npy", np.float32, (nnz,), mmap)
             block_max = _codec.block_maxima(offsets, term_blocks, weights)
         postings = Postings(offsets, term_blocks, block_last, block_max, block_word, words, weights)
-        if decoded:
+        if decoded and compiled:
             postings.hold_decoded()
+        elif decoded:  # numpy's derive decoded every block already
+            postings.hold_decoded(docs, imps if quant else None)
         forward = None
         if has_fwd:
             forward = (load_array(path, "forward_indptr.npy", np.int64, (n_docs + 1,), mmap),
                        load_array(path, "forward_terms.npy", tdtype, (nnz,), mmap),
                        load_array(path, "forward_weights.npy", fdtype, (nnz,), mmap))
-            _check_forward(path, forward, vocab_size, nnz)
-        return cls(postings, n_docs, doc_ids, m.get("metadata") or {}, forward=forward, quantization=quant)
+            _check_forward(path, forward, vocab_size, nnz, compiled)
+        term_max = None if compiled else _codec.term_maxima(term_blocks, block_max)
+        return cls(postings, n_docs, doc_ids, m.get("metadata") or {}, forward=forward, term_max=term_max,
+                   quantization=quant)
 
     @classmethod
     def _load_uncompressed(cls, path: Path, m: dict, version: int, offsets: np.ndarray, n_docs: int, nnz: int,

@@ -31,6 +31,8 @@ __all__ = [
     "read_manifest",
     "save_ids",
     "load_ids",
+    "read_parquet",
+    "int64_column",
 ]
 
 
@@ -130,12 +132,34 @@ def save_ids(directory: Path, name: str, ids: np.ndarray | list[str]) -> None:
     pq.write_table(table, directory / name)
 
 
-def load_ids(directory: Path, name: str, expected: int) -> np.ndarray:
+def read_parquet(file: Path):
+    """The whole Parquet ``file`` as a pyarrow Table.
+
+    Reads through ``ParquetFile`` rather than ``pq.read_table``: the latter goes through
+    ``pyarrow.dataset``, whose first import costs more than everything else in opening a small
+    index (see docs/startup.md)."""
     import pyarrow.parquet as pq
 
+    with pq.ParquetFile(file) as f:
+        return f.read()
+
+
+def int64_column(table: Any, name: str) -> np.ndarray:
+    """Column ``name`` of a pyarrow Table as ``int64`` (nulls refused), read from its buffers:
+    pyarrow's ``to_numpy`` imports pandas, which costs more than opening a small index."""
+    import pyarrow as pa
+
+    column = table.column(name).cast(pa.int64())
+    if column.null_count:
+        raise ValueError(f"column {name!r} has {column.null_count} missing values")
+    parts = [np.frombuffer(c.buffers()[1], np.int64, len(c), c.offset * 8) for c in column.chunks if len(c)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def load_ids(directory: Path, name: str, expected: int) -> np.ndarray:
     file = directory / name
     try:
-        table = pq.read_table(file)
+        table = read_parquet(file)
     except Exception as exc:  # pyarrow raises several types for damaged files
         raise IndexFormatError(f"{file}: cannot read ids ({exc})") from exc
     if table.column_names != ["id"] or table.num_rows != expected:
