@@ -62,6 +62,16 @@ _EXPORTS = {
     "rm3": "lsr.retrievers.prf",
     "rocchio": "lsr.retrievers.prf",
     # end hybrid layer
+    "DocIds": "lsr.types",
+    "ModelNotFoundError": "lsr.errors",
+    "evaluate_beir": "lsr.eval.beir",
+    "BM25Options": "lsr.retrievers.options",
+    "SpladeOptions": "lsr.retrievers.options",
+    "InferenceFreeOptions": "lsr.retrievers.options",
+    "DenseOptions": "lsr.retrievers.options",
+    "MaxSimOptions": "lsr.retrievers.options",
+    "MuveraOptions": "lsr.retrievers.options",
+    "HybridOptions": "lsr.retrievers.options",
 }
 
 __all__ = ["__version__", *_EXPORTS]

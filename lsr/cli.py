@@ -1,108 +1,190 @@
-"""The ``lsr`` command line: index, search and evaluate.
+"""The ``lsr`` command line: index, search, evaluate, encode, fuse, report.
 
-Commands are thin wrappers over the public API; heavy imports happen inside commands so
-``lsr --help`` stays instant. Logs and progress go to stderr, runs to a file or stdout.
+Each command parses its options, calls one API function and prints. Retriever options come from
+the dataclasses of :mod:`lsr.retrievers.options` (one option per field, the same defaults as the
+Python API); an option the chosen retriever does not have is refused. Heavy imports happen
+inside commands so ``lsr --help`` stays instant. Logs and progress go to stderr, runs to a file
+or stdout.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import click
 
 from lsr import __version__
-from lsr.retrievers.base import RETRIEVERS
+from lsr.retrievers.options import OPTIONS
 
 logger = logging.getLogger("lsr")
 
-
-def retriever_options(fn: Callable) -> Callable:
-    """Options shared by every command that builds a retriever (each retriever reads its own)."""
-    options = [
-        click.option("--retriever", "-r", type=click.Choice(sorted(RETRIEVERS)), default="bm25", show_default=True,
-                     help="Retrieval model."),
-        click.option("--model", "-m", default=None, help="Model directory or Hugging Face hub id (learned models)."),
-        click.option("--idf", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="Query IDF table (inference-free); defaults to the model directory's idf.json."),
-        click.option("--doc-max-length", type=click.IntRange(min=1), default=256, show_default=True,
-                     help="Document truncation in tokens (learned models)."),
-        click.option("--query-max-length", type=click.IntRange(min=1), default=64, show_default=True,
-                     help="Query truncation in tokens (learned models)."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=None,
-                     help="Encoding batch size (default: the encoder's)."),
-        click.option("--device", default=None, help="torch device for encoders (default: cuda if available, else cpu)."),
-        click.option("--k1", type=click.FloatRange(min=0), default=0.9, show_default=True, help="BM25 k1."),
-        click.option("--b", "b", type=click.FloatRange(0, 1), default=0.4, show_default=True, help="BM25 b."),
-        click.option("--doc-vectors", type=click.Path(exists=True, file_okay=False), default=None,
-                     help="splade/inference-free: index these `lsr encode` shards instead of encoding the corpus."),
-        click.option("--index-type", type=click.Choice(["flat", "hnsw", "ivf", "ivfpq"]), default=None,
-                     help="FAISS index for dense and muvera (default: flat, exact inner product)."),
-        click.option("--embedding-cache", type=click.Path(file_okay=False), default=None,
-                     help="Directory caching dense/multi-vector encodings by content hash (reruns are free)."),
-        click.option("--fde-reps", type=click.IntRange(min=1), default=None, help="MUVERA repetitions R."),
-        click.option("--fde-k-sim", type=click.IntRange(0, 30), default=None, help="MUVERA SimHash bits k_sim."),
-        click.option("--fde-d-proj", type=click.IntRange(min=0), default=None,
-                     help="MUVERA inner projection dimension (0: identity)."),
-        click.option("--fde-final-dim", type=click.IntRange(min=1), default=None,
-                     help="MUVERA final Count-sketch dimension (default: none)."),
-        click.option("--candidates", type=click.IntRange(min=1), default=None,
-                     help="MUVERA: FDE candidates re-ranked by exact MaxSim (default 50)."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+RETRIEVER_NAMES = sorted(OPTIONS)
 
 
-
-def _parse_weights(ctx: Any, param: Any, value: str | None) -> list[float] | None:
+# ------------------------------------------------------------------------------ retriever options
+def _parse_floats(ctx: Any, param: Any, value: str | None) -> tuple[float, ...] | None:
     if value is None:
         return None
     try:
-        return [float(w) for w in value.split(",")]
+        return tuple(float(w) for w in value.split(","))
     except ValueError:
         raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
 
 
-def hybrid_options(fn: Callable) -> Callable:
-    """Options of ``--retriever hybrid`` (ignored by the other retrievers)."""
-    options = [
-        click.option("--components", default=None,
-                     help="hybrid: components as name[=model], comma-separated, e.g. "
-                          "bm25,splade=models/splade-tiny,dense=models/all-MiniLM-L6-v2."),
-        click.option("--norm", default="min-max", show_default=True,
-                     help="hybrid: score normaliser (min-max, zmuv, l2, max, sum, tmm, rank, borda, none)."),
-        click.option("--fusion", default="wsum", show_default=True,
-                     help="hybrid: fusion method (wsum, sum, mnz, rrf, wrrf, max, min, anz, med, ...)."),
-        click.option("--weights", default=None, callback=_parse_weights,
-                     help="hybrid: one weight per component, comma-separated (default: equal)."),
-        click.option("--fusion-depth", type=click.IntRange(min=1), default=1000, show_default=True,
-                     help="hybrid: candidates taken from each component."),
-        click.option("--prf", type=click.Choice(["none", "before", "after", "both"]), default="none",
-                     show_default=True, help="hybrid: pseudo-relevance feedback and where to interpolate."),
-        click.option("--tune", is_flag=True,
-                     help="hybrid: tune the weights (on the dev split if the dataset has one, else by k-fold "
-                          "cross-validation over the evaluated queries; the run written is then held-out only)."),
-        click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
-                     help="hybrid --tune: cross-validation folds."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
-def _build_retriever(retriever: str, **options: Any):
+def _default_text(value: Any) -> str:
+    return "the model's" if value is None else str(value)
+
+
+def _field_option(name: str, owners: list[tuple[str, dataclasses.Field]]) -> Callable:
+    """One click option for an options field shared by ``owners`` (retriever name, field)."""
+    f = owners[0][1]
+    meta = f.metadata
+    kind, choices = meta.get("kind"), meta.get("choices")
+    mins = [o[1].metadata.get("min") for o in owners if o[1].metadata.get("min") is not None]
+    lo = min(mins) if mins else None
+    callback = None
+    if choices:
+        ptype: Any = click.Choice(choices)
+    elif kind is int:
+        ptype = click.IntRange(min=lo)
+    elif kind is float:
+        ptype = click.FloatRange(min=lo)
+    elif f.name == "weights":
+        ptype, callback = str, _parse_floats
+    else:
+        ptype = str
+    defaults: dict[str, list[str]] = {}
+    for retriever, field in owners:
+        default = field.default if field.default is not dataclasses.MISSING else None
+        if default is None and name.endswith("max_length"):
+            text = "the tokenizer's limit" if retriever == "inference-free" and name.startswith("query") \
+                else "the model's max_seq_length"
+        else:
+            text = "" if default is None else str(default)
+        defaults.setdefault(text, []).append(retriever)
+    shown = {d: rs for d, rs in defaults.items() if d}
+    if len(defaults) == 1 and shown:
+        where = f" [default: {next(iter(shown))}]"
+    elif shown:
+        where = " [default: " + "; ".join(f"{', '.join(rs)} {d}" for d, rs in shown.items()) + "]"
+    else:
+        where = ""
+    retrievers = ", ".join(r for r, _ in owners)
+    decls = [_flag(name)] + ([meta["short"]] if meta.get("short") else [])
+    return click.option(*decls, name, type=ptype, default=None, callback=callback,
+                        help=f"{meta.get('help', '')}{where} ({retrievers})")
+
+
+def _option_owners(names: Sequence[str]) -> dict[str, list[tuple[str, dataclasses.Field]]]:
+    owners: dict[str, list[tuple[str, dataclasses.Field]]] = {}
+    for retriever in names:
+        for f in dataclasses.fields(OPTIONS[retriever]):
+            owners.setdefault(f.name, []).append((retriever, f))
+    return owners
+
+
+def retriever_options(names: Sequence[str] = tuple(RETRIEVER_NAMES), exclude: Sequence[str] = ()) -> Callable:
+    """Decorator: ``--retriever`` and one option per field of the retrievers ``names``."""
+    owners = {k: v for k, v in _option_owners(names).items() if k not in exclude}
+
+    def decorate(fn: Callable) -> Callable:
+        for name in reversed(list(owners)):
+            fn = _field_option(name, owners[name])(fn)
+        default = "bm25" if "bm25" in names else names[0]
+        fn = click.option("--retriever", "-r", type=click.Choice(list(names)), default=default, show_default=True,
+                          help="Retrieval model (its options are listed first by `-r NAME --help`).")(fn)
+        fn.__lsr_option_fields__ = set(owners)  # type: ignore[attr-defined]
+        return fn
+    return decorate
+
+
+def _given(ctx: click.Context, names: set[str], values: dict[str, Any]) -> dict[str, Any]:
+    """The retriever options the user gave (None is never a value: every default is None)."""
+    return {k: values.pop(k) for k in list(values) if k in names and values[k] is not None}
+
+
+def build_retriever(retriever: str, given: dict[str, Any]) -> Any:
+    """The retriever ``retriever`` from the options given on the command line."""
+    from lsr.errors import ModelNotFoundError
     from lsr.retrievers.base import retriever_class
 
+    if retriever != "hybrid":
+        allowed = {f.name for f in dataclasses.fields(OPTIONS[retriever])}
+        wrong = [_flag(k) for k in given if k not in allowed]
+        if wrong:
+            raise click.BadParameter(f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to "
+                                     f"--retriever {retriever}", param_hint="--retriever")
     try:
-        return retriever_class(retriever).from_options(**options)
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        raise click.BadParameter(str(exc), param_hint="--retriever/--model") from exc
+        return retriever_class(retriever).from_options(**given)
+    except ModelNotFoundError as exc:
+        raise click.BadParameter(str(exc), param_hint="--model") from exc
+    except (ValueError, TypeError, OSError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--retriever options") from exc
+
+
+class RetrieverCommand(click.Command):
+    """A command whose help lists the options of the retriever given with ``-r`` first."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["lsr.retriever"] = _peek_retriever(args)
+        return super().parse_args(ctx, args)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        chosen = ctx.meta.get("lsr.retriever") or "bm25"
+        mine = {f.name for f in dataclasses.fields(OPTIONS[chosen])} if chosen in OPTIONS else set()
+        retriever_fields = getattr(self.callback, "__lsr_option_fields__", set())
+        sections: dict[str, list[tuple[str, str]]] = {f"Options of --retriever {chosen}": [],
+                                                      "Options": [], "Options of other retrievers": []}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.name in mine:
+                sections[f"Options of --retriever {chosen}"].append(record)
+            elif param.name in retriever_fields:
+                sections["Options of other retrievers"].append(record)
+            else:
+                sections["Options"].append(record)
+        for title, rows in sections.items():
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+def _peek_retriever(args: Sequence[str]) -> str | None:
+    for i, a in enumerate(args):
+        if a in ("-r", "--retriever") and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--retriever="):
+            return a.split("=", 1)[1]
+        if a.startswith("-r") and len(a) > 2:
+            return a[2:]
+    return None
+
+
+# ------------------------------------------------------------------------------ shared options
+def k_option(default: int, help: str = "Results per query.") -> Callable:
+    return click.option("-k", "--k", "k", type=click.IntRange(min=1), default=default, show_default=True, help=help)
+
+
+threads_option = click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+                              help="Search threads.")
+tag_option = click.option("--tag", default=None, help="Run tag (default: the retriever or fusion name).")
+
+
+def run_output_option(fn: Callable) -> Callable:
+    return click.option("--output", "-o", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+                        show_default=True, help="TREC run file ('-' for stdout).")(fn)
 
 
 def _configure_logging(verbose: int) -> None:
@@ -111,61 +193,93 @@ def _configure_logging(verbose: int) -> None:
 
 
 def _friendly_errors(fn: Callable) -> Callable:
-    """Turn data and format errors into clean CLI errors (exit code 1, no traceback)."""
+    """Data, format, model and file-system errors as one-line CLI errors (exit code 1, no traceback;
+    ``-vv`` shows the traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from lsr.errors import DataFormatError
-        from lsr.errors import IndexFormatError
+        from lsr.errors import LsrError
 
         try:
             return fn(*args, **kwargs)
-        except (DataFormatError, IndexFormatError, FileNotFoundError, FileExistsError) as exc:
+        except click.ClickException:
+            raise
+        except (LsrError, ValueError) as exc:
+            if logger.isEnabledFor(logging.DEBUG):
+                raise
             raise click.ClickException(str(exc)) from exc
+        except OSError as exc:
+            if logger.isEnabledFor(logging.DEBUG):
+                raise
+            where = exc.filename if exc.filename is not None else ""
+            raise click.ClickException(f"{where}: {exc.strerror or exc}" if where else str(exc)) from exc
 
     return wrapper
 
 
+def _write_run(run: dict, output: str, tag: str) -> None:
+    from lsr.io.runs import write_run
+
+    if output == "-":
+        write_run(run, sys.stdout, tag=tag)
+    else:
+        write_run(run, output, tag=tag)
+        click.echo(f"wrote {sum(map(len, run.values()))} results for {len(run)} queries to {output}", err=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lsr")
-@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug and tracebacks).")
 def main(verbose: int) -> None:
     """lsr: learned-sparse and hybrid retrieval."""
     _configure_logging(verbose)
 
 
 # ------------------------------------------------------------------------------ index
-def _read_docs(source: Path, split: str) -> tuple[list[str], list[str]]:
-    """Document ids and texts from a BEIR directory, a JSONL file or a Parquet file."""
+def _read_docs(source: Path) -> tuple[list[str], list[str]]:
+    """Document ids and texts from a BEIR directory, a JSONL(.gz) file or a Parquet file."""
     from lsr.io.readers import read_corpus
 
     if source.is_dir():
-        corpus_file = source / "corpus.jsonl"
-        if not corpus_file.is_file():
+        for name in ("corpus.jsonl", "corpus.jsonl.gz"):
+            if (source / name).is_file():
+                corpus = read_corpus(source / name)
+                break
+        else:
             raise click.BadParameter(f"{source} is a directory without corpus.jsonl", param_hint="INPUT")
-        corpus = read_corpus(corpus_file)
     else:
         corpus = read_corpus(source)
     return corpus.ids, corpus.all_contents()
 
 
-@main.command("index")
+@main.command("index", cls=RetrieverCommand)
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
 @click.argument("output", type=click.Path(path_type=Path))
-@retriever_options
+@retriever_options()
 @click.option("--overwrite/--no-overwrite", default=False, show_default=True,
               help="Replace an existing lsr index at OUTPUT.")
 @_friendly_errors
 def index_cmd(input_path: Path, output: Path, retriever: str, overwrite: bool, **options: Any) -> None:
-    """Index a corpus (BEIR directory, JSONL or Parquet) into directory OUTPUT."""
+    """Index a corpus (BEIR directory, JSONL or Parquet), or pre-encoded vectors, into OUTPUT."""
+    from lsr.retrievers.sparse import index_encoded, is_encoded
+
+    given = _given(click.get_current_context(), set(options), options)
     if output.exists() and not overwrite and any(output.iterdir() if output.is_dir() else [output]):
         raise click.BadParameter(f"{output} already exists (use --overwrite to replace an lsr index)",
                                  param_hint="OUTPUT")
-    if _is_encoded_input(input_path):  # lsr encode shards, JsonVectorCollection or Seismic JSONL
-        return _index_encoded(input_path, output, retriever, overwrite, options)
-    doc_ids, texts = _read_docs(input_path, "test")
-    r = _build_retriever(retriever, **options)
     t = time.perf_counter()
+    if is_encoded(input_path):  # lsr encode shards, JsonVectorCollection or Seismic JSONL
+        explicit = click.get_current_context().get_parameter_source("retriever") != click.core.ParameterSource.DEFAULT
+        try:
+            r = index_encoded(input_path, output, retriever if explicit or given.get("model") else None,
+                              overwrite=overwrite, show_progress=True, **given)
+        except (ValueError, TypeError) as exc:
+            raise click.BadParameter(str(exc), param_hint="INPUT/--retriever") from exc
+        click.echo(f"indexed {r.inverted_index.n_docs} encoded documents ({r.inverted_index.nnz} postings) "
+                   f"with {r.name} query encoding into {output} in {time.perf_counter() - t:.1f}s", err=True)
+        return
+    doc_ids, texts = _read_docs(input_path)
+    r = build_retriever(retriever, given)
     r.index(doc_ids, texts, show_progress=True)
     r.save(output, overwrite=overwrite)
     click.echo(f"indexed {len(doc_ids)} documents with {retriever} into {output} "
@@ -176,20 +290,18 @@ def index_cmd(input_path: Path, output: Path, retriever: str, overwrite: bool, *
 @main.command("search")
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--queries", "-q", "queries_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Queries file: JSONL (_id, text) or TSV (id<TAB>text).")
+              help="Queries file: JSONL (_id, text) or TSV (id<TAB>text), optionally .gz.")
 @click.option("--query", "query_text", help="One query string (its id is 'q0' unless --query-id).")
 @click.option("--query-id", default="q0", show_default=True, help="Id of the --query string in the run.")
-@click.option("-k", "--k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Search threads.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, allow_dash=True), default="-", show_default=True,
-              help="TREC run file ('-' for stdout).")
-@click.option("--tag", default=None, help="Run tag (default: the retriever name).")
+@k_option(10)
+@threads_option
+@run_output_option
+@tag_option
 @_friendly_errors
 def search_cmd(index_dir: Path, queries_file: Path | None, query_text: str | None, query_id: str, k: int,
                threads: int, output: str, tag: str | None) -> None:
     """Search INDEX_DIR and write a TREC run."""
     from lsr.io.readers import read_queries
-    from lsr.io.runs import write_run
     from lsr.retrievers.base import load_retriever
 
     if (queries_file is None) == (query_text is None):
@@ -198,12 +310,7 @@ def search_cmd(index_dir: Path, queries_file: Path | None, query_text: str | Non
     r = load_retriever(index_dir)
     qids = list(queries)
     res = r.search([queries[q] for q in qids], k=k, threads=threads, show_progress=queries_file is not None)
-    run = res.to_run(qids)
-    if output == "-":
-        write_run(run, sys.stdout, tag=tag or r.name)
-    else:
-        write_run(run, output, tag=tag or r.name)
-        click.echo(f"wrote {sum(map(len, run.values()))} results for {len(run)} queries to {output}", err=True)
+    _write_run(res.to_run(qids), output, tag or r.name)
 
 
 # ------------------------------------------------------------------------------ eval
@@ -214,154 +321,51 @@ def _print_table(title: str, metrics: dict[str, float]) -> None:
         click.echo(f"  {m:<{width}}  {v:.4f}", err=True)
 
 
-@main.command("eval")
+@main.command("eval", cls=RetrieverCommand)
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@retriever_options
-@hybrid_options
+@retriever_options()
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Directory for run.trec, metrics.json, per_query.tsv and config.json.")
 @click.option("--split", default="test", show_default=True, help="Qrels split (qrels/<split>.tsv).")
-@click.option("--depth", type=click.IntRange(min=1), default=1000, show_default=True, help="Results per query.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Search threads.")
+@k_option(1000)
+@threads_option
+@click.option("--tune", is_flag=True,
+              help="hybrid: tune the weights (on the dev split if the dataset has one, else by k-fold "
+                   "cross-validation over the evaluated queries; the run written is then held-out only).")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+              help="--tune: cross-validation folds.")
 @click.option("--keep-self-hits", is_flag=True, help="Keep documents whose id equals the query id "
               "(by default they are dropped, as BEIR does).")
 @click.option("--save-index", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also save the built retriever to this directory.")
 @_friendly_errors
-def eval_cmd(dataset: Path, retriever: str, output: Path, split: str, depth: int, threads: int,
-             keep_self_hits: bool, save_index: Path | None, **options: Any) -> None:
+def eval_cmd(dataset: Path, retriever: str, output: Path, split: str, k: int, threads: int, tune: bool,
+             folds: int, keep_self_hits: bool, save_index: Path | None, **options: Any) -> None:
     """Index DATASET (a BEIR directory), search its split and evaluate with trec_eval metrics."""
-    from lsr.io.readers import load_beir
-    from lsr.metrics import DEFAULT_METRICS, evaluate, remove_self_hits
-    from lsr.io.runs import read_run, write_run
+    from lsr.eval.beir import evaluate_beir
 
-    try:
-        ds = load_beir(dataset, split=split)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--split") from exc
-    tune, folds = options.pop("tune", False), options.pop("folds", 5)
+    given = _given(click.get_current_context(), set(options), options)
+    if not (dataset / "qrels" / f"{split}.tsv").is_file():
+        have = sorted(p.stem for p in (dataset / "qrels").glob("*.tsv"))
+        raise click.BadParameter(f"unknown split {split!r}: {dataset}/qrels has {', '.join(have) or 'no splits'}",
+                                 param_hint="--split")
     if tune and retriever != "hybrid":
         raise click.BadParameter("--tune needs --retriever hybrid", param_hint="--tune")
-    r = _build_retriever(retriever, **options)
-    t0 = time.perf_counter()
-    r.index(ds.corpus.ids, ds.corpus.all_contents(), show_progress=True)
-    t1 = time.perf_counter()
-    qids = list(ds.queries)
-    # one extra result so that dropping a self-hit still leaves `depth` results
-    held_out = _tune_hybrid(r, dataset, ds, folds, depth + 1, threads) if tune else None
-    if save_index is not None:
-        r.save(save_index)
-    if held_out is None:
-        res = r.search([ds.queries[q] for q in qids], k=depth + (0 if keep_self_hits else 1), threads=threads,
-                       show_progress=True)
-    t2 = time.perf_counter()
-    run = res.to_run(qids) if held_out is None else held_out
-    if not keep_self_hits:
-        run = remove_self_hits(run)
-    from lsr.io.runs import ranked
-
-    run = {q: dict(ranked(docs)[:depth]) for q, docs in run.items()}
-    output.mkdir(parents=True, exist_ok=True)
-    write_run(run, output / "run.trec", tag=retriever)
-    # metrics from the file as written, so they are exactly what trec_eval sees
-    means, table = evaluate(ds.qrels, read_run(output / "run.trec"), DEFAULT_METRICS,
-                            remove_self=not keep_self_hits, per_query=True)
-    (output / "metrics.json").write_text(json.dumps(means, indent=2) + "\n")
-    with open(output / "per_query.tsv", "w") as f:
-        f.write("query_id\t" + "\t".join(DEFAULT_METRICS) + "\n")
-        for q, values in table.items():
-            f.write(q + "\t" + "\t".join(f"{values[m]:.6f}" for m in DEFAULT_METRICS) + "\n")
-    config = {
-        "lsr_version": __version__, "dataset": str(dataset), "split": split, "retriever": retriever,
-        "options": {k: v for k, v in options.items() if v is not None}, "depth": depth, "threads": threads,
-        "remove_self_hits": not keep_self_hits, "n_docs": len(ds.corpus), "n_queries": len(qids),
-        "index_seconds": round(t1 - t0, 3), "search_seconds": round(t2 - t1, 3),
-        "queries_per_second": round(len(qids) / max(t2 - t1, 1e-9), 1),
-    }
-    if retriever == "hybrid":
-        config["hybrid"] = r.config()
-    (output / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    _print_table(f"{ds.name} ({split}, {len(qids)} queries) with {retriever}: "
-                 f"index {t1 - t0:.1f}s, search {t2 - t1:.1f}s", means)
+    r = build_retriever(retriever, given)
+    report = evaluate_beir(dataset, r, output, split=split, k=k, threads=threads, keep_self_hits=keep_self_hits,
+                           tune=tune, folds=folds, save_index=save_index, show_progress=True,
+                           options={key: list(v) if isinstance(v, tuple) else v for key, v in given.items()},
+                           on_note=lambda note: click.echo(note, err=True))
+    _print_table(f"{report.dataset} ({split}, {report.config['n_queries']} queries) with {retriever}: "
+                 f"index {report.index_seconds:.1f}s, search {report.search_seconds:.1f}s", report.metrics)
     click.echo(f"wrote {output}/run.trec, metrics.json, per_query.tsv, config.json", err=True)
 
 
 # ------------------------------------------------------------------------------ encode (learned sparse)
-def _is_encoded_input(path: Path) -> bool:
-    from lsr.io.interchange import EXPORT_SIDECAR, looks_like_vector_jsonl
-    from lsr.io.shards import is_shards_dir
-
-    if path.is_dir():
-        return is_shards_dir(path) or (path / EXPORT_SIDECAR).is_file()
-    return path.suffix in {".jsonl", ".gz", ".json"} and looks_like_vector_jsonl(path)
-
-
-def _index_encoded(path: Path, output: Path, retriever: str, overwrite: bool, options: dict[str, Any]) -> None:
-    """Index pre-encoded vectors; the query encoder comes from the shards' record or --retriever/--model."""
-    from lsr.io.interchange import read_collection
-    from lsr.io.shards import is_shards_dir, read_progress
-    from lsr.retrievers.base import retriever_class
-
-    t = time.perf_counter()
-    if is_shards_dir(path) and not options.get("model"):
-        cfg = read_progress(path)["encoder"]
-        kind = cfg.get("type")
-        if kind not in {"splade", "inference-free"}:
-            raise click.BadParameter(f"{path}: shards of a {kind!r} encoder; give --retriever and --model",
-                                     param_hint="INPUT")
-        cls = retriever_class(kind)
-        args = {k: cfg[k] for k in ("doc_max_length", "query_max_length", "top_k", "min_weight") if k in cfg}
-        if kind == "inference-free":
-            args["idf"] = options.get("idf") or cfg.get("idf")
-        args["batch_size"], args["device"] = options.get("batch_size"), options.get("device")
-        try:
-            encoder = cls.encoder_class()(cfg["model"], **args)
-        except (ValueError, OSError) as exc:
-            raise click.BadParameter(f"{path}: cannot rebuild the query encoder ({exc})", param_hint="INPUT") from exc
-        r, retriever = cls(encoder), kind
-    else:
-        if retriever not in {"splade", "inference-free"}:
-            raise click.BadParameter("encoded vectors need --retriever splade or inference-free (the query encoder)",
-                                     param_hint="--retriever")
-        r = _build_retriever(retriever, **{**options, "doc_vectors": None})
-    if is_shards_dir(path):  # shard by shard into a build directory beside the output, then saved
-        import shutil
-
-        work = output.parent / f".{output.name}.build-{os.getpid()}"
-        try:
-            r.index_shards(path, work, show_progress=True)
-            r.save(output, overwrite=overwrite)
-            n_docs, nnz = r.inverted_index.n_docs, r.inverted_index.nnz
-        finally:
-            r.inverted_index = None
-            shutil.rmtree(work, ignore_errors=True)
-    else:
-        doc_ids, vectors = read_collection(path, vocab=r.encoder.vocab)
-        n_docs, nnz = len(doc_ids), vectors.nnz
-        r.index_vectors(doc_ids, vectors)
-        r.save(output, overwrite=overwrite)
-    click.echo(f"indexed {n_docs} encoded documents ({nnz} postings) with {retriever} query "
-               f"encoding into {output} in {time.perf_counter() - t:.1f}s", err=True)
-
-
-@main.command("encode")
+@main.command("encode", cls=RetrieverCommand)
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
 @click.argument("output", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--retriever", "-r", type=click.Choice(["splade", "inference-free"]), default="splade",
-              show_default=True, help="Document encoder family.")
-@click.option("--model", "-m", required=True, help="Model directory or Hugging Face hub id.")
-@click.option("--idf", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="inference-free: query IDF table (default: the model directory's idf.json).")
-@click.option("--doc-max-length", type=click.IntRange(min=3), default=256, show_default=True)
-@click.option("--query-max-length", type=click.IntRange(min=3), default=64, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default 32 on CPU, 128 on GPU.")
-@click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="auto: exact fp32 on CPU, bf16/fp16 autocast on GPU.")
-@click.option("--top-k", type=click.IntRange(min=1), default=None, help="Keep each document's top-k terms.")
-@click.option("--min-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Drop document weights below this.")
+@retriever_options(("splade", "inference-free"), exclude=("doc_vectors",))
 @click.option("--shard-size", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Documents per shard (the unit of resumption).")
 @click.option("--format", "fmt", type=click.Choice(["shards", "jsonvector", "seismic"]), default="shards",
@@ -371,33 +375,25 @@ def _index_encoded(path: Path, output: Path, retriever: str, overwrite: bool, op
               help="jsonvector: integer impact = round(weight * scale).")
 @click.option("--restart", is_flag=True, help="Discard a partial run in OUTPUT instead of resuming it.")
 @_friendly_errors
-def encode_cmd(input_path: Path, output: Path, retriever: str, model: str, idf: str | None, fmt: str,
-               scale: float, shard_size: int, restart: bool, batch_size: int | None, **options: Any) -> None:
+def encode_cmd(input_path: Path, output: Path, retriever: str, fmt: str, scale: float, shard_size: int,
+               restart: bool, **options: Any) -> None:
     """Encode a corpus (BEIR directory, JSONL or Parquet) into resumable shards in OUTPUT.
 
     A killed run resumes at the first unfinished shard when rerun with the same arguments.
     """
     from lsr.io.interchange import export_collection
     from lsr.io.shards import encode_corpus_to_shards, load_shards
-    from lsr.retrievers.base import retriever_class
 
-    doc_ids, texts = _read_docs(input_path, "test")
-    cls = retriever_class(retriever)
-    args = {k: v for k, v in options.items() if v is not None}
-    if retriever == "inference-free":
-        args["idf"] = idf
-    try:
-        encoder = cls.encoder_class()(model, batch_size=batch_size, **args)
-        encoder.load_model()
-    except (ValueError, OSError) as exc:
-        raise click.BadParameter(str(exc), param_hint="--model") from exc
+    given = _given(click.get_current_context(), set(options), options)
+    if not given.get("model"):
+        raise click.BadParameter("encoding needs --model (a model directory or hub id)", param_hint="--model")
+    doc_ids, texts = _read_docs(input_path)
+    encoder = build_retriever(retriever, given).encoder
+    encoder.load_model()
     shards = output if fmt == "shards" else output / "shards"
     t = time.perf_counter()
-    try:
-        encode_corpus_to_shards(encoder, doc_ids, texts, shards, shard_size=shard_size, show_progress=True,
-                                restart=restart)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
+    encode_corpus_to_shards(encoder, doc_ids, texts, shards, shard_size=shard_size, show_progress=True,
+                            restart=restart)
     seconds = time.perf_counter() - t
     if fmt != "shards":
         ids, vectors = load_shards(shards)
@@ -406,125 +402,80 @@ def encode_cmd(input_path: Path, output: Path, retriever: str, model: str, idf: 
                err=True)
 
 
-# ------------------------------------------------------------------------------ hybrid: fuse, report
-def _tune_hybrid(r: Any, dataset: Path, ds: Any, folds: int, k: int, threads: int) -> dict | None:
-    """Tune a hybrid's weights: on qrels/dev.tsv when the dataset has it (returns None: the test
-    queries are then searched with the tuned weights), else by k-fold CV over the evaluated
-    queries (returns the held-out run)."""
-    from lsr.io.readers import load_beir
-
-    if (dataset / "qrels" / "dev.tsv").is_file():
-        dev = load_beir(dataset, split="dev")
-        res = r.tune(dev.queries, dev.qrels, threads=threads, show_progress=True)
-        click.echo(f"tuned on {len(dev.queries)} dev queries: weights {res.weights} (dev {res.score:.4f})", err=True)
-        return None
-    cv = r.tune(ds.queries, ds.qrels, folds=folds, threads=threads, show_progress=True, k=k)
-    for i, w in enumerate(cv.fold_weights):
-        click.echo(f"fold {i + 1}: weights {w}  held-out {cv.heldout_scores[i]:.4f}", err=True)
-    click.echo(f"{folds}-fold cross-validated ndcg@10 {cv.score:.4f}; weights on all queries {r.weights}", err=True)
-    return cv.run
-
-
+# ------------------------------------------------------------------------------ fuse, report
 @main.command("fuse")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--norm", default="min-max", show_default=True,
               help="Normaliser: min-max, zmuv (z-score), l2, max, sum, tmm, rank, borda, none.")
-@click.option("--method", default="wsum", show_default=True,
+@click.option("--fusion", default="wsum", show_default=True,
               help="Fusion: wsum, sum, mnz, anz, gmnz, max, min, med, wmnz, mixed, rrf, wrrf, isr, log_isr, "
                    "logn_isr, rbc, bordafuse, w_bordafuse.")
-@click.option("--weights", default=None, callback=_parse_weights, help="One weight per run, comma-separated.")
+@click.option("--weights", default=None, callback=_parse_floats, help="One weight per run, comma-separated.")
 @click.option("--depth", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Candidates taken from each run.")
-@click.option("--k", "k", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Documents per query in the fused run.")
+@k_option(1000, "Documents per query in the fused run.")
 @click.option("--floor", type=click.Choice(["zero", "min"]), default="zero", show_default=True,
               help="Normalised score of a document missing from a run (zero: ranx's; min: the run's lowest).")
-@click.option("--lower-bounds", default=None, callback=_parse_weights,
+@click.option("--lower-bounds", default=None, callback=_parse_floats,
               help="tmm: each run's known lowest score, comma-separated (e.g. 0,0,-1).")
 @click.option("--rrf-k", type=click.FloatRange(min=0), default=60, show_default=True, help="RRF's k.")
-@click.option("--tune", "tune_qrels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Qrels to tune the weights on (instead of --weights); with --folds the run is cross-validated.")
+@click.option("--tune", is_flag=True, help="Tune the weights on --qrels (instead of --weights); with --folds "
+                                           "the run written is cross-validated.")
+@click.option("--qrels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="--tune: the relevance judgements to tune on.")
 @click.option("--folds", type=click.IntRange(min=0), default=5, show_default=True,
               help="--tune: k-fold CV over the queries (0: tune on all of them: only for dev qrels).")
 @click.option("--metric", default="ndcg@10", show_default=True, help="--tune: metric to maximise.")
 @click.option("--search", type=click.Choice(["grid", "coordinate"]), default="grid", show_default=True,
               help="--tune: simplex grid or coordinate ascent.")
-@click.option("--step", type=float, default=0.1, show_default=True, help="--tune: weight grid step.")
+@click.option("--step", type=click.FloatRange(min=0, min_open=True, max=1), default=0.1, show_default=True,
+              help="--tune: weight grid step.")
 @click.option("--selection", type=click.Choice(["1se", "best"]), default="1se", show_default=True,
               help="--tune: 1se = the most even weights within one standard error of the best mean "
                    "(Breiman's one-SE rule); best = the highest mean.")
 @click.option("--seed", type=int, default=0, show_default=True, help="--tune: fold shuffle seed.")
 @click.option("--tuning-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="--tune: also write the tuned weights and fold scores as JSON.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, allow_dash=True), default="-", show_default=True,
-              help="Fused TREC run ('-' for stdout).")
-@click.option("--tag", default=None, help="Run tag (default: <norm>-<method>).")
+@run_output_option
+@tag_option
 @_friendly_errors
-def fuse_cmd(runs: tuple[Path, ...], norm: str, method: str, weights: list[float] | None, depth: int, k: int,
-             floor: str, lower_bounds: list[float] | None, rrf_k: float, tune_qrels: Path | None, folds: int,
-             metric: str, search: str, step: float, selection: str, seed: int, tuning_json: Path | None,
-             output: str, tag: str | None) -> None:
+def fuse_cmd(runs: tuple[Path, ...], norm: str, fusion: str, weights: tuple[float, ...] | None, depth: int, k: int,
+             floor: str, lower_bounds: tuple[float, ...] | None, rrf_k: float, tune: bool, qrels: Path | None,
+             folds: int, metric: str, search: str, step: float, selection: str, seed: int,
+             tuning_json: Path | None, output: str, tag: str | None) -> None:
     """Fuse TREC run files RUN1 RUN2 ... into one run (normalise, then combine)."""
-    from lsr.io.readers import read_qrels
-    from lsr.io.runs import read_run, write_run
-    from lsr.fusion.combine import FUSIONS, RANK_BASED, canonical_fusion, fuse
+    from lsr.fusion.combine import canonical_fusion
     from lsr.fusion.normalize import canonical_normalizer
+    from lsr.fusion.tuning import fuse_runs
+    from lsr.io.readers import read_qrels
+    from lsr.io.runs import read_run
 
     try:
-        norm, method = canonical_normalizer(norm), canonical_fusion(method)
+        norm, fusion = canonical_normalizer(norm), canonical_fusion(fusion)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--norm/--method") from exc
+        raise click.BadParameter(str(exc), param_hint="--norm/--fusion") from exc
+    if tune != (qrels is not None):
+        raise click.UsageError("--tune and --qrels go together")
+    if tune and weights is not None:
+        raise click.UsageError("give --weights or --tune, not both")
     loaded = [read_run(p) for p in runs]
     for name, values in (("--weights", weights), ("--lower-bounds", lower_bounds)):
         if values is not None and len(values) != len(loaded):
             raise click.BadParameter(f"{len(values)} values for {len(loaded)} runs", param_hint=name)
-    if tune_qrels is not None and weights is not None:
-        raise click.UsageError("give --weights or --tune, not both")
-    params: dict[str, Any] = {"rrf_k": rrf_k} if method in ("rrf", "wrrf") else {}
-    norm_params = None if lower_bounds is None else [{"lower_bound": b} for b in lower_bounds]
-    common = dict(norm=norm, method=method, depth=depth, floor=floor, norm_params=norm_params, **params)
-    tag = tag or f"{norm}-{method}"
-    if tune_qrels is None:
-        try:
-            fused = fuse(loaded, weights=weights, k=k, **common)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc)) from exc
-    else:
-        from lsr.fusion.tuning import WEIGHTABLE, cross_validate, tune_weights
-
-        if method not in WEIGHTABLE:
-            raise click.BadParameter(f"{method!r} has no weights to tune", param_hint="--method")
-        qrels = read_qrels(tune_qrels)
-        kw = dict(metric=metric, search=search, step=step, selection=selection, **common)
-        if folds >= 2:
-            cv = cross_validate(loaded, qrels, folds=folds, k=k, seed=seed, **kw)
-            fused = cv.run
-            for i, (w, h, t) in enumerate(zip(cv.fold_weights, cv.heldout_scores, cv.fold_tuning)):
-                extra = "" if selection == "best" else f"  (best {t.best_weights}, {t.candidates} within 1 SE)"
-                click.echo(f"fold {i + 1}: weights {w}  held-out {metric} {h:.4f}{extra}", err=True)
-            click.echo(f"{folds}-fold cross-validated {metric}: {cv.score:.4f}", err=True)
-            report = {"folds": folds, "seed": seed, "fold_weights": cv.fold_weights,
-                      "fold_queries": cv.fold_queries, "train_scores": cv.train_scores,
-                      "heldout_scores": cv.heldout_scores, "cv_score": cv.score,
-                      "fold_best_weights": [t.best_weights for t in cv.fold_tuning],
-                      "fold_best_train_scores": [t.best_score for t in cv.fold_tuning],
-                      "fold_se": [t.se for t in cv.fold_tuning]}
-        else:
-            res = tune_weights(loaded, qrels, **kw)
-            fused = fuse(loaded, weights=res.weights, k=k, **common)
-            click.echo(f"tuned weights {res.weights}: {metric} {res.score:.4f} on the tuning queries", err=True)
-            report = {"weights": res.weights, "score": res.score, "best_weights": res.best_weights,
-                      "best_score": res.best_score, "se": res.se}
-        if tuning_json is not None:
-            tuning_json.write_text(json.dumps({"runs": [str(p) for p in runs], "norm": norm, "method": method,
-                                               "metric": metric, "search": search, "step": step,
-                                               "selection": selection, **report},
-                                              indent=2) + "\n")
-    if output == "-":
-        write_run(fused, sys.stdout, tag=tag)
-    else:
-        write_run(fused, output, tag=tag)
-        click.echo(f"wrote {sum(map(len, fused.values()))} results for {len(fused)} queries to {output}", err=True)
+    try:
+        fused, notes, report = fuse_runs(
+            loaded, norm=norm, method=fusion, weights=weights, depth=depth, k=k, floor=floor,
+            lower_bounds=lower_bounds, rrf_k=rrf_k, qrels=read_qrels(qrels) if qrels else None, folds=folds,
+            metric=metric, search=search, step=step, selection=selection, seed=seed)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    for note in notes:
+        click.echo(note, err=True)
+    if tuning_json is not None and report is not None:
+        tuning_json.write_text(json.dumps({"runs": [str(p) for p in runs], "norm": norm, "fusion": fusion,
+                                           "metric": metric, "search": search, "step": step,
+                                           "selection": selection, **report}, indent=2) + "\n")
+    _write_run(fused, output, tag or f"{norm}-{fusion}")
 
 
 @main.command("report")

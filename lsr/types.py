@@ -14,11 +14,11 @@ the vocabulary the term ids refer to.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["SparseBatch", "MultiVectors", "SearchResults"]
+__all__ = ["SparseBatch", "MultiVectors", "SearchResults", "DocIds"]
 
 
 @dataclass(frozen=True)
@@ -243,32 +243,140 @@ class MultiVectors:
         return MultiVectors.from_list([self[int(i)] for i in positions], dtype=self.vectors.dtype, dim=self.dim)
 
 
+class DocIds:
+    """External document ids by position, where a negative position (padding) reads as ``None``.
+
+    ``numpy`` would map position ``-1`` to the last document; here it cannot be read as one.
+
+    >>> d = DocIds(["a", "b"])
+    >>> d[np.array([1, -1])].tolist(), d[0], len(d)
+    (['b', None], 'a', 2)
+    """
+
+    __slots__ = ("_ids", "_n")
+
+    def __init__(self, ids: Sequence[str] | np.ndarray | "DocIds") -> None:
+        if isinstance(ids, DocIds):
+            self._ids, self._n = ids._ids, ids._n
+            return
+        self._ids = np.asarray(ids, dtype=object).reshape(-1)
+        self._n = int(self._ids.size)
+
+    @classmethod
+    def positions(cls, n: int) -> "DocIds":
+        """Ids that are the positions themselves (``"0"``, ``"1"``, ...), made only when read."""
+        d = cls.__new__(cls)
+        d._ids, d._n = None, int(n)
+        return d
+
+    def _array(self) -> np.ndarray:
+        if self._ids is None:
+            self._ids = np.array([str(i) for i in range(self._n)], dtype=object)
+        return self._ids
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self):
+        return iter(self._array())
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return self._array() if dtype is None else self._array().astype(dtype)
+
+    def __eq__(self, other: object) -> Any:
+        return self._array() == np.asarray(other, dtype=object)
+
+    def __repr__(self) -> str:
+        return f"DocIds({self._array().tolist()!r})" if len(self) <= 6 else f"DocIds(<{len(self)} ids>)"
+
+    def __getitem__(self, key: Any) -> Any:
+        ids = self._array()
+        if isinstance(key, slice):
+            return ids[key]
+        if isinstance(key, (int, np.integer)):
+            if key < 0:
+                raise IndexError(f"position {int(key)} is padding, not a document")
+            return ids[key]
+        pos = np.asarray(key)
+        if pos.dtype == bool:
+            return ids[pos]
+        if pos.size and not np.issubdtype(pos.dtype, np.integer):
+            raise TypeError(f"document positions must be integers, got dtype {pos.dtype}")
+        pos = pos.astype(np.int64, copy=False)
+        out = np.empty(pos.shape, dtype=object)
+        valid = pos >= 0
+        out[valid] = ids[pos[valid]]
+        out[~valid] = None
+        return out
+
+    def tolist(self) -> list[str]:
+        return self._array().tolist()
+
+
 @dataclass
 class SearchResults:
-    """Top-k results of a batch of queries.
+    """Top-k results of a batch of queries: what every index and retriever in lsr returns.
 
     Attributes:
         ids: ``int64`` document positions, shape ``(nq, k)``, ``-1`` where fewer than k matched.
         scores: ``float32`` scores, shape ``(nq, k)``, best first.
-        doc_ids: external document ids indexed by position (``doc_ids[ids[i, j]]``).
+        doc_ids: external document ids by position (:class:`DocIds`: ``doc_ids[ids]`` gives
+            ``None`` for padding, never a document).
+
+    Unpacks like FAISS's pair: ``ids, scores = index.search(queries, k)``.
+
+    >>> r = SearchResults(np.array([[1, -1]]), np.array([[2.0, 0.0]], np.float32), ["a", "b"])
+    >>> r.hits(0), r.external_ids().tolist()
+    ([('b', 2.0)], [['b', None]])
     """
 
     ids: np.ndarray
     scores: np.ndarray
-    doc_ids: np.ndarray
+    doc_ids: DocIds
+
+    def __post_init__(self) -> None:
+        self.ids = np.asarray(self.ids)
+        self.scores = np.asarray(self.scores)
+        if self.ids.ndim != 2 or self.ids.shape != self.scores.shape:
+            raise ValueError(f"ids {self.ids.shape} and scores {self.scores.shape} must be equal (nq, k) arrays")
+        if not isinstance(self.doc_ids, DocIds):
+            self.doc_ids = DocIds(self.doc_ids)
+
+    @classmethod
+    def empty(cls, k: int, doc_ids: Sequence[str] | np.ndarray | DocIds) -> "SearchResults":
+        """Results for no queries."""
+        return cls(np.empty((0, k), np.int64), np.empty((0, k), np.float32), doc_ids)
+
+    @classmethod
+    def concat(cls, parts: Sequence["SearchResults"], k: int, doc_ids: Any) -> "SearchResults":
+        """Stack the results of consecutive query batches (all over ``doc_ids``)."""
+        if not parts:
+            return cls.empty(k, doc_ids)
+        return cls(np.concatenate([p.ids for p in parts]), np.concatenate([p.scores for p in parts]), doc_ids)
+
+    def __iter__(self):
+        yield self.ids
+        yield self.scores
 
     def __len__(self) -> int:
         return self.ids.shape[0]
 
+    @property
+    def k(self) -> int:
+        return int(self.ids.shape[1])
+
+    def external_ids(self) -> np.ndarray:
+        """``(nq, k)`` object array of external ids, ``None`` for padding."""
+        return self.doc_ids[self.ids]
+
     def hits(self, i: int) -> list[tuple[str, float]]:
         """Query ``i``'s results as ``(doc_id, score)`` pairs, padding dropped."""
         keep = self.ids[i] >= 0
-        return [(str(self.doc_ids[d]), float(s)) for d, s in zip(self.ids[i][keep], self.scores[i][keep])]
+        ids = self.doc_ids[self.ids[i][keep]]
+        return [(str(d), float(s)) for d, s in zip(ids, self.scores[i][keep])]
 
     def to_run(self, query_ids: Sequence[str]) -> dict[str, dict[str, float]]:
         """A run ``{qid: {doc_id: score}}`` for :func:`lsr.evaluate` and :func:`lsr.write_run`."""
         if len(query_ids) != len(self):
             raise ValueError(f"{len(query_ids)} query ids for {len(self)} result rows")
         return {str(q): dict(self.hits(i)) for i, q in enumerate(query_ids)}
-
-

@@ -62,9 +62,21 @@ def main() -> int:
         data = args.data_root / dataset
         if not (data / "corpus.jsonl").is_file():
             ap.error(f"no BEIR dataset at {data}")
-        for c in conditions:
-            if wanted is not None and c["name"] not in wanted:
+        chosen = [c for c in conditions if wanted is None or c["name"] in wanted]
+        # shared encodings: each model's corpus is encoded once and reused by every condition
+        for step in matrix.get("prepare", []):
+            if not any(c.get("uses") and step["name"] in c["uses"] for c in chosen):
                 continue
+            out = args.output / dataset / step["name"]
+            if (out / "progress.json").is_file() and json.loads((out / "progress.json").read_text()).get("complete"):
+                continue
+            cmd = step["command"].format(lsr=lsr, dataset=data, output=out, models=args.models,
+                                         runs=args.output / dataset)
+            print(f"\n$ {cmd}", file=sys.stderr, flush=True)
+            if subprocess.run(shlex.split(cmd), cwd=REPO).returncode != 0:
+                print(f"prepare step {step['name']} failed", file=sys.stderr)
+                return 1
+        for c in chosen:
             out = args.output / dataset / c["name"]
             cmd = c["command"].format(lsr=lsr, dataset=data, output=out, models=args.models, runs=args.output / dataset)
             t = time.perf_counter()

@@ -52,13 +52,14 @@ def test_approximate_types_recall(data, kind, floor):
     assert recall >= floor, (kind, recall)
 
 
-def test_padding_when_k_exceeds_corpus():
+def test_k_beyond_the_corpus_is_capped():
     x = np.eye(3, dtype=np.float32)
-    ids, scores = DenseIndex.build(x, doc_ids=["a", "b", "c"]).search(np.array([[0, 1, 0.5]], np.float32), k=5)
-    assert ids.tolist() == [[1, 2, 0, -1, -1]]
-    assert scores.tolist() == [[1.0, 0.5, 0.0, 0.0, 0.0]]
+    res = DenseIndex.build(x, doc_ids=["a", "b", "c"]).search(np.array([[0, 1, 0.5]], np.float32), k=10**9)
+    assert res.ids.tolist() == [[1, 2, 0]]
+    assert res.scores.tolist() == [[1.0, 0.5, 0.0]]
+    assert res.external_ids().tolist() == [["b", "c", "a"]]
     empty = DenseIndex.build(np.zeros((0, 3), np.float32))
-    assert empty.search(np.ones((2, 3), np.float32), k=2)[0].tolist() == [[-1, -1], [-1, -1]]
+    assert empty.search(np.ones((2, 3), np.float32), k=2).ids.shape == (2, 0)
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
@@ -69,7 +70,7 @@ def test_save_load_roundtrip(data, tmp_path, kind):
     again = DenseIndex.load(tmp_path / "idx")
     assert (again.index_type, again.params, len(again), again.dim) == (kind, idx.params, len(x), 48)
     a, b = idx.search(q, 10), again.search(q, 10)
-    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a.ids, b.ids)
     np.testing.assert_array_equal(again.doc_ids, idx.doc_ids)
 
 
@@ -114,4 +115,4 @@ def test_gpu_matches_cpu(data):
     cpu = DenseIndex.build(x, use_gpu=False)
     gpu = DenseIndex.build(x, use_gpu=True)
     assert gpu.on_gpu and not cpu.on_gpu
-    np.testing.assert_allclose(gpu.search(q, 10)[1], cpu.search(q, 10)[1], atol=1e-4)
+    np.testing.assert_allclose(gpu.search(q, 10).scores, cpu.search(q, 10).scores, atol=1e-4)

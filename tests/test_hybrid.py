@@ -146,7 +146,7 @@ def _runs_on_disk(tmp_path: Path, synthetic):
 def test_cli_fuse_matches_library(tmp_path, synthetic):
     paths, _ = _runs_on_disk(tmp_path, synthetic)
     out = tmp_path / "fused.trec"
-    res = CliRunner().invoke(main, ["fuse", *map(str, paths), "--norm", "min-max", "--method", "wsum",
+    res = CliRunner().invoke(main, ["fuse", *map(str, paths), "--norm", "min-max", "--fusion", "wsum",
                                     "--weights", "0.6,0.4", "--depth", "10", "--k", "10", "-o", str(out)])
     assert res.exit_code == 0, res.output
     ref = fuse([read_run(p) for p in paths], norm="min-max", method="wsum", weights=[0.6, 0.4], depth=10, k=10)
@@ -159,7 +159,7 @@ def test_cli_fuse_matches_library(tmp_path, synthetic):
 def test_cli_fuse_tune_writes_cross_validated_run(tmp_path, synthetic):
     paths, qrels = _runs_on_disk(tmp_path, synthetic)
     out, js = tmp_path / "cv.trec", tmp_path / "cv.json"
-    res = CliRunner().invoke(main, ["fuse", *map(str, paths), "--tune", str(qrels), "--folds", "4", "--step", "0.25",
+    res = CliRunner().invoke(main, ["fuse", *map(str, paths), "--tune", "--qrels", str(qrels), "--folds", "4", "--step", "0.25",
                                     "-o", str(out), "--tuning-json", str(js)])
     assert res.exit_code == 0, res.output
     report = json.loads(js.read_text())
@@ -219,7 +219,7 @@ def test_cli_eval_hybrid_tune(tmp_path, synthetic, dev):
     out, saved = tmp_path / "out", tmp_path / "saved"
     res = CliRunner().invoke(main, ["eval", str(data), "-r", "hybrid", "--components", "bm25,bm25",
                                     "--norm", "z-score", "--fusion", "wsum", "--tune", "--folds", "2",
-                                    "--depth", "10", "-o", str(out), "--save-index", str(saved)])
+                                    "-k", "10", "--depth", "10", "-o", str(out), "--save-index", str(saved)])
     assert res.exit_code == 0, res.output
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["hybrid"]["norm"] == "zmuv" and cfg["hybrid"]["weights"] is not None

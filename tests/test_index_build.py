@@ -52,7 +52,7 @@ def test_build_matches_from_csr(tmp_path, quantize, forward):
     q = random_docs(rng, 20, 300, 5)
     for mode in ("exact", "approximate"):
         a, b = loaded.search(q, k=10, mode=mode), InvertedIndex.load(tmp_path / "ref").search(q, k=10, mode=mode)
-        assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
+        assert (a.ids == b.ids).all() and (a.scores == b.scores).all()
     assert sorted(p.name for p in (tmp_path / "ix").iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
 
 

@@ -25,7 +25,7 @@ def brute_force(docs: sp.csr_matrix, queries: sp.csr_matrix, k: int):
 
 def assert_same_topk(index, docs, queries, k, threads=1, atol=1e-5):
     ids, scores = index.search(queries, k=k, threads=threads)
-    assert ids.shape == scores.shape == (queries.shape[0], k)
+    assert ids.shape == scores.shape == (queries.shape[0], min(k, docs.shape[0]))  # k capped at the corpus
     assert ids.dtype == np.int64 and scores.dtype == np.float32
     ref = brute_force(docs, queries, k)
     full = (queries.astype(np.float64) @ docs.astype(np.float64).T).toarray()
@@ -104,7 +104,7 @@ def test_query_terms_outside_vocabulary_match_nothing():
     index = InvertedIndex.from_csr(docs)
     q = sp.csr_matrix(np.array([[0.0, 1.0, 0.0, 5.0]], dtype=np.float32))  # query vocab is larger
     ids, scores = index.search(q, k=3)
-    assert ids[0].tolist() == [0, -1, -1] and scores[0, 0] == pytest.approx(2.0)
+    assert ids[0].tolist() == [0] and scores[0, 0] == pytest.approx(2.0)  # k capped at 1 document
 
 
 def test_duplicate_term_ids_are_summed():
@@ -122,9 +122,12 @@ def test_duplicate_term_ids_are_summed():
 def test_one_document_corpus():
     docs = sp.csr_matrix(np.array([[0.0, 1.5, 0.0]], dtype=np.float32))
     index = InvertedIndex.from_csr(docs, doc_ids=["only"])
-    ids, scores = index.search(docs, k=4)
-    assert ids[0].tolist() == [0, -1, -1, -1]
-    assert index.doc_ids[0] == "only"
+    res = index.search(docs, k=4)
+    ids, scores = res
+    assert ids[0].tolist() == [0]  # k capped at the corpus
+    assert index.doc_ids[0] == "only" and res.external_ids().tolist() == [["only"]]
+    nothing = index.search(sp.csr_matrix(np.array([[1.0, 0.0, 0.0]], dtype=np.float32)), k=4)
+    assert nothing.ids.tolist() == [[-1]] and nothing.external_ids().tolist() == [[None]]  # padding is no document
     assert scores[0, 0] == pytest.approx(2.25)
 
 
@@ -159,7 +162,7 @@ def test_concurrent_python_threads_get_identical_results():
     [t.start() for t in ts]
     [t.join() for t in ts]
     for ids, scores in results:
-        assert (ids == expected[0]).all() and (scores == expected[1]).all()
+        assert (ids == expected.ids).all() and (scores == expected.scores).all()
 
 
 # ------------------------------------------------------------------ persistence
@@ -179,7 +182,7 @@ def test_save_load_roundtrip_mmap(built):
     loaded = InvertedIndex.load(path)
     assert isinstance(loaded.postings.words, np.memmap)
     a, b = index.search(queries, k=20), loaded.search(queries, k=20)
-    assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
+    assert (a.ids == b.ids).all() and (a.scores == b.scores).all()
     assert list(loaded.doc_ids) == list(index.doc_ids)
     assert loaded.metadata == {"note": "x"}
     manifest = json.loads((path / "manifest.json").read_text())
@@ -291,7 +294,7 @@ def test_interrupted_save_keeps_previous_index(built, monkeypatch):
     assert before == after
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".idx")], "temporary directory left behind"
     loaded = InvertedIndex.load(path)
-    assert (loaded.search(queries, k=5)[0] == index.search(queries, k=5)[0]).all()
+    assert (loaded.search(queries, k=5).ids == index.search(queries, k=5).ids).all()
 
 
 def test_save_refuses_to_overwrite_foreign_directory(tmp_path):
@@ -336,7 +339,7 @@ def test_version_2_directories_are_read(tmp_path, quantize):
     assert loaded.has_forward and loaded.quantization == index.quantization
     for mode in ("exact", "approximate"):
         a, b = index.search(queries, k=10, mode=mode), loaded.search(queries, k=10, mode=mode)
-        assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
+        assert (a.ids == b.ids).all() and (a.scores == b.scores).all()
 
 
 @pytest.mark.parametrize("damage", ["indptr", "terms", "order"])

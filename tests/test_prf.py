@@ -111,23 +111,23 @@ def test_interpolation_modes():
     first, calls, seen = _fake_components()
     none, _ = prf_interpolation(first, calls, "none", kw)
     ref = fuse_arrays([f[0] for f in first], [f[1] for f in first], **kw)
-    assert np.array_equal(none[0], ref[0]) and not seen
+    assert np.array_equal(none[0], ref.ids) and not seen
 
     first, calls, seen = _fake_components()
     after, runs = prf_interpolation(first, calls, "after", kw, fb_docs=2)
     assert seen == {0: [[3, 1]], 1: [[5, 2]]}                   # each on its own ranking
-    assert np.array_equal(after[0], fuse_arrays([r[0] for r in runs], [r[1] for r in runs], **kw)[0])
+    assert np.array_equal(after[0], fuse_arrays([r[0] for r in runs], [r[1] for r in runs], **kw).ids)
 
     first, calls, seen = _fake_components()
     before, runs = prf_interpolation(first, calls, "before", kw, fb_docs=2, target=1)
-    hybrid_top = ref[0][0, :2].tolist()
+    hybrid_top = ref.ids[0, :2].tolist()
     assert seen == {0: [hybrid_top], 1: [hybrid_top]}           # feedback from the fused ranking
     assert np.array_equal(before[0], runs[1][0])                # no second interpolation
 
     first, calls, seen = _fake_components()
     both, runs = prf_interpolation(first, calls, "both", kw, fb_docs=2)
     assert seen == {0: [hybrid_top], 1: [hybrid_top]}
-    assert np.array_equal(both[0], fuse_arrays([r[0] for r in runs], [r[1] for r in runs], **kw)[0])
+    assert np.array_equal(both[0], fuse_arrays([r[0] for r in runs], [r[1] for r in runs], **kw).ids)
     with pytest.raises(ValueError, match="prf mode"):
         prf_interpolation(first, calls, "sideways", kw)
 

@@ -65,9 +65,9 @@ def test_maxsim_search_and_rerank_match_loop_reference(dtype):
     d, q = MultiVectors.from_list(docs, dtype=dtype), MultiVectors.from_list(queries)
     ref = loop_maxsim(queries, docs)
     np.testing.assert_allclose(maxsim_scores(q, d), ref, rtol=1e-4, atol=1e-4)
-    for k in (1, 6, 43, 80):  # 43 non-empty documents; 80 pads
+    for k in (1, 6, 43, 80):  # 43 non-empty documents of 45; k capped at 45, then padded
         ids, scores = maxsim_search(q, d, k=k)
-        assert ids.shape == scores.shape == (9, k) and ids.dtype == np.int64 and scores.dtype == np.float32
+        assert ids.shape == scores.shape == (9, min(k, 45)) and ids.dtype == np.int64 and scores.dtype == np.float32
         for i in range(9):
             want = ranked(ref[i], range(45), k)
             assert ids[i, :len(want)].tolist() == want, (k, i)
@@ -267,8 +267,8 @@ def test_empty_query_lists_and_empty_corpus():
         assert ids.shape == scores.shape == (0, 4)
     q = MultiVectors.from_list([np.ones((2, 8), np.float32)])
     empty = FDEIndex.build(MultiVectors.from_list([], dim=8), FDEConfig(dim=8, k_sim=2, d_proj=4, reps=2))
-    assert empty.search(q, k=3)[0].tolist() == [[-1, -1, -1]]
-    assert maxsim_search(q, none, k=2)[0].tolist() == [[-1, -1]]
+    assert empty.search(q, k=3).ids.shape == (1, 0)  # k capped at the empty corpus
+    assert maxsim_search(q, none, k=2).ids.shape == (1, 0)
 
 
 def test_rerank_refuses_candidates_below_minus_one():
@@ -476,14 +476,14 @@ def test_dense_round_trip_ids_threads_and_padding(tmp_path, kind):
             assert again.doc_ids.tolist() == ids and again.params == index.params
             for threads in (1, 2):
                 after = again.search(q, k=10, threads=threads)
-                np.testing.assert_array_equal(after[0], before[0])
-                np.testing.assert_array_equal(after[1], before[1])
+                np.testing.assert_array_equal(after.ids, before.ids)
+                np.testing.assert_array_equal(after.scores, before.scores)
     if kind == "flat":
         s = q @ x.T
-        np.testing.assert_allclose(before[1], -np.sort(-s, axis=1)[:, :10], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(before.scores, -np.sort(-s, axis=1)[:, :10], rtol=1e-5, atol=1e-5)
     small = DenseIndex.build(x[:40], doc_ids=ids[:40], index_type=kind)
-    got, scores = small.search(q, k=64)  # k beyond the 40 vectors: padded with -1 / 0
-    assert got.shape == (20, 64) and np.all(got[:, 40:] == -1) and np.all(scores[:, 40:] == 0)
+    got, scores = small.search(q, k=64)  # k beyond the 40 vectors: capped at 40, not allocated
+    assert got.shape == (20, 40) and (kind != "flat" or np.all(got >= 0))
     assert all(sorted(row[:40].tolist()) == list(range(40)) for row in got)
 
 
@@ -570,10 +570,10 @@ def test_retrievers_on_an_empty_corpus_and_no_queries(st_model, tmp_path):
     for name, extra in (("dense", {}), ("maxsim", {}), ("muvera", dict(fde_reps=2, fde_k_sim=2, fde_d_proj=8))):
         r = retriever_class(name).from_options(**opts, **extra)
         r.index([], [])
-        assert r.search(["heart disease"], k=3).ids.tolist() == [[-1, -1, -1]]
-        assert r.search([], k=3).ids.shape == (0, 3)
+        assert r.search(["heart disease"], k=3).ids.shape == (1, 0)  # k capped at the empty corpus
+        assert r.search([], k=3).ids.shape == (0, 0)
         r.save(tmp_path / name)
-        assert load_retriever(tmp_path / name).search(["heart"], k=2).ids.tolist() == [[-1, -1]]
+        assert load_retriever(tmp_path / name).search(["heart"], k=2).ids.shape == (1, 0)
     mv = retriever_class("maxsim").from_options(**opts).encoder
     assert len(mv.encode_documents([])) == 0 and len(mv.encode_queries([])) == 0
 
@@ -644,7 +644,7 @@ def test_fde_index_checks_candidates_and_doc_ids():
             index.search(queries, k=2, candidates=bad)
     # every document as a candidate = the exact top-k
     ids, _ = index.search(queries, k=3, candidates=12)
-    np.testing.assert_array_equal(ids, maxsim_search(queries, index.docs, k=3)[0])
+    np.testing.assert_array_equal(ids, maxsim_search(queries, index.docs, k=3).ids)
     with pytest.raises(ValueError, match="doc_ids"):
         FDEIndex(index.encoder, index.dense, index.docs, doc_ids=["a", "b"])
     with pytest.raises(ValueError, match="candidates"):

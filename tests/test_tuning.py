@@ -202,7 +202,7 @@ def test_cli_fuse_selection_option(tmp_path):
         f.writelines(f"{q}\t{d}\t{g}\n" for q, rel in qrels.items() for d, g in rel.items())
     for selection in ("best", "1se"):
         js = tmp_path / f"{selection}.json"
-        res = CliRunner().invoke(main, ["fuse", *paths, "--tune", str(tmp_path / "qrels.tsv"), "--folds", "3",
+        res = CliRunner().invoke(main, ["fuse", *paths, "--tune", "--qrels", str(tmp_path / "qrels.tsv"), "--folds", "3",
                                         "--step", "0.25", "--selection", selection, "--tuning-json", str(js),
                                         "-o", str(tmp_path / "cv.trec")])
         assert res.exit_code == 0, res.output
@@ -210,5 +210,5 @@ def test_cli_fuse_selection_option(tmp_path):
         cv = cross_validate(runs, qrels, folds=3, step=0.25, depth=1000, k=1000, selection=selection)
         assert report["selection"] == selection and report["fold_weights"] == cv.fold_weights
         assert report["fold_best_weights"] == [t.best_weights for t in cv.fold_tuning]
-    bad = CliRunner().invoke(main, ["fuse", *paths, "--tune", str(tmp_path / "qrels.tsv"), "--selection", "x"])
+    bad = CliRunner().invoke(main, ["fuse", *paths, "--tune", "--qrels", str(tmp_path / "qrels.tsv"), "--selection", "x"])
     assert bad.exit_code != 0 and "--selection" in bad.output

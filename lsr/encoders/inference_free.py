@@ -82,6 +82,19 @@ def _resolve_idf(source: str, idf: str | os.PathLike | None) -> Path:
                          "pass the query IDF table with --idf FILE") from exc
 
 
+def tokenizer_limit(source: str | os.PathLike) -> int:
+    """The tokenizer's ``model_max_length`` (tokenizer_config.json), or no limit (2**20) when it
+    declares none (transformers writes 1e30 for "unset")."""
+    path = Path(source) / "tokenizer_config.json"
+    try:
+        value = json.loads(path.read_text()).get("model_max_length")
+    except (OSError, ValueError, AttributeError):
+        value = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 3 <= value < 1 << 20:
+        return int(value)
+    return 1 << 20
+
+
 class InferenceFreeEncoder(SpladeEncoder):
     """SPLADE document encoder + IDF-weighted tokenizer queries (no model at query time).
 
@@ -93,8 +106,11 @@ class InferenceFreeEncoder(SpladeEncoder):
 
     name = "inference-free"
 
-    def __init__(self, model: str | os.PathLike, idf: str | os.PathLike | None = None, **kwargs: Any) -> None:
-        super().__init__(model, **kwargs)
+    def __init__(self, model: str | os.PathLike, idf: str | os.PathLike | None = None,
+                 query_max_length: int | None = None, **kwargs: Any) -> None:
+        # a query goes through no model, so it is cut only at the tokenizer's own limit by default
+        super().__init__(model, query_max_length=query_max_length or 3, **kwargs)
+        self.query_max_length = int(query_max_length or tokenizer_limit(self._source))
         self.idf_path = _resolve_idf(self._source, idf).resolve()
         self.idf = read_idf(self.idf_path, self.vocab)
         self.idf[self.special_ids] = 0.0

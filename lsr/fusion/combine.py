@@ -42,6 +42,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from lsr.types import DocIds, SearchResults
+
 from lsr.fusion.normalize import canonical_normalizer, normalize
 
 logger = logging.getLogger(__name__)
@@ -316,14 +318,20 @@ def fuse_arrays(ids: Sequence[np.ndarray], scores: Sequence[np.ndarray], norm: s
                 method: str = "wsum", weights: Sequence[float] | None = None, depth: int | None = None,
                 k: int | None = None, floor: str = "zero",
                 norm_params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
-                **params: Any) -> tuple[np.ndarray, np.ndarray]:
+                doc_ids: Sequence[str] | np.ndarray | DocIds | None = None, **params: Any) -> SearchResults:
     """Fuse runs given as ``(nq, K_r)`` id/score arrays (ids: non-negative ints, -1 = padding).
 
     Ids must be comparable across runs and ordered like the external ids when ties should break
-    as trec_eval does. Returns ``(ids, scores)`` of shape ``(nq, k)``, ``k`` defaulting to the
-    largest candidate pool. ``params`` go to the method (``rrf_k``, ``gamma``, ``phi``, ``sigma``)."""
+    as trec_eval does. Returns :class:`~lsr.types.SearchResults` of shape ``(nq, k)``, ``k``
+    defaulting to the largest candidate pool, over ``doc_ids`` (the external id of each integer
+    id; default: the ids themselves). ``params`` go to the method (``rrf_k``, ``gamma``, ``phi``,
+    ``sigma``)."""
     c = prepare(ids, scores, norm=norm, depth=depth, floor=floor, norm_params=norm_params)
-    return combine(c, method, weights, k=k, **params)
+    out_ids, out_scores = combine(c, method, weights, k=k, **params)
+    if doc_ids is None:
+        top = max([int(np.max(i)) for i in ids if np.size(i)] + [-1])
+        doc_ids = DocIds.positions(top + 1)
+    return SearchResults(out_ids, out_scores, doc_ids)
 
 
 # ------------------------------------------------------------------------------ dict runs

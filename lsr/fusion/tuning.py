@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from lsr.fusion.combine import WEIGHTED, Candidates, arrays_to_run, canonical_fusion, combine, prepare, runs_to_arrays
+from lsr.fusion.combine import WEIGHTED, Candidates, arrays_to_run, canonical_fusion, combine, fuse, prepare, runs_to_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -286,3 +286,44 @@ def cross_validate(runs: Sequence[Mapping[str, Mapping[str, float]]], qrels: Map
     judged = per_q[~np.isnan(per_q)]
     return CrossValidation(run, fold_w, parts, train_s, held_s, float(judged.mean()) if judged.size else 0.0,
                            selection, tunings)
+
+
+def fuse_runs(runs: Sequence[Mapping[str, Mapping[str, float]]], norm: str = "min-max", method: str = "wsum",
+              weights: Sequence[float] | None = None, depth: int = 1000, k: int = 1000, floor: str = "zero",
+              lower_bounds: Sequence[float] | None = None, rrf_k: float = 60,
+              qrels: Mapping[str, Mapping[str, int]] | None = None, folds: int = 5, metric: str = "ndcg@10",
+              search: str = "grid", step: float = 0.1, selection: str = "1se",
+              seed: int = 0) -> tuple[dict[str, dict[str, float]], list[str], dict[str, Any] | None]:
+    """Fuse runs with given weights, or with weights tuned on ``qrels`` (what ``lsr fuse`` does).
+
+    With ``qrels`` and ``folds >= 2`` the fused run is cross-validated (each fold's queries fused
+    with weights tuned on the other folds); ``folds`` 0 or 1 tunes on every query (only right for
+    dev qrels). Returns ``(fused run, report lines, tuning report or None)``.
+    """
+    params: dict[str, Any] = {"rrf_k": rrf_k} if method in ("rrf", "wrrf") else {}
+    norm_params = None if lower_bounds is None else [{"lower_bound": b} for b in lower_bounds]
+    common = dict(norm=norm, method=method, depth=depth, floor=floor, norm_params=norm_params, **params)
+    if qrels is None:
+        return fuse(runs, weights=weights, k=k, **common), [], None
+    if method not in WEIGHTABLE:
+        raise ValueError(f"{method!r} has no weights to tune")
+    kw = dict(metric=metric, search=search, step=step, selection=selection, **common)
+    notes: list[str] = []
+    if folds >= 2:
+        cv = cross_validate(runs, qrels, folds=folds, k=k, seed=seed, **kw)
+        for i, (w, h, t) in enumerate(zip(cv.fold_weights, cv.heldout_scores, cv.fold_tuning)):
+            extra = "" if selection == "best" else f"  (best {t.best_weights}, {t.candidates} within 1 SE)"
+            notes.append(f"fold {i + 1}: weights {w}  held-out {metric} {h:.4f}{extra}")
+        notes.append(f"{folds}-fold cross-validated {metric}: {cv.score:.4f}")
+        report = {"folds": folds, "seed": seed, "fold_weights": cv.fold_weights,
+                  "fold_queries": cv.fold_queries, "train_scores": cv.train_scores,
+                  "heldout_scores": cv.heldout_scores, "cv_score": cv.score,
+                  "fold_best_weights": [t.best_weights for t in cv.fold_tuning],
+                  "fold_best_train_scores": [t.best_score for t in cv.fold_tuning],
+                  "fold_se": [t.se for t in cv.fold_tuning]}
+        return cv.run, notes, report
+    res = tune_weights(runs, qrels, **kw)
+    notes.append(f"tuned weights {res.weights}: {metric} {res.score:.4f} on the tuning queries")
+    report = {"weights": res.weights, "score": res.score, "best_weights": res.best_weights,
+              "best_score": res.best_score, "se": res.se}
+    return fuse(runs, weights=res.weights, k=k, **common), notes, report

@@ -36,6 +36,7 @@ from lsr.io.manifest import (
     save_ids,
     write_manifest,
 )
+from lsr.types import SearchResults
 
 logger = logging.getLogger(__name__)
 
@@ -232,9 +233,9 @@ class DenseIndex:
             return np.zeros((0, self.dim), np.float32)
         return np.stack([self._cpu.reconstruct(int(i)) for i in positions])
 
-    def search(self, queries: np.ndarray, k: int = 10, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` by inner product: ``int64`` positions and ``float32`` scores ``(nq, k)``,
-        best first, padded with ``-1`` / ``0.0`` when the index has fewer than ``k`` vectors."""
+    def search(self, queries: np.ndarray, k: int = 10, threads: int = 1) -> SearchResults:
+        """Top-``k`` by inner product: :class:`~lsr.types.SearchResults` of shape ``(nq, min(k, n))``,
+        best first, padded with ``-1`` / ``0.0`` where an approximate index finds fewer."""
         faiss = import_faiss()
         k = positive_int(k, "k")
         threads = positive_int(threads, "threads")
@@ -244,11 +245,11 @@ class DenseIndex:
         if not np.isfinite(q).all():
             raise ValueError("queries must be finite (found NaN or inf)")
         nq = q.shape[0]
+        k = kk = min(k, len(self))  # k beyond the corpus is capped, not allocated
         ids = np.full((nq, k), -1, dtype=np.int64)
         scores = np.zeros((nq, k), dtype=np.float32)
-        kk = min(k, len(self))
         if nq == 0 or kk == 0:
-            return ids, scores
+            return SearchResults(ids, scores, self.doc_ids)
         if self.on_gpu:
             kk = min(kk, 2048)  # FAISS GPU limit on k
         with _THREADS_LOCK:
@@ -261,7 +262,7 @@ class DenseIndex:
         valid = i >= 0
         ids[:, :kk] = np.where(valid, i, -1)
         scores[:, :kk] = np.where(valid, d, 0.0)
-        return ids, scores
+        return SearchResults(ids, scores, self.doc_ids)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, overwrite: bool = True) -> None:

@@ -28,7 +28,7 @@ from lsr.io.manifest import (
     save_ids,
     write_manifest,
 )
-from lsr.types import SparseBatch
+from lsr.types import SearchResults, SparseBatch
 
 logger = logging.getLogger(__name__)
 
@@ -420,7 +420,22 @@ class InvertedIndex:
             return self._pruned[n_postings]
 
     # ------------------------------------------------------------------ search
-    def search(
+    def search(self, queries: Any, k: int = 10, threads: int = 1, mode: str = "exact",
+               n_postings: int | None = None, query_cut: int | None = None, heap_factor: float = 0.0,
+               candidates: int | None = None) -> SearchResults:
+        """Top-``k`` by inner product for a batch of sparse queries, as
+        :class:`~lsr.types.SearchResults` of shape ``(nq, min(k, n_docs))``: row positions best
+        first (ties to the lower position), padded with ``-1`` / ``0.0`` when fewer documents
+        share a term with the query. ``k`` beyond the corpus is capped, not allocated; the other
+        arguments are those of :meth:`search_arrays`."""
+        k = min(positive_int(k, "k"), self.n_docs)
+        if k == 0:
+            nq = _as_csr_parts(queries)[0].size - 1
+            return SearchResults(np.empty((nq, 0), np.int64), np.empty((nq, 0), np.float32), self.doc_ids)
+        ids, scores = self.search_arrays(queries, k, threads, mode, n_postings, query_cut, heap_factor, candidates)
+        return SearchResults(ids, scores, self.doc_ids)
+
+    def search_arrays(
         self,
         queries: Any,
         k: int = 10,

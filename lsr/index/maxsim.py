@@ -26,7 +26,7 @@ import numpy as np
 from lsr.io.manifest import positive_int
 from lsr.index._heap_kernels import PARALLEL_LOCK, set_threads
 from lsr.index._maxsim_kernels import _block_max, _rerank_groups, _segment_max_sum, _top_k_rows, _widen_f16  # noqa: F401
-from lsr.types import MultiVectors
+from lsr.types import DocIds, MultiVectors, SearchResults
 
 __all__ = ["MultiVectors", "maxsim_scores", "maxsim_search", "maxsim_rerank"]
 
@@ -113,15 +113,26 @@ def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, out
 
 
-def maxsim_search(queries: MultiVectors, docs: MultiVectors, k: int = 10,
-                  block_tokens: int = BLOCK_TOKENS) -> tuple[np.ndarray, np.ndarray]:
-    """Exact brute-force MaxSim top-``k``: ``(ids, scores)`` of shape ``(nq, k)``, padded with -1."""
-    k = positive_int(k, "k")
-    return _top_k(maxsim_scores(queries, docs, block_tokens), k)
+def _doc_ids(docs: MultiVectors, doc_ids: Sequence[str] | np.ndarray | DocIds | None) -> DocIds:
+    if doc_ids is None:
+        return DocIds.positions(len(docs))
+    doc_ids = DocIds(doc_ids)
+    if len(doc_ids) != len(docs):
+        raise ValueError(f"{len(doc_ids)} doc_ids for {len(docs)} documents")
+    return doc_ids
 
 
-def maxsim_rerank(queries: MultiVectors, docs: MultiVectors, candidates: np.ndarray,
-                  k: int = 10, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def maxsim_search(queries: MultiVectors, docs: MultiVectors, k: int = 10, block_tokens: int = BLOCK_TOKENS,
+                  doc_ids: Sequence[str] | np.ndarray | DocIds | None = None) -> SearchResults:
+    """Exact brute-force MaxSim top-``k`` (``k`` capped at the number of documents), padded with
+    -1 where documents have no vectors; ``doc_ids`` default to the positions."""
+    k = min(positive_int(k, "k"), len(docs))
+    ids, scores = _top_k(maxsim_scores(queries, docs, block_tokens), k)
+    return SearchResults(ids, scores, _doc_ids(docs, doc_ids))
+
+
+def maxsim_rerank(queries: MultiVectors, docs: MultiVectors, candidates: np.ndarray, k: int = 10,
+                  threads: int = 1, doc_ids: Sequence[str] | np.ndarray | DocIds | None = None) -> SearchResults:
     """Re-rank candidate positions (``(nq, c)``, ``-1`` = none) by exact MaxSim; keep the top ``k``.
 
     The (query, candidate) pairs of the batch are grouped by document, so a Numba kernel reads
@@ -135,15 +146,16 @@ def maxsim_rerank(queries: MultiVectors, docs: MultiVectors, candidates: np.ndar
     candidates = candidates.astype(np.int64, copy=False)
     if candidates.ndim != 2 or candidates.shape[0] != len(queries):
         raise ValueError(f"candidates must have shape ({len(queries)}, c), got {candidates.shape}")
-    k = positive_int(k, "k")
+    k = min(positive_int(k, "k"), len(docs))
+    doc_ids = _doc_ids(docs, doc_ids)
     if candidates.size and (int(candidates.max()) >= len(docs) or int(candidates.min()) < -1):
         bad = int(candidates.max()) if int(candidates.max()) >= len(docs) else int(candidates.min())
         raise ValueError(f"candidate position {bad} out of range for {len(docs)} documents (-1 = none)")
     nq = len(queries)
     ids = np.full((nq, k), -1, dtype=np.int64)
     scores = np.zeros((nq, k), dtype=np.float32)
-    if nq == 0 or candidates.shape[1] == 0:
-        return ids, scores
+    if nq == 0 or candidates.shape[1] == 0 or k == 0:
+        return SearchResults(ids, scores, doc_ids)
     cand = np.sort(candidates, axis=1)
     cand[:, 1:][cand[:, 1:] == cand[:, :-1]] = -1  # duplicates count once
     lens = np.where(cand >= 0, docs.offsets[cand + 1] - docs.offsets[np.maximum(cand, 0)], 0)
@@ -175,5 +187,5 @@ def maxsim_rerank(queries: MultiVectors, docs: MultiVectors, candidates: np.ndar
     cols = np.full((nq, k), -1, dtype=np.int64)
     _top_k_rows(out, min(k, out.shape[1]), cols, scores)
     ids[cols >= 0] = np.take_along_axis(cand, np.maximum(cols, 0), axis=1)[cols >= 0]
-    return ids, scores
+    return SearchResults(ids, scores, doc_ids)
 

@@ -54,7 +54,7 @@ from lsr.io.manifest import (
 from lsr.index._fde_kernels import _ams_project, _scatter_sum
 from lsr.index._heap_kernels import PARALLEL_LOCK
 from lsr.index.maxsim import _top_k, maxsim_rerank
-from lsr.types import MultiVectors
+from lsr.types import MultiVectors, SearchResults
 
 logger = logging.getLogger(__name__)
 
@@ -353,7 +353,7 @@ class FDEIndex:
     def __repr__(self) -> str:
         return f"FDEIndex(n_docs={len(self)}, fde={self.encoder.config.to_dict()}, candidates={self.candidates})"
 
-    def search_fde(self, queries: MultiVectors, k: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    def search_fde(self, queries: MultiVectors, k: int, threads: int = 1) -> SearchResults:
         """Top-``k`` by FDE inner product only (no re-ranking).
 
         A CPU flat index is scored with one float32 matrix product for the whole query batch
@@ -363,16 +363,16 @@ class FDEIndex:
         flat = self.dense.flat_vectors()
         if flat is None:
             return self.dense.search(qf, k=k, threads=threads)
-        k = positive_int(k, "k")
-        return _top_k(qf @ flat.T, k)
+        k = min(positive_int(k, "k"), len(self))
+        return SearchResults(*_top_k(qf @ flat.T, k), self.doc_ids)
 
     def search(self, queries: MultiVectors, k: int = 10, threads: int = 1,
-               candidates: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               candidates: int | None = None) -> SearchResults:
         """FDE top-``max(candidates, k)`` re-ranked by exact MaxSim; ``(ids, scores)`` ``(nq, k)``."""
         k = positive_int(k, "k")
         c = max(self.candidates if candidates is None else positive_int(candidates, "candidates"), k)
         cand, _ = self.search_fde(queries, c, threads)
-        return maxsim_rerank(queries, self.docs, cand, k, threads=threads)
+        return maxsim_rerank(queries, self.docs, cand, k, threads=threads, doc_ids=self.doc_ids)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, overwrite: bool = True) -> None:

@@ -19,12 +19,12 @@ import json
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
 from lsr.errors import IndexFormatError
-from lsr.io.manifest import atomic_directory, read_manifest, write_manifest
+from lsr.io.manifest import atomic_directory, positive_int, read_manifest, write_manifest
 from lsr.types import SearchResults
 
 __all__ = ["SearchResults", "Retriever", "RETRIEVERS", "retriever_class", "load_retriever"]
@@ -32,43 +32,48 @@ __all__ = ["SearchResults", "Retriever", "RETRIEVERS", "retriever_class", "load_
 SEARCH_BATCH = 256  # queries encoded and searched per step (progress granularity)
 
 
-def encoder_kwargs(options: dict[str, Any]) -> dict[str, Any]:
-    model = options.get("model")
-    if not model:
-        raise ValueError("this retriever needs --model (a model directory or hub id)")
-    kw: dict[str, Any] = {"doc_max_length": options.get("doc_max_length"),
-                          "query_max_length": options.get("query_max_length"),
-                          "device": options.get("device"), "cache_dir": options.get("embedding_cache")}
-    if options.get("batch_size"):
-        kw["batch_size"] = int(options["batch_size"])
-    return kw
+def as_queries(queries: str | Sequence[str]) -> list[str]:
+    """A list of query texts; one string is one query (not one query per character)."""
+    if isinstance(queries, str):
+        return [queries]
+    queries = list(queries)
+    for i, q in enumerate(queries):
+        if not isinstance(q, str):
+            raise TypeError(f"query {i} is a {type(q).__name__}, not a string")
+    return queries
 
 
-def empty_results(k: int, doc_ids: np.ndarray) -> SearchResults:
-    return SearchResults(np.empty((0, k), np.int64), np.empty((0, k), np.float32), doc_ids)
-
-
-def batched_search(queries: Sequence[str], k: int, show_progress: bool, step: Any,
-                    doc_ids: np.ndarray) -> SearchResults:
+def batched_search(queries: Sequence[str], k: int, show_progress: bool,
+                   step: Callable[[list[str], int], SearchResults], doc_ids: Any) -> SearchResults:
+    """Encode and search ``queries`` in batches of :data:`SEARCH_BATCH` (``step(batch, k)``), with a
+    progress bar when asked; ``k`` is capped at the number of documents."""
+    k = min(positive_int(k, "k"), len(doc_ids))
+    if k == 0:  # an empty corpus: nothing to encode the queries for
+        n = len(queries)
+        return SearchResults(np.full((n, 0), -1, np.int64), np.zeros((n, 0), np.float32), doc_ids)
+    if not show_progress and 0 < len(queries) <= SEARCH_BATCH:  # the RAG path: one small batch
+        return step(list(queries), k)
     from tqdm.auto import tqdm
 
-    ids, scores = [], []
+    parts = []
     with tqdm(total=len(queries), desc="search", unit="q", disable=not show_progress) as bar:
         for s in range(0, len(queries), SEARCH_BATCH):
             batch = list(queries[s:s + SEARCH_BATCH])
-            i, sc = step(batch)
-            ids.append(i)
-            scores.append(sc)
+            parts.append(step(batch, k))
             bar.update(len(batch))
-    if not ids:
-        return empty_results(k, doc_ids)
-    return SearchResults(np.concatenate(ids), np.concatenate(scores), doc_ids)
+    return SearchResults.concat(parts, k, doc_ids)
 
 
 def check_texts(doc_ids: Sequence[str], texts: Sequence[str]) -> None:
     if len(doc_ids) != len(texts):
         raise ValueError(f"{len(doc_ids)} ids for {len(texts)} texts")
 
+
+def model_or_encoder(model: Any) -> tuple[str | None, Any]:
+    """``(model id, None)`` for a model path or hub id, ``(None, encoder)`` for an encoder object."""
+    if model is None or isinstance(model, (str, os.PathLike)):
+        return (None if model is None else os.fspath(model)), None
+    return None, model
 
 
 RETRIEVER_FORMAT = "lsr.retriever"
@@ -100,10 +105,22 @@ class Retriever(ABC):
                show_progress: bool = False) -> SearchResults:
         """Top-``k`` documents for each query text."""
 
+    #: the typed options of this retriever (a dataclass of :mod:`lsr.retrievers.options`)
+    options_class: ClassVar[type]
+
     @classmethod
-    def from_options(cls, **options: Any) -> "Retriever":
-        """Build from CLI options (``model``, ``idf``, ``doc_max_length``, ...); ignore the rest."""
-        return cls()
+    def from_options(cls, options: Any = None, /, **fields: Any) -> "Retriever":
+        """Build from an options dataclass (``cls.options_class``) or its fields by name.
+
+        >>> from lsr.retrievers.sparse import BM25Retriever
+        >>> BM25Retriever.from_options(k1=1.2).encoder.k1
+        1.2
+        """
+        return cls._from_options(make_options(cls, options, fields))
+
+    @classmethod
+    def _from_options(cls, options: Any) -> "Retriever":
+        raise NotImplementedError
 
     # -- persistence: subclasses write their files and return a JSON-able config
     @abstractmethod
@@ -155,3 +172,19 @@ def read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise IndexFormatError(f"{path}: unreadable ({exc})") from exc
+
+
+def make_options(cls: type, options: Any, fields: dict[str, Any]) -> Any:
+    """``cls.options_class`` from a dataclass instance and/or field values; unknown fields are
+    refused naming the retriever and the fields it has."""
+    import dataclasses
+
+    oc = cls.options_class
+    if options is not None and not isinstance(options, oc):
+        raise TypeError(f"{cls.__name__} takes {oc.__name__}, not {type(options).__name__}")
+    names = {f.name for f in dataclasses.fields(oc)}
+    unknown = sorted(set(fields) - names)
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not an option of the {cls.name} retriever "
+                         f"(it has {', '.join(sorted(names))})")
+    return dataclasses.replace(options, **fields) if options is not None else oc(**fields)

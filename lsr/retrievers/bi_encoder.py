@@ -17,7 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lsr.retrievers.base import Retriever, SearchResults, batched_search, check_texts, encoder_kwargs
+from lsr.retrievers.base import Retriever, SearchResults, as_queries, batched_search, check_texts, make_options, model_or_encoder
+from lsr.retrievers.options import DenseOptions
 
 logger = logging.getLogger(__name__)
 
@@ -29,20 +30,34 @@ class DenseRetriever(Retriever):
 
     name = "dense"
 
-    def __init__(self, encoder: Any, index: Any = None, index_type: str = "flat",
-                 index_params: dict[str, Any] | None = None) -> None:
+    options_class = DenseOptions
+
+    def __init__(self, model: Any = None, index: Any = None, index_params: dict[str, Any] | None = None,
+                 **options: Any) -> None:
+        """``model``: a model directory, hub id or DenseEncoder; ``options``: fields of :class:`DenseOptions`.
+
+        >>> r = DenseRetriever("sentence-transformers/all-MiniLM-L6-v2")   # doctest: +SKIP
+        """
+        name, encoder = model_or_encoder(model)
+        if encoder is not None:
+            options.setdefault("model", getattr(encoder, "model", None) or "encoder")
+        elif name is not None:
+            options["model"] = name
+        self.options = make_options(type(self), None, options)
+        if encoder is None:
+            from lsr.encoders.embedding import DenseEncoder
+
+            encoder = DenseEncoder(self.options.model, **self.options.encoder_args())
         self.encoder = encoder
         self.dense_index = index
-        self.index_type = index_type
+        self.index_type = self.options.index_type
         self.index_params = dict(index_params or {})
 
     @classmethod
-    def from_options(cls, **options: Any) -> "DenseRetriever":
-        from lsr.encoders.embedding import DenseEncoder
+    def _from_options(cls, options: DenseOptions) -> "DenseRetriever":
+        import dataclasses
 
-        kw = encoder_kwargs(options)
-        return cls(DenseEncoder(options["model"], **kw),
-                   index_type=options.get("index_type") or "flat")
+        return cls(**dataclasses.asdict(options))
 
     def index(self, doc_ids: Sequence[str], texts: Sequence[str], show_progress: bool = False) -> None:
         check_texts(doc_ids, texts)
@@ -55,12 +70,13 @@ class DenseRetriever(Retriever):
         self.dense_index = DenseIndex.build(vectors, doc_ids=doc_ids, index_type=self.index_type,
                                             metadata={"encoder": self.encoder.config()}, **self.index_params)
 
-    def search(self, queries: Sequence[str], k: int = 10, threads: int = 1,
+    def search(self, queries: str | Sequence[str], k: int = 10, threads: int = 1,
                show_progress: bool = False) -> SearchResults:
         if self.dense_index is None:
             raise RuntimeError("nothing indexed yet: call index() or load a saved retriever")
-        return batched_search(queries, k, show_progress, lambda b: self.dense_index.search(
-            self.encoder.encode_queries(b), k=k, threads=threads), self.dense_index.doc_ids)
+        index = self.dense_index
+        return batched_search(as_queries(queries), k, show_progress, lambda batch, kk: index.search(
+            self.encoder.encode_queries(batch), k=kk, threads=threads), index.doc_ids)
 
     def _write(self, directory: Path) -> dict[str, Any]:
         if self.dense_index is None:
@@ -77,4 +93,4 @@ class DenseRetriever(Retriever):
         from lsr.index.dense import DenseIndex
 
         index = DenseIndex.load(directory / "index", mmap=mmap, verify=False)
-        return cls(DenseEncoder.load(directory / "encoder"), index, index.index_type, index.params)
+        return cls(DenseEncoder.load(directory / "encoder"), index, index.params, index_type=index.index_type)

@@ -30,7 +30,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lsr.retrievers.base import Retriever, SearchResults, load_retriever, retriever_class
+from lsr.retrievers.base import Retriever, SearchResults, as_queries, load_retriever, make_options, retriever_class
+from lsr.retrievers.options import PRF_MODES, HybridOptions
 from lsr.fusion.combine import canonical_fusion, fuse_arrays
 from lsr.fusion.normalize import canonical_normalizer
 
@@ -38,10 +39,14 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["HybridRetriever", "prf_interpolation", "PRF_MODES", "parse_components"]
 
-PRF_MODES = ("none", "before", "after", "both")
 Arrays = tuple[np.ndarray, np.ndarray]
 # (feedback ids (nq, f) in the shared id space, their scores) -> that component's PRF run
 PRFCall = Callable[[np.ndarray, np.ndarray], Arrays]
+
+
+def _fuse(ids: Sequence[np.ndarray], scores: Sequence[np.ndarray], **kwargs: Any) -> Arrays:
+    fused = fuse_arrays(ids, scores, **kwargs)
+    return fused.ids, fused.scores
 
 
 def prf_interpolation(first: Sequence[Arrays], prf: Sequence[PRFCall | None], mode: str, fuse_kwargs: dict,
@@ -53,15 +58,15 @@ def prf_interpolation(first: Sequence[Arrays], prf: Sequence[PRFCall | None], mo
     if mode not in PRF_MODES:
         raise ValueError(f"prf mode must be one of {PRF_MODES}, not {mode!r}")
     if mode == "none":
-        return fuse_arrays([f[0] for f in first], [f[1] for f in first], **fuse_kwargs), list(first)
+        return _fuse([f[0] for f in first], [f[1] for f in first], **fuse_kwargs), list(first)
     if mode == "after":
         runs = [f if p is None else p(f[0][:, :fb_docs], f[1][:, :fb_docs]) for f, p in zip(first, prf)]
-        return fuse_arrays([r[0] for r in runs], [r[1] for r in runs], **fuse_kwargs), runs
-    fused = fuse_arrays([f[0] for f in first], [f[1] for f in first], **{**fuse_kwargs, "k": fb_docs})
+        return _fuse([r[0] for r in runs], [r[1] for r in runs], **fuse_kwargs), runs
+    fused = _fuse([f[0] for f in first], [f[1] for f in first], **{**fuse_kwargs, "k": fb_docs})
     runs = [f if p is None else p(*fused) for f, p in zip(first, prf)]
     if mode == "before":
         return runs[target], runs
-    return fuse_arrays([r[0] for r in runs], [r[1] for r in runs], **fuse_kwargs), runs
+    return _fuse([r[0] for r in runs], [r[1] for r in runs], **fuse_kwargs), runs
 
 
 def parse_components(spec: str | Sequence[str]) -> list[tuple[str, str | None]]:
@@ -108,20 +113,37 @@ class HybridRetriever(Retriever):
         self._prf_objects: list[Any] | None = None
 
     # ------------------------------------------------------------------ building
+    options_class = HybridOptions
+
     @classmethod
-    def from_options(cls, **options: Any) -> "HybridRetriever":
-        """CLI options: ``components`` ("bm25,splade=MODEL,dense=MODEL"), ``norm``, ``fusion``,
-        ``weights`` ("0.3,0.3,0.4"), ``depth``, ``prf``; other options go to every component."""
-        spec = options.get("components") or "bm25"
+    def from_options(cls, options: HybridOptions | None = None, /, **fields: Any) -> "HybridRetriever":
+        """Build from :class:`HybridOptions` (``components`` "bm25,splade=MODEL,dense=MODEL", ``norm``,
+        ``fusion``, ``weights``, ``depth``, ``prf``); the other fields go to each component that has
+        them (``model`` to those the spec names no model for). A field no component has is refused.
+
+        >>> HybridRetriever.from_options(components="bm25", k1=1.2).components[0].encoder.k1
+        1.2
+        """
+        import dataclasses
+
+        own = {f.name for f in dataclasses.fields(HybridOptions)}
+        opts = make_options(cls, options, {k: v for k, v in fields.items() if k in own})
+        rest = {k: v for k, v in fields.items() if k not in own}
+        spec = parse_components(opts.components)
+        classes = [retriever_class(name) for name, _ in spec]
+        used: set[str] = set()
         comps = []
-        shared = {k: v for k, v in options.items() if k not in ("components", "norm", "fusion", "weights", "prf")}
-        for name, model in parse_components(spec):
-            comps.append(retriever_class(name).from_options(**{**shared, "model": model or shared.get("model")}))
-        weights = options.get("weights")
-        if isinstance(weights, str):
-            weights = [float(w) for w in weights.split(",")]
-        return cls(comps, norm=options.get("norm") or "min-max", fusion=options.get("fusion") or "wsum",
-                   weights=weights, depth=options.get("fusion_depth") or 1000, prf=options.get("prf") or "none")
+        for (name, model), rc in zip(spec, classes):
+            allowed = {f.name for f in dataclasses.fields(rc.options_class)}
+            mine = {k: v for k, v in rest.items() if k in allowed}
+            if "model" in allowed and model is not None:
+                mine["model"] = model
+            used |= set(mine)
+            comps.append(rc.from_options(**mine))
+        unused = sorted(set(rest) - used)
+        if unused:
+            raise ValueError(f"{', '.join(unused)}: not an option of any component ({opts.components})")
+        return cls(comps, norm=opts.norm, fusion=opts.fusion, weights=opts.weights, depth=opts.depth, prf=opts.prf)
 
     def index(self, doc_ids: Sequence[str], texts: Sequence[str], show_progress: bool = False) -> None:
         for c in self.components:
@@ -163,8 +185,9 @@ class HybridRetriever(Retriever):
         ids, scores = fuse_arrays([s[0] for s in shared], [s[1] for s in shared], **self.fuse_kwargs(k))
         return SearchResults(ids, scores, self._id_space(results)[0])
 
-    def search(self, queries: Sequence[str], k: int = 10, threads: int = 1,
+    def search(self, queries: str | Sequence[str], k: int = 10, threads: int = 1,
                show_progress: bool = False) -> SearchResults:
+        queries = as_queries(queries)
         results = self.component_results(queries, threads, show_progress)
         if self.prf == "none":
             return self.fuse_results(results, k)

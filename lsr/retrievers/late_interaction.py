@@ -14,11 +14,27 @@ from typing import Any, Sequence
 import numpy as np
 
 from lsr.io.manifest import load_ids, load_multivectors, save_ids, save_multivectors
-from lsr.retrievers.base import Retriever, SearchResults, batched_search, check_texts, encoder_kwargs
+from lsr.retrievers.base import Retriever, SearchResults, as_queries, batched_search, check_texts, make_options, model_or_encoder
+from lsr.retrievers.options import MaxSimOptions, MuveraOptions
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["MaxSimRetriever", "MuveraRetriever"]
+
+
+def _encoder(retriever: Any, model: Any, options: dict[str, Any]) -> Any:
+    """Set ``retriever.options`` and return its MultiVectorEncoder (given, or made from the model)."""
+    name, encoder = model_or_encoder(model)
+    if encoder is not None:
+        options.setdefault("model", getattr(encoder, "model", None) or "encoder")
+    elif name is not None:
+        options["model"] = name
+    retriever.options = make_options(type(retriever), None, options)
+    if encoder is None:
+        from lsr.encoders.multivector import MultiVectorEncoder
+
+        encoder = MultiVectorEncoder(retriever.options.model, **retriever.options.encoder_args())
+    return encoder
 
 
 # ---------------------------------------------------------------------------- multi-vector
@@ -27,21 +43,20 @@ class MaxSimRetriever(Retriever):
 
     name = "maxsim"
 
-    def __init__(self, encoder: Any, docs: Any = None, doc_ids: Sequence[str] | None = None) -> None:
-        self.encoder = encoder
+    options_class: type = MaxSimOptions
+
+    def __init__(self, model: Any = None, docs: Any = None, doc_ids: Sequence[str] | None = None,
+                 **options: Any) -> None:
+        """``model``: a model directory, hub id or MultiVectorEncoder; ``options``: :class:`MaxSimOptions`."""
+        self.encoder = _encoder(self, model, options)
         self.docs = docs
         self.doc_ids = None if doc_ids is None else np.asarray([str(d) for d in doc_ids], dtype=object)
 
     @classmethod
-    def _encoder(cls, options: dict[str, Any]) -> Any:
-        from lsr.encoders.multivector import MultiVectorEncoder
+    def _from_options(cls, options: Any) -> "MaxSimRetriever":
+        import dataclasses
 
-        kw = encoder_kwargs(options)
-        return MultiVectorEncoder(options["model"], **kw)
-
-    @classmethod
-    def from_options(cls, **options: Any) -> "MaxSimRetriever":
-        return cls(cls._encoder(options))
+        return cls(**dataclasses.asdict(options))
 
     def index(self, doc_ids: Sequence[str], texts: Sequence[str], show_progress: bool = False) -> None:
         check_texts(doc_ids, texts)
@@ -58,14 +73,14 @@ class MaxSimRetriever(Retriever):
         self.docs = MultiVectors(np.asarray(docs.vectors, dtype=np.float16), docs.offsets)
         self.doc_ids = np.asarray([str(d) for d in doc_ids], dtype=object)
 
-    def search(self, queries: Sequence[str], k: int = 10, threads: int = 1,
+    def search(self, queries: str | Sequence[str], k: int = 10, threads: int = 1,
                show_progress: bool = False) -> SearchResults:
         from lsr.index.maxsim import maxsim_search
 
         if self.docs is None:
             raise RuntimeError("nothing indexed yet: call index() or load a saved retriever")
-        return batched_search(queries, k, show_progress, lambda b: maxsim_search(
-            self.encoder.encode_queries(b), self.docs, k=k), self.doc_ids)
+        return batched_search(as_queries(queries), k, show_progress, lambda batch, kk: maxsim_search(
+            self.encoder.encode_queries(batch), self.docs, k=kk, doc_ids=self.doc_ids), self.doc_ids)
 
     def _write(self, directory: Path) -> dict[str, Any]:
         if self.docs is None:
@@ -91,24 +106,23 @@ class MuveraRetriever(Retriever):
 
     name = "muvera"
 
-    def __init__(self, encoder: Any, index: Any = None, fde: dict[str, Any] | None = None,
-                 candidates: int | None = None, index_type: str = "flat") -> None:
-        from lsr.index.muvera import DEFAULT_CANDIDATES
+    options_class = MuveraOptions
 
-        self.encoder = encoder
+    def __init__(self, model: Any = None, index: Any = None, fde: dict[str, Any] | None = None,
+                 **options: Any) -> None:
+        """``model``: a model directory, hub id or MultiVectorEncoder; ``options``: :class:`MuveraOptions`
+        (``fde`` overrides the FDE fields with a full FDEConfig dict, as a loaded index has)."""
+        self.encoder = _encoder(self, model, options)
         self.fde_index = index
-        self.fde = dict(fde or {})  # FDEConfig fields; d_proj None = identity projection
-        self.candidates = int(candidates or DEFAULT_CANDIDATES)
-        self.index_type = index_type
+        self.fde = dict(fde) if fde is not None else self.options.fde_args()  # FDEConfig fields
+        self.candidates = self.options.candidates
+        self.index_type = self.options.index_type
 
     @classmethod
-    def from_options(cls, **options: Any) -> "MuveraRetriever":
-        fde = {key: options.get(f"fde_{key}") for key in ("k_sim", "d_proj", "reps", "final_dim")}
-        fde = {key: value for key, value in fde.items() if value is not None}  # unset: FDEConfig default
-        if fde.get("d_proj") == 0:
-            fde["d_proj"] = None  # 0 on the command line = identity projection
-        return cls(MaxSimRetriever._encoder(options), fde=fde, candidates=options.get("candidates"),
-                   index_type=options.get("index_type") or "flat")
+    def _from_options(cls, options: MuveraOptions) -> "MuveraRetriever":
+        import dataclasses
+
+        return cls(**dataclasses.asdict(options))
 
     def index(self, doc_ids: Sequence[str], texts: Sequence[str], show_progress: bool = False) -> None:
         check_texts(doc_ids, texts)
@@ -123,12 +137,13 @@ class MuveraRetriever(Retriever):
         self.fde_index = FDEIndex.build(docs, config, doc_ids=doc_ids, candidates=self.candidates,
                                         index_type=self.index_type, show_progress=show_progress)
 
-    def search(self, queries: Sequence[str], k: int = 10, threads: int = 1,
+    def search(self, queries: str | Sequence[str], k: int = 10, threads: int = 1,
                show_progress: bool = False) -> SearchResults:
         if self.fde_index is None:
             raise RuntimeError("nothing indexed yet: call index() or load a saved retriever")
-        return batched_search(queries, k, show_progress, lambda b: self.fde_index.search(
-            self.encoder.encode_queries(b), k=k, threads=threads), self.fde_index.doc_ids)
+        index = self.fde_index
+        return batched_search(as_queries(queries), k, show_progress, lambda batch, kk: index.search(
+            self.encoder.encode_queries(batch), k=kk, threads=threads), index.doc_ids)
 
     def _write(self, directory: Path) -> dict[str, Any]:
         if self.fde_index is None:
@@ -148,5 +163,5 @@ class MuveraRetriever(Retriever):
         index = FDEIndex.load(directory / "index", mmap=mmap, verify=False)
         cfg = index.encoder.config.to_dict()
         fde = {k: cfg[k] for k in ("k_sim", "d_proj", "reps", "final_dim", "fill_empty_partitions", "seed")}
-        return cls(MultiVectorEncoder.load(directory / "encoder"), index, fde, index.candidates,
-                   index.dense.index_type)
+        return cls(MultiVectorEncoder.load(directory / "encoder"), index, fde, candidates=index.candidates,
+                   index_type=index.dense.index_type)

@@ -8,19 +8,35 @@ corpus statistics first, like BM25, provides ``fit_documents`` instead), plus ``
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from lsr.retrievers.base import Retriever, SearchResults
+from lsr.errors import IndexFormatError
+from lsr.retrievers.base import Retriever, SearchResults, as_queries, batched_search, make_options, model_or_encoder
+from lsr.retrievers.options import BM25Options, InferenceFreeOptions, SpladeOptions
+from lsr.types import SparseBatch
 from lsr.index.inverted import InvertedIndex
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SparseRetriever", "BM25Retriever", "SpladeRetriever", "InferenceFreeRetriever", "SEARCH_BATCH"]
+__all__ = ["SparseRetriever", "BM25Retriever", "SpladeRetriever", "InferenceFreeRetriever", "index_encoded",
+           "is_encoded"]
 
-SEARCH_BATCH = 256  # queries encoded and searched per step (progress granularity)
+
+def _blank_rows_emptied(vectors: Any, texts: Sequence[str]) -> Any:
+    """``vectors`` with the rows of blank texts emptied: a document without text matches nothing
+    (a learned encoder would give it the weights of its special tokens alone)."""
+    blank = np.fromiter((not str(t).strip() for t in texts), dtype=bool, count=len(texts))
+    if not blank.any() or not isinstance(vectors, SparseBatch):
+        return vectors
+    lengths = np.diff(vectors.indptr)
+    keep = np.repeat(~blank, lengths)
+    indptr = np.zeros_like(vectors.indptr)
+    np.cumsum(np.where(blank, 0, lengths), out=indptr[1:])
+    return SparseBatch(indptr, vectors.indices[keep], vectors.data[keep], vectors.vocab_size, vectors.vocab)
 
 
 class SparseRetriever(Retriever):
@@ -40,7 +56,7 @@ class SparseRetriever(Retriever):
             vectors = self.encoder.fit_documents(texts, show_progress=show_progress)
         else:
             vectors = self.encoder.encode_documents(texts, show_progress=show_progress)
-        self.index_vectors(doc_ids, vectors)
+        self.index_vectors(doc_ids, _blank_rows_emptied(vectors, texts))
 
     def index_vectors(self, doc_ids: Sequence[str], vectors) -> None:
         """Index already-encoded document vectors (a SparseBatch or scipy matrix)."""
@@ -57,28 +73,14 @@ class SparseRetriever(Retriever):
         self.inverted_index = build_index(loaders, workdir, doc_ids=doc_ids, overwrite=False,
                                           metadata={"encoder": self.encoder.config()}, show_progress=show_progress)
 
-    def search(self, queries: Sequence[str], k: int = 10, threads: int = 1,
+    def search(self, queries: str | Sequence[str], k: int = 10, threads: int = 1,
                show_progress: bool = False) -> SearchResults:
         if self.inverted_index is None:
             raise RuntimeError("nothing indexed yet: call index() or load a saved retriever")
-        if not show_progress and 0 < len(queries) <= SEARCH_BATCH:  # the RAG path: one small batch
-            i, sc = self.inverted_index.search(self.encoder.encode_queries(list(queries)), k=k, threads=threads)
-            return SearchResults(i, sc, self.inverted_index.doc_ids)
-        from tqdm.auto import tqdm
-
-        ids, scores = [], []
-        with tqdm(total=len(queries), desc="search", unit="q", disable=not show_progress) as bar:
-            for s in range(0, len(queries), SEARCH_BATCH):
-                batch = list(queries[s:s + SEARCH_BATCH])
-                q = self.encoder.encode_queries(batch)
-                i, sc = self.inverted_index.search(q, k=k, threads=threads)
-                ids.append(i)
-                scores.append(sc)
-                bar.update(len(batch))
-        if not ids:
-            return SearchResults(np.empty((0, k), np.int64), np.empty((0, k), np.float32),
-                                 self.inverted_index.doc_ids)
-        return SearchResults(np.concatenate(ids), np.concatenate(scores), self.inverted_index.doc_ids)
+        index = self.inverted_index
+        return batched_search(as_queries(queries), k, show_progress,
+                              lambda batch, kk: index.search(self.encoder.encode_queries(batch), k=kk, threads=threads),
+                              index.doc_ids)
 
     def _write(self, directory: Path) -> dict[str, Any]:
         if self.inverted_index is None:
@@ -98,54 +100,68 @@ class SparseRetriever(Retriever):
 
 
 class BM25Retriever(SparseRetriever):
-    """BM25 (Anserini defaults k1=0.9, b=0.4) through the inverted index."""
+    """BM25 (Anserini defaults k1=0.9, b=0.4) through the inverted index.
+
+    >>> r = BM25Retriever(k1=1.2, b=0.75)
+    >>> r.index(["d1", "d2"], ["heart disease", "stock markets"])
+    >>> r.search("heart", k=1).hits(0)[0][0]
+    'd1'
+    """
 
     name = "bm25"
+    options_class = BM25Options
 
-    def __init__(self, encoder: Any = None, index: InvertedIndex | None = None, k1: float = 0.9,
-                 b: float = 0.4) -> None:
+    def __init__(self, encoder: Any = None, index: InvertedIndex | None = None, **options: Any) -> None:
         from lsr.encoders.bm25 import BM25Encoder
 
-        super().__init__(encoder or BM25Encoder(k1=k1, b=b), index)
+        self.options = make_options(type(self), None, options)
+        super().__init__(encoder or BM25Encoder(k1=self.options.k1, b=self.options.b), index)
 
     @classmethod
-    def from_options(cls, **options: Any) -> "BM25Retriever":
-        return cls(k1=options.get("k1") or 0.9, b=options.get("b") if options.get("b") is not None else 0.4)
+    def _from_options(cls, options: BM25Options) -> "BM25Retriever":
+        return cls(k1=options.k1, b=options.b)
 
     @classmethod
     def _read(cls, directory: Path, config: dict[str, Any], mmap: bool) -> "BM25Retriever":
         from lsr.encoders.bm25 import BM25Encoder
 
-        return cls(BM25Encoder.load(directory / "encoder"),
-                   InvertedIndex.load(directory / "index", mmap=mmap, verify=False))
+        encoder = BM25Encoder.load(directory / "encoder")
+        return cls(encoder, InvertedIndex.load(directory / "index", mmap=mmap, verify=False),
+                   k1=encoder.k1, b=encoder.b)
 
 
 # ---------------------------------------------------------------------------- learned sparse
-def _learned_encoder_args(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    model = options.get("model")
-    if not model:
-        raise ValueError(f"the {name} retriever needs --model (a model directory or Hugging Face hub id)")
-    args: dict[str, Any] = {"model": model}
-    for key in ("doc_max_length", "query_max_length", "batch_size", "device", "threads", "top_k", "min_weight",
-                "precision"):
-        if options.get(key) is not None:
-            args[key] = options[key]
-    return args
-
-
 class SpladeRetriever(SparseRetriever):
     """SPLADE documents and queries (:class:`~lsr.encoders.splade.SpladeEncoder`) over the inverted index.
 
-    >>> r = SpladeRetriever.from_options(model="path/to/splade")    # doctest: +SKIP
-    >>> r.index(doc_ids, texts); r.search(["what causes heart disease"], k=10)  # doctest: +SKIP
+    Built from a model directory or hub id and the fields of :class:`SpladeOptions`:
+
+    >>> r = SpladeRetriever("naver/splade-v3", doc_max_length=512)    # doctest: +SKIP
+    >>> r.index(doc_ids, texts); r.search("what causes heart disease", k=10)  # doctest: +SKIP
     """
 
     name = "splade"
+    options_class: type = SpladeOptions
 
-    def __init__(self, encoder: Any, index: InvertedIndex | None = None,
-                 doc_vectors: str | Path | None = None) -> None:
+    def __init__(self, model: Any = None, index: InvertedIndex | None = None, **options: Any) -> None:
+        name, encoder = model_or_encoder(model)
+        if encoder is not None:  # an encoder object: its own configuration, options for the rest
+            options.setdefault("model", getattr(encoder, "model_name", None) or "encoder")
+        elif name is not None:
+            options["model"] = name
+        self.options = make_options(type(self), None, options)
+        if encoder is None:
+            encoder = self.encoder_class()(self.options.model, **self._encoder_args())
+            if self._needs_model():
+                encoder.load_model()  # fail now, with a clear message, if the checkpoint does not load
         super().__init__(encoder, index)
-        self.doc_vectors = doc_vectors
+        self.doc_vectors = self.options.doc_vectors
+
+    def _encoder_args(self) -> dict[str, Any]:
+        return self.options.encoder_args()
+
+    def _needs_model(self) -> bool:
+        return True
 
     @classmethod
     def encoder_class(cls) -> type:
@@ -154,41 +170,42 @@ class SpladeRetriever(SparseRetriever):
         return SpladeEncoder
 
     @classmethod
-    def from_options(cls, **options: Any) -> "SpladeRetriever":
-        encoder = cls.encoder_class()(**_learned_encoder_args(cls.name, options))
-        encoder.load_model()  # fail now, with a clear message, if the checkpoint does not load
-        return cls(encoder, doc_vectors=options.get("doc_vectors"))
+    def _from_options(cls, options: Any) -> "SpladeRetriever":
+        import dataclasses
+
+        return cls(**dataclasses.asdict(options))
 
     def index(self, doc_ids: Sequence[str], texts: Sequence[str], show_progress: bool = False) -> None:
         """Encode and index the corpus, or index the pre-encoded ``doc_vectors`` shards (``lsr encode``)."""
         if self.doc_vectors is None:
             return super().index(doc_ids, texts, show_progress)
         from lsr.io.shards import load_shards, read_progress
-        from lsr.errors import IndexFormatError
 
         saved = read_progress(self.doc_vectors).get("encoder", {})
         mine = self.encoder.config()
         for key in ("model", "doc_max_length", "top_k", "min_weight", "vocab_size"):
             if saved.get(key) != mine.get(key):
                 raise IndexFormatError(f"{self.doc_vectors}: encoded with {key}={saved.get(key)!r}, "
-                                 f"but this retriever has {key}={mine.get(key)!r}")
+                                       f"but this retriever has {key}={mine.get(key)!r}")
         ids, vectors = load_shards(self.doc_vectors)
         if len(ids) != len(doc_ids) or set(ids) != set(map(str, doc_ids)):
             raise IndexFormatError(f"{self.doc_vectors}: encoded documents do not match the corpus "
-                             f"({len(ids)} vs {len(doc_ids)} ids)")
+                                   f"({len(ids)} vs {len(doc_ids)} ids)")
         logger.info("indexing %d pre-encoded documents from %s", len(ids), self.doc_vectors)
         self.index_vectors(ids, vectors)
 
     @classmethod
     def _read(cls, directory: Path, config: dict[str, Any], mmap: bool) -> "SparseRetriever":
-        cls.encoder_type = cls.encoder_class()
-        return super()._read(directory, config, mmap)
+        encoder = cls.encoder_class().load(directory / "encoder")
+        # the retriever manifest already verified every file's checksum
+        return cls(encoder, InvertedIndex.load(directory / "index", mmap=mmap, verify=False))
 
 
 class InferenceFreeRetriever(SpladeRetriever):
     """Inference-free sparse retrieval: model-encoded documents, IDF-weighted tokenizer queries."""
 
     name = "inference-free"
+    options_class = InferenceFreeOptions
 
     @classmethod
     def encoder_class(cls) -> type:
@@ -196,10 +213,66 @@ class InferenceFreeRetriever(SpladeRetriever):
 
         return InferenceFreeEncoder
 
-    @classmethod
-    def from_options(cls, **options: Any) -> "InferenceFreeRetriever":
-        args = _learned_encoder_args(cls.name, options)
-        encoder = cls.encoder_class()(idf=options.get("idf"), **args)
-        if options.get("doc_vectors") is None:
-            encoder.load_model()  # documents will be encoded: check the model loads
-        return cls(encoder, doc_vectors=options.get("doc_vectors"))
+    def _encoder_args(self) -> dict[str, Any]:
+        return {**self.options.encoder_args(), "idf": self.options.idf}
+
+    def _needs_model(self) -> bool:
+        return self.options.doc_vectors is None  # documents will be encoded: check the model loads
+
+
+# ---------------------------------------------------------------------------- pre-encoded vectors
+def is_encoded(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds encoded vectors (``lsr encode`` shards, an export directory, or a
+    JsonVectorCollection / Seismic JSONL file) rather than a text corpus."""
+    from lsr.io.interchange import EXPORT_SIDECAR, looks_like_vector_jsonl
+    from lsr.io.shards import is_shards_dir
+
+    path = Path(path)
+    if path.is_dir():
+        return is_shards_dir(path) or (path / EXPORT_SIDECAR).is_file()
+    return path.suffix in {".jsonl", ".gz", ".json"} and looks_like_vector_jsonl(path)
+
+
+def index_encoded(path: str | os.PathLike, output: str | os.PathLike, retriever: str | None = None,
+                  overwrite: bool = False, show_progress: bool = False, **options: Any) -> SpladeRetriever:
+    """Index pre-encoded document vectors at ``path`` and save the retriever to ``output``.
+
+    The query encoder is rebuilt from the shards' record of their encoder (model, lengths,
+    pruning, IDF table) unless ``options`` name a ``model``; ``retriever`` (``splade`` or
+    ``inference-free``) then says which. Shards are inverted one at a time into a build
+    directory beside ``output`` (never whole in memory); vector JSONL is read whole.
+    """
+    import shutil
+
+    from lsr.io.interchange import read_collection
+    from lsr.io.shards import is_shards_dir, read_progress
+
+    path, output = Path(path), Path(output)
+    classes = {"splade": SpladeRetriever, "inference-free": InferenceFreeRetriever}
+    if is_shards_dir(path) and not options.get("model"):
+        cfg = read_progress(path)["encoder"]
+        kind = cfg.get("type")
+        if kind not in classes:
+            raise ValueError(f"{path}: shards of a {kind!r} encoder; give the retriever and model")
+        if retriever is not None and retriever != kind:
+            raise ValueError(f"{path}: shards of a {kind!r} encoder, not {retriever!r}")
+        recorded = {k: cfg[k] for k in ("doc_max_length", "query_max_length", "top_k", "min_weight") if k in cfg}
+        if kind == "inference-free" and cfg.get("idf"):
+            recorded["idf"] = cfg["idf"]
+        r = classes[kind](cfg["model"], **{**recorded, **options, "doc_vectors": None})
+    else:
+        if retriever not in classes:
+            raise ValueError("encoded vectors need the splade or inference-free retriever (the query encoder)")
+        r = classes[retriever](**{**options, "doc_vectors": None})
+    if is_shards_dir(path):
+        work = output.parent / f".{output.name}.build-{os.getpid()}"
+        try:
+            r.index_shards(path, work, show_progress=show_progress)
+            r.save(output, overwrite=overwrite)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return SpladeRetriever.load(output) if isinstance(r, SpladeRetriever) else r
+    doc_ids, vectors = read_collection(path, vocab=r.encoder.vocab)
+    r.index_vectors(doc_ids, vectors)
+    r.save(output, overwrite=overwrite)
+    return r
