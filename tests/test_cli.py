@@ -74,3 +74,44 @@ def test_cli_errors_are_clean(runner, tiny_beir, tmp_path):
     assert res.exit_code == 1 and "not an lsr index" in res.output
     res = runner.invoke(main, ["search", str(tmp_path)])
     assert res.exit_code == 2
+
+
+def _copy_beir(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_a_bad_qrels_line_is_a_data_error_not_a_bad_split(runner, tiny_beir, tmp_path):
+    data = _copy_beir(tiny_beir, tmp_path / "ds")
+    with open(data / "qrels" / "test.tsv", "a") as f:
+        f.write("q1\td2\t1.5\n")
+    res = runner.invoke(main, ["eval", str(data), "-o", str(tmp_path / "o")])
+    assert res.exit_code == 1, res.output
+    assert "test.tsv:" in res.output and "--split" not in res.output and "Traceback" not in res.output
+
+
+def test_damaged_manifest_and_file_system_errors_are_one_line(runner, tiny_beir, tmp_path):
+    idx = tmp_path / "idx"
+    assert runner.invoke(main, ["index", str(tiny_beir), str(idx)]).exit_code == 0
+    (idx / "manifest.json").write_text("{not json")
+    res = runner.invoke(main, ["search", str(idx), "--query", "heart"])
+    assert res.exit_code == 1 and "manifest.json" in res.output and isinstance(res.exception, SystemExit)
+    assert len([line for line in res.output.splitlines() if line.strip()]) == 1
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = runner.invoke(main, ["index", str(tiny_beir), str(blocker / "sub" / "idx")])
+    assert res.exit_code == 1 and str(blocker) in res.output and "Traceback" not in res.output
+    assert isinstance(res.exception, SystemExit)
+
+
+def test_gzipped_beir_directory_indexes(runner, tiny_beir, tmp_path):
+    import gzip
+
+    data = _copy_beir(tiny_beir, tmp_path / "ds")
+    corpus = (data / "corpus.jsonl").read_bytes()
+    (data / "corpus.jsonl").unlink()
+    (data / "corpus.jsonl.gz").write_bytes(gzip.compress(corpus))
+    res = runner.invoke(main, ["index", str(data), str(tmp_path / "i")])
+    assert res.exit_code == 0, res.output

@@ -7,7 +7,7 @@ For a text with tokens ``t`` and MLM logits ``z[t, v]`` the weight of vocabulary
 with special tokens ([CLS], [SEP], [PAD], [MASK], [UNK]) removed from the output. Because
 ``log(1 + relu(x))`` is monotone, lsr max-pools the logits first and activates only the pooled
 ``(batch x vocab)`` matrix. On CPU it goes further while staying exact: the ``tokens x vocab``
-head matmul is first done in bf16 (2-3x faster on CPUs with AVX512-BF16), which bounds every
+head matmul is first done in bf16 (faster on CPUs with AVX512-BF16; docs/learned_sparse.md), which bounds every
 logit to within a proven margin; only the few hundred entries whose bound is positive are then
 recomputed in fp32. Weights match a plain fp32 transformers implementation to ~1e-6.
 
