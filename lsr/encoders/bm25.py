@@ -148,7 +148,8 @@ class BM25Encoder:
         dl = lucene_norm_decode(lucene_norm_encode(lengths)) if self.lucene_norms else lengths
         avgdl = np.float32(self.avgdl)
         # Lucene caches 1 / (k1 * (1 - b + b * dl / avgdl)) in float32 per norm value.
-        inv_norm = (1.0 / (self.k1 * ((1 - self.b) + self.b * dl.astype(np.float32) / avgdl))).astype(np.float32)
+        with np.errstate(divide="ignore"):  # k1 = 0: inv_norm is inf and every weight is the idf (binary BM25)
+            inv_norm = (1.0 / (self.k1 * ((1 - self.b) + self.b * dl.astype(np.float32) / avgdl))).astype(np.float32)
         row = np.repeat(np.arange(tf.indptr.size - 1), np.diff(tf.indptr))
         freq = tf.data.astype(np.float32)
         idf = self.idf().astype(np.float32)[tf.indices]
