@@ -167,6 +167,9 @@ def exhaustive_search(q_indptr: np.ndarray, q_indices: np.ndarray, q_data: np.nd
     int32 positions, ``weights`` float32 or uint8 impacts, both in posting order): the same
     float32 sums in the same order, matches (score > 0 when every weight is positive, else every
     document a query term reaches), ties to the lower position, ``-1`` / ``0.0`` padding."""
+    # plain arrays: slicing a memory map goes through Python code (most of the time otherwise)
+    offsets, docs, weights = np.asarray(offsets), np.asarray(docs), np.asarray(weights)
+    as_f32 = weights.dtype != np.float32
     vocab = offsets.size - 1
     acc = np.zeros(n_docs, np.float32)
     reached = np.zeros(n_docs, bool)
@@ -180,14 +183,18 @@ def exhaustive_search(q_indptr: np.ndarray, q_indices: np.ndarray, q_data: np.nd
             if w == 0 or lo == hi:
                 continue
             d = docs[lo:hi]
-            acc[d] += w * weights[lo:hi].astype(np.float32)
-            reached[d] = True
-        cand = np.flatnonzero(acc > 0 if pos else reached)
-        s = acc[cand]
+            acc[d] += w * (weights[lo:hi].astype(np.float32) if as_f32 else weights[lo:hi])
+            if not pos:
+                reached[d] = True
+        hit = np.flatnonzero(acc if pos else reached)  # positive: a reached score is > 0 or never counts
+        cand, s = hit, acc[hit]
+        if cand.size > k:  # keep the k best (and every tie of the k-th) before the exact sort
+            keep = s >= -np.partition(-s, k - 1)[k - 1]
+            cand, s = cand[keep], s[keep]
         top = np.lexsort((cand, -s))[:k]
         m = top.size
         out_ids[q, :m], out_scores[q, :m] = cand[top], s[top]
         out_ids[q, m:], out_scores[q, m:] = -1, 0.0
-        touched = np.flatnonzero(reached)
-        acc[touched] = 0.0
-        reached[touched] = False
+        acc[hit] = 0.0
+        if not pos:
+            reached[hit] = False
