@@ -1,21 +1,34 @@
-"""Tiny generated models for the dense / multi-vector tests (no downloads).
+"""Shared helpers for the dense / multi-vector / MUVERA tests (no downloads).
 
-Each builder writes a randomly initialised 2-layer BERT (hidden 32) with the shared
-bert-base-uncased WordPiece vocabulary into a directory, plus the extra files of the format
-under test: sentence-transformers modules, a colbert-ir ``linear.weight`` or a PyLate Dense.
+Tiny generated models: each builder writes a randomly initialised 2-layer BERT (hidden 32) with
+the shared bert-base-uncased WordPiece vocabulary into a directory, plus the extra files of the
+format under test: sentence-transformers modules, a colbert-ir ``linear.weight`` or a PyLate
+Dense. ``st_model`` is such a bi-encoder as a fixture (import it into the test module).
+
+Also here, because several test modules use them: random point sets and the expected ranking
+(``random_sets``, ``ranked``), a subprocess runner for checks that could crash the process if a
+guard regressed (FAISS aborts, Numba kernels reading bad offsets), and edits of saved index
+directories (``edit_manifest``, ``rehash``, ``faiss_of``) for the damaged-directory tests.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
-VOCAB_SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "all-MiniLM-L6-v2"
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VOCAB_SOURCE = REPO.parent / "shared" / "models" / "all-MiniLM-L6-v2"
 HIDDEN = 32
 
 
 def build_bert(directory: Path, seed: int = 0) -> Path:
     """Tiny random BERT + the shared bert-base-uncased tokenizer, saved into ``directory``."""
-    import pytest
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -48,6 +61,13 @@ def build_sentence_transformer(directory: Path, pooling: str = "mean", normalize
     if prompts:
         (directory / "config_sentence_transformers.json").write_text(json.dumps({"prompts": prompts}))
     return directory
+
+
+@pytest.fixture(scope="module")
+def st_model(tmp_path_factory) -> Path:
+    """A tiny sentence-transformers bi-encoder (mean pooling, normalised, 48 tokens)."""
+    pytest.importorskip("torch")
+    return build_sentence_transformer(tmp_path_factory.mktemp("st") / "st", max_seq_length=48)
 
 
 def build_colbert_ir(directory: Path, dim: int = 16, query_maxlen: int = 12, doc_maxlen: int = 40) -> Path:
@@ -98,3 +118,56 @@ def build_pylate(directory: Path, dim: int = 16, query_length: int = 12, documen
         "document_length": document_length, "do_query_expansion": True, "attend_to_expansion_tokens": False,
         "skiplist_words": list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")}))
     return directory
+
+
+# ---------------------------------------------------------------------------- synthetic data
+def random_sets(rng, n, dim, max_len, dtype, min_len=0):
+    """``n`` point sets of ``min_len``..``max_len`` Gaussian vectors each."""
+    return [rng.normal(size=(int(rng.integers(min_len, max_len + 1)), dim)).astype(dtype) for _ in range(n)]
+
+
+def ranked(scores_row, positions, k):
+    """Distinct positions with a finite score, best first, ties by lower position, at most k."""
+    pos = sorted({int(p) for p in positions if p >= 0 and np.isfinite(scores_row[p])},
+                 key=lambda p: (-scores_row[p], p))
+    return pos[:k]
+
+
+# ---------------------------------------------------------------------------- crash-prone checks
+def run_python(code: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter from the repository root, so that a crash (a FAISS
+    abort, a kernel reading bad offsets) fails one test instead of ending the test run."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+# ---------------------------------------------------------------------------- damaged directories
+def rehash(root: Path, rel: str, manifest: str = "manifest.json") -> None:
+    """Record the current size and SHA-256 of ``rel`` in the manifest, so only the content is wrong."""
+    m = json.loads((root / manifest).read_text())
+    f = (root / manifest).parent / rel
+    m["files"][rel] = {"bytes": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
+    (root / manifest).write_text(json.dumps(m))
+
+
+def edit_manifest(root: Path, fn, manifest: str = "manifest.json") -> None:
+    """Apply ``fn`` to the parsed manifest and write it back."""
+    m = json.loads((root / manifest).read_text())
+    fn(m)
+    (root / manifest).write_text(json.dumps(m))
+
+
+def faiss_of(kind: str, dim: int, n: int):
+    """A small FAISS index to swap into a saved directory: ``l2`` (flat L2), ``hnsw`` or else IVF."""
+    import faiss
+
+    x = np.random.default_rng(0).normal(size=(n, dim)).astype(np.float32)
+    if kind == "l2":
+        index = faiss.IndexFlatL2(dim)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, 8, faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, 2, faiss.METRIC_INNER_PRODUCT)
+        index.train(x)
+    index.add(x)
+    return index

@@ -1,5 +1,10 @@
-"""DenseEncoder against plain transformers code on tiny generated sentence-transformers models."""
+"""DenseEncoder against plain transformers code and sentence-transformers itself on tiny generated
+sentence-transformers models; the helpers of lsr/encoders/embedding.py that MultiVectorEncoder
+shares (truncation to the model's positions, encoder.json) through both encoders."""
 from __future__ import annotations
+
+import importlib
+import json
 
 import numpy as np
 import pytest
@@ -7,9 +12,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from conftest_dense import build_sentence_transformer  # noqa: E402
+from conftest_dense import HIDDEN, build_sentence_transformer  # noqa: E402
 
 from lsr.encoders.embedding import DenseEncoder, cache_key  # noqa: E402
+from lsr.encoders.multivector import MultiVectorEncoder  # noqa: E402
+from lsr.errors import IndexFormatError  # noqa: E402
 
 TEXTS = ["what causes heart disease", "Heart disease is mostly caused by high blood pressure, high "
          "cholesterol and smoking.", "", "stock market", "The stock market fell sharply on Tuesday."]
@@ -81,6 +88,56 @@ def test_bad_arguments(st_dirs, tmp_path):
         DenseEncoder(st_dirs["mean"], pooling="max")
     with pytest.raises(FileNotFoundError):
         DenseEncoder(str(tmp_path / "missing" / "model"))
+
+
+def test_dense_module_matches_sentence_transformers(tmp_path):
+    pytest.importorskip("sentence_transformers")
+    from safetensors.torch import save_file
+    from sentence_transformers import SentenceTransformer
+
+    d = build_sentence_transformer(tmp_path / "st", pooling="mean", normalize=False, max_seq_length=40)
+    modules = json.loads((d / "modules.json").read_text()) + [
+        {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+        {"idx": 3, "name": "3", "path": "3_Normalize", "type": "sentence_transformers.models.Normalize"}]
+    (d / "modules.json").write_text(json.dumps(modules))
+    (d / "2_Dense").mkdir()
+    (d / "2_Dense" / "config.json").write_text(json.dumps({
+        "in_features": HIDDEN, "out_features": 12, "bias": True,
+        "activation_function": "torch.nn.modules.activation.Tanh"}))
+    g = torch.Generator().manual_seed(3)
+    save_file({"linear.weight": torch.randn(12, HIDDEN, generator=g), "linear.bias": torch.randn(12, generator=g)},
+              str(d / "2_Dense" / "model.safetensors"))
+    texts = ["heart disease", "what the stock market did on a long and busy tuesday afternoon", ""]
+    ref = SentenceTransformer(str(d), device="cpu").encode(texts, convert_to_numpy=True)
+    enc = DenseEncoder(d, device="cpu", batch_size=2)
+    assert enc.dim == 12
+    np.testing.assert_allclose(enc.encode_documents(texts), ref, atol=2e-5)
+
+
+def test_max_length_beyond_the_model_positions_truncates(st_dirs):
+    long_text = " ".join(["heart"] * 300)  # the tiny model has 128 positions
+    for cls in (DenseEncoder, MultiVectorEncoder):
+        wide = cls(st_dirs["mean"], device="cpu", doc_max_length=256, query_max_length=200)
+        fits = cls(st_dirs["mean"], device="cpu", doc_max_length=128, query_max_length=128)
+        for kind in ("encode_documents", "encode_queries"):
+            a, b = getattr(wide, kind)([long_text]), getattr(fits, kind)([long_text])
+            a, b = (a, b) if cls is DenseEncoder else (a.vectors, b.vectors)
+            np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=1e-5)
+
+
+@pytest.mark.parametrize("module, cls", [("lsr.encoders.embedding", "DenseEncoder"),
+                                         ("lsr.encoders.multivector", "MultiVectorEncoder")])
+def test_damaged_encoder_json_is_named(tmp_path, module, cls):
+    encoder_cls = getattr(importlib.import_module(module), cls)
+    path = tmp_path / "encoder.json"
+    with pytest.raises(IndexFormatError, match="encoder.json: missing"):
+        encoder_cls.load(tmp_path)
+    path.write_text("{not json")
+    with pytest.raises(IndexFormatError, match="encoder.json: not readable JSON"):
+        encoder_cls.load(tmp_path)
+    path.write_text(json.dumps({"model": "x"}))
+    with pytest.raises(IndexFormatError, match=r"encoder.json: missing field\(s\) .*query_max_length"):
+        encoder_cls.load(tmp_path)
 
 
 @pytest.mark.slow

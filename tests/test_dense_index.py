@@ -1,10 +1,13 @@
-"""DenseIndex (FAISS) against numpy brute force on deterministic synthetic data."""
+"""DenseIndex (FAISS) against numpy brute force on deterministic synthetic data; round trips,
+damaged directories and FAISS parameters that must be refused before FAISS sees them."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 faiss = pytest.importorskip("faiss")
+
+from conftest_dense import edit_manifest, faiss_of, rehash, run_python  # noqa: E402
 
 from lsr.errors import IndexFormatError  # noqa: E402
 from lsr.index.dense import DenseIndex, faiss_gpu_available  # noqa: E402
@@ -85,6 +88,53 @@ def test_load_refuses_damaged_directory(data, tmp_path):
         DenseIndex.load(tmp_path / "nothing")
 
 
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivfpq"])
+def test_dense_round_trip_ids_threads_and_padding(tmp_path, kind):
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(1500, 24)).astype(np.float32)
+    q = rng.normal(size=(20, 24)).astype(np.float32)
+    ids = [f"doc/{i}-é" for i in range(1500)]
+    index = DenseIndex.build(x, doc_ids=ids, index_type=kind)
+    before = index.search(q, k=10)
+    index.save(tmp_path / "i")
+    for mmap in (True, False):
+        for verify in (True, False):
+            again = DenseIndex.load(tmp_path / "i", mmap=mmap, verify=verify)
+            assert again.doc_ids.tolist() == ids and again.params == index.params
+            for threads in (1, 2):
+                after = again.search(q, k=10, threads=threads)
+                np.testing.assert_array_equal(after.ids, before.ids)
+                np.testing.assert_array_equal(after.scores, before.scores)
+    if kind == "flat":
+        s = q @ x.T
+        np.testing.assert_allclose(before.scores, -np.sort(-s, axis=1)[:, :10], rtol=1e-5, atol=1e-5)
+    small = DenseIndex.build(x[:40], doc_ids=ids[:40], index_type=kind)
+    got, scores = small.search(q, k=64)  # k beyond the 40 vectors: capped at 40, not allocated
+    assert got.shape == (20, 40) and (kind != "flat" or np.all(got >= 0))
+    assert all(sorted(row[:40].tolist()) == list(range(40)) for row in got)
+
+
+@pytest.mark.parametrize("edit", ["flat->hnsw", "hnsw->flat", "ivf nprobe missing", "ivf nprobe -1",
+                                  "hnsw ef_search 0", "L2 file"])
+def test_damaged_dense_manifest_is_refused(tmp_path, edit):
+    x = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
+    kind = edit.split()[0].split("-")[0] if "L2" not in edit else "flat"
+    path = tmp_path / "dense"
+    DenseIndex.build(x, index_type=kind).save(path)
+    if "->" in edit:
+        edit_manifest(path, lambda m: m.update(index_type=edit.split("->")[1]))
+    elif "missing" in edit:
+        edit_manifest(path, lambda m: m["params"].pop("nprobe"))
+    elif "L2" in edit:
+        faiss.write_index(faiss_of("l2", 8, 200), str(path / "faiss.index"))
+        rehash(path, "faiss.index")
+    else:
+        key, value = edit.split()[1:]
+        edit_manifest(path, lambda m: m["params"].update({key: int(value)}))
+    with pytest.raises(IndexFormatError, match=r"manifest\.json|faiss\.index"):
+        DenseIndex.load(path)
+
+
 def test_bad_input():
     x = np.ones((4, 3), np.float32)
     with pytest.raises(ValueError, match="index_type"):
@@ -98,6 +148,27 @@ def test_bad_input():
         idx.search(np.ones((1, 4), np.float32))
     with pytest.raises(ValueError, match="k must"):
         idx.search(np.ones((1, 3), np.float32), k=0)
+
+
+def test_bad_faiss_parameters_are_refused_not_crashing():
+    # hnsw_m 0 aborted the process in FAISS, 1 segfaulted, -1 hung; pq_bits 0 segfaulted
+    res = run_python("""
+        import numpy as np
+        from lsr.index.dense import DenseIndex
+        x = np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32)
+        for kind, key, val in [("hnsw", "hnsw_m", 0), ("hnsw", "hnsw_m", 1), ("hnsw", "hnsw_m", -1),
+                               ("hnsw", "hnsw_m", True), ("hnsw", "ef_search", 0), ("hnsw", "ef_construction", -5),
+                               ("ivf", "nlist", -1), ("ivf", "nprobe", -1), ("ivfpq", "pq_bits", 0),
+                               ("ivfpq", "pq_m", -2), ("hnsw", "hnsw_m", 2.5)]:
+            try:
+                DenseIndex.build(x, index_type=kind, **{key: val})
+                print("accepted", key, val)
+            except ValueError as exc:
+                assert key in str(exc), exc
+                print("refused")
+    """)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["refused"] * 11, res.stdout
 
 
 def test_gpu_request_without_gpu_fails_clearly():

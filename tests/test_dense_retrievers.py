@@ -1,4 +1,4 @@
-"""Dense, MaxSim and MUVERA retrievers through Python and the CLI on the tiny BEIR set."""
+"""Dense, MaxSim and MUVERA retrievers through Python and the CLI on the tiny BEIR set and an empty corpus."""
 from __future__ import annotations
 
 import json
@@ -10,16 +10,14 @@ pytest.importorskip("torch")
 pytest.importorskip("faiss")
 
 from click.testing import CliRunner  # noqa: E402
-from conftest_dense import build_sentence_transformer  # noqa: E402
+from conftest_dense import st_model  # noqa: E402
 
 from lsr import load_beir, load_retriever, read_run  # noqa: E402
 from lsr.cli import main  # noqa: E402
+from lsr.index.muvera import FDEConfig  # noqa: E402
 from lsr.retrievers.base import RETRIEVERS, retriever_class  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def st_model(tmp_path_factory):
-    return build_sentence_transformer(tmp_path_factory.mktemp("ret") / "st", max_seq_length=48)
+__all__ = ["st_model"]  # fixture used by name
 
 
 def test_registered():
@@ -60,6 +58,35 @@ def test_muvera_with_all_candidates_equals_maxsim(st_model, tiny_beir, tmp_path)
     assert json.loads((tmp_path / "muvera" / "index" / "manifest.json").read_text())["fde"]["reps"] == 3
 
 
+def test_retrievers_on_an_empty_corpus_and_no_queries(st_model, tmp_path):
+    opts = dict(model=str(st_model), device="cpu", doc_max_length=48, query_max_length=16)
+    for name, extra in (("dense", {}), ("maxsim", {}), ("muvera", dict(fde_reps=2, fde_k_sim=2, fde_d_proj=8))):
+        r = retriever_class(name).from_options(**opts, **extra)
+        r.index([], [])
+        assert r.search(["heart disease"], k=3).ids.shape == (1, 0)  # k capped at the empty corpus
+        assert r.search([], k=3).ids.shape == (0, 0)
+        r.save(tmp_path / name)
+        assert load_retriever(tmp_path / name).search(["heart"], k=2).ids.shape == (1, 0)
+    mv = retriever_class("maxsim").from_options(**opts).encoder
+    assert len(mv.encode_documents([])) == 0 and len(mv.encode_queries([])) == 0
+
+
+def test_muvera_identity_projection_option_is_kept(st_model, tmp_path):
+    opts = dict(model=str(st_model), device="cpu", doc_max_length=48, query_max_length=16)
+    texts = ["heart disease risk", "blood pressure", "cancer cells divide"]
+    r = retriever_class("muvera").from_options(**opts, fde_d_proj=0, fde_k_sim=1, fde_reps=2)
+    r.index(["a", "b", "c"], texts)
+    config = r.fde_index.encoder.config
+    assert config.d_proj is None and config.identity and config.k_sim == 1 and config.reps == 2
+    r.save(tmp_path / "m")
+    loaded = load_retriever(tmp_path / "m")
+    loaded.index(["a", "b", "c"], texts)  # re-indexing a loaded retriever keeps its settings
+    assert loaded.fde_index.encoder.config == config
+    default = retriever_class("muvera").from_options(**opts)
+    default.index(["a", "b", "c"], texts)
+    assert default.fde_index.encoder.config == FDEConfig(dim=config.dim)
+
+
 @pytest.mark.parametrize("retriever, extra", [("dense", ["--index-type", "hnsw"]), ("maxsim", []),
                                               ("muvera", ["--fde-reps", "2", "--fde-k-sim", "2"])])
 def test_cli_eval_index_search(st_model, tiny_beir, tmp_path, retriever, extra):
@@ -81,3 +108,11 @@ def test_cli_eval_index_search(st_model, tiny_beir, tmp_path, retriever, extra):
 def test_missing_model_is_a_clear_cli_error(tiny_beir, tmp_path):
     res = CliRunner().invoke(main, ["eval", str(tiny_beir), "-r", "dense", "-o", str(tmp_path / "o")])
     assert res.exit_code != 0 and "--model" in res.output
+
+
+def test_cli_names_a_missing_model(tiny_beir, tmp_path):
+    missing = tmp_path / "no-such-model"
+    for retriever in ("dense", "maxsim", "muvera"):
+        res = CliRunner().invoke(main, ["eval", str(tiny_beir), "-r", retriever, "-m", str(missing),
+                                        "--device", "cpu", "-o", str(tmp_path / "out")])
+        assert res.exit_code != 0 and str(missing) in res.output and "Repo id" not in res.output, res.output

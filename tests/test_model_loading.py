@@ -7,6 +7,7 @@ endpoint decides in a few seconds, and a cached snapshot is used when there is o
 from __future__ import annotations
 
 import http.server
+import importlib.util
 import socket
 import threading
 import time
@@ -22,9 +23,10 @@ from lsr.encoders.multivector import MultiVectorEncoder
 from lsr.encoders.splade import SpladeEncoder
 from lsr.errors import ModelNotFoundError
 
+from conftest_dense import st_model
 from conftest_splade import tiny_mlm
 
-__all__ = ["tiny_mlm"]  # fixture used by name
+__all__ = ["st_model", "tiny_mlm"]  # fixtures used by name
 
 ENCODERS = {
     "splade": SpladeEncoder,
@@ -33,6 +35,8 @@ ENCODERS = {
     "multivector": lambda m: MultiVectorEncoder(m, device="cpu"),
 }
 HUB_IDS = ["naver/splade-v3", "sentence-transformers/all-MiniLM-L6-v2", "bert-base-uncased"]
+torch_needed = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                                  reason="needs PyTorch (the encoders' optional extra: pip install lsr[encoders])")
 
 
 @pytest.fixture
@@ -82,6 +86,25 @@ def test_mistyped_local_paths_say_no_such_model_directory(name, tmp_path, monkey
     assert message == "weights.bin: a model must be a directory or a hub id, not a file"
     with pytest.raises(FileNotFoundError):  # still what callers caught before ModelNotFoundError
         ENCODERS[name]("./splade-tiny")
+
+
+@torch_needed
+def test_missing_or_foreign_model_paths_name_the_path(tmp_path):
+    (tmp_path / "not_a_model").mkdir()
+    for cls in (DenseEncoder, MultiVectorEncoder):
+        for bad in (tmp_path / "missing" / "model", tmp_path / "not_a_model"):
+            with pytest.raises(FileNotFoundError, match=str(bad)):
+                cls(str(bad), device="cpu")
+
+
+@torch_needed
+def test_model_path_with_tilde(st_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "st").symlink_to(st_model)
+    dense = DenseEncoder("~/st", device="cpu")
+    np.testing.assert_array_equal(dense.encode_queries(["heart"]),
+                                  DenseEncoder(st_model, device="cpu").encode_queries(["heart"]))
+    assert len(MultiVectorEncoder("~/st", device="cpu").encode_queries(["heart"])) == 1
 
 
 @pytest.mark.parametrize("name", list(ENCODERS))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import lsr.index.muvera as muvera
 from lsr.index.maxsim import MultiVectors, maxsim_scores
 from lsr.index.muvera import FDEConfig, FDEEncoder, gray_partition_index
 
@@ -30,6 +31,7 @@ def distance_to_partition(sketch_row, index):
 
 
 def reference_fde(enc: FDEEncoder, points: np.ndarray, document: bool) -> np.ndarray:
+    """FDE of one point set, point by point after fixed_dimensional_encoding.cc (float64 sums)."""
     c = enc.config
     dp, parts = c.projection_dim, c.partitions
     out = np.zeros(c.reps * parts * dp, dtype=np.float64)
@@ -76,6 +78,28 @@ CONFIGS = [
     FDEConfig(dim=8, k_sim=3, d_proj=4, reps=2, final_dim=17),
     FDEConfig(dim=8, k_sim=0, d_proj=None, reps=1),
 ]
+
+
+EDGE_CONFIGS = [  # every k_sim / projection / final_dim variant, edge settings
+    FDEConfig(dim=6, k_sim=0, d_proj=None, reps=2),
+    FDEConfig(dim=6, k_sim=0, d_proj=3, reps=2, final_dim=5),
+    FDEConfig(dim=6, k_sim=1, d_proj=6, reps=3),  # d_proj == dim: identity
+    FDEConfig(dim=6, k_sim=2, d_proj=4, reps=2),
+    FDEConfig(dim=6, k_sim=3, d_proj=8, reps=2, final_dim=19, fill_empty_partitions=False),
+    FDEConfig(dim=6, k_sim=6, d_proj=2, reps=2),  # mostly empty partitions, many fill ties
+    FDEConfig(dim=6, k_sim=3, d_proj=None, reps=1, final_dim=200),
+]
+
+
+def edge_point_sets(dim=6):
+    """Empty sets at a batch start, middle and end, identical points and a zero vector."""
+    rng = np.random.default_rng(21)
+    sets = [rng.normal(size=(int(rng.integers(1, 6)), dim)).astype(np.float32) for _ in range(13)]
+    for i in (0, 5, 12):
+        sets[i] = np.zeros((0, dim), np.float32)  # empty sets at a batch start, middle and end
+    sets[3] = np.repeat(sets[3][:1], 3, axis=0)  # identical points
+    sets[7][0] = 0.0  # a zero vector (no positive SimHash bit)
+    return sets
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"k{c.k_sim}-p{c.d_proj}-r{c.reps}-f{c.final_dim}")
@@ -166,3 +190,56 @@ def test_deterministic_and_config_checks():
         FDEConfig(dim=8, k_sim=31)
     with pytest.raises(ValueError, match="dimension"):
         FDEEncoder(c).encode_queries(MultiVectors.from_list([np.ones((2, 5), np.float32)]))
+
+
+@pytest.mark.parametrize("batch", [2, 5, 512])
+@pytest.mark.parametrize("config", EDGE_CONFIGS, ids=lambda c: f"k{c.k_sim}-p{c.d_proj}-r{c.reps}-f{c.final_dim}"
+                         f"-{'fill' if c.fill_empty_partitions else 'nofill'}")
+def test_fde_matches_loop_reference(config, batch, monkeypatch):
+    monkeypatch.setattr(muvera, "_ENCODE_BATCH", batch)  # batch boundaries inside the set list
+    enc = FDEEncoder(config)
+    sets = edge_point_sets()
+    for dtype in (np.float32, np.float16):
+        mv = MultiVectors.from_list(sets, dtype=dtype)
+        q, d = enc.encode_queries(mv), enc.encode_documents(mv)
+        assert q.shape == d.shape == (13, config.output_dim) and q.dtype == d.dtype == np.float32
+        for i, pts in enumerate(sets):
+            pts = pts.astype(dtype)
+            np.testing.assert_allclose(q[i], reference_fde(enc, pts, False), atol=1e-5, err_msg=f"query {i}")
+            np.testing.assert_allclose(d[i], reference_fde(enc, pts, True), atol=1e-5, err_msg=f"document {i}")
+
+
+def test_fde_of_no_sets_is_empty():
+    enc = FDEEncoder(FDEConfig(dim=6, k_sim=2, d_proj=4, reps=2))
+    empty = MultiVectors.from_list([], dim=6)
+    assert enc.encode_queries(empty).shape == (0, 32)
+    assert enc.encode_documents(empty).shape == (0, 32)
+
+
+def test_fde_random_matrices_have_the_documented_structure():
+    c = FDEConfig(dim=256, k_sim=8, d_proj=16, reps=4, final_dim=100, seed=7)
+    enc = FDEEncoder(c)
+    for rep in range(c.reps):  # repetition r is seeded with seed + r
+        one = FDEEncoder(FDEConfig(dim=256, k_sim=8, d_proj=16, reps=1, seed=7 + rep))
+        np.testing.assert_array_equal(enc.simhash[rep], one.simhash[0])
+        np.testing.assert_array_equal(enc.ams[rep], one.ams[0])
+        ams = enc.ams[rep]
+        assert ams.shape == (256, 16) and np.all((ams != 0).sum(axis=1) == 1)
+        assert set(np.unique(ams[ams != 0])) <= {-1.0, 1.0}
+    g = np.concatenate([s.ravel() for s in enc.simhash])  # Gaussian hyperplanes
+    assert abs(g.mean()) < 0.05 and abs(g.std() - 1) < 0.05
+    assert not np.array_equal(enc.simhash[0], enc.simhash[1])
+    idx, sign = enc.count_sketch
+    assert idx.shape == sign.shape == (c.block_dim,) and idx.min() >= 0 and idx.max() < 100
+    assert set(np.unique(sign)) == {-1.0, 1.0}
+
+
+def test_fde_config_refuses_non_integer_settings():
+    for bad in (dict(k_sim=True), dict(d_proj=2.0), dict(reps="3"), dict(final_dim=1.5), dict(seed=None)):
+        with pytest.raises(TypeError, match=next(iter(bad))):
+            FDEConfig(dim=8, **bad)
+    with pytest.raises(TypeError, match="fill_empty_partitions"):
+        FDEConfig(dim=8, fill_empty_partitions="no")
+    with pytest.raises(ValueError, match="seed"):
+        FDEConfig(dim=8, seed=-1)
+    assert FDEConfig(dim=np.int64(8), d_proj=None, final_dim=None).output_dim == 8 * 8 * 10

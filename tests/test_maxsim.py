@@ -1,8 +1,10 @@
-"""MultiVectors storage and exact MaxSim against a naive numpy reference."""
+"""Exact MaxSim (lsr/index/maxsim.py) and MultiVectors storage against a naive float64 reference:
+scores, search, re-ranking, tie order and bad input."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest_dense import random_sets, ranked
 
 from lsr.errors import IndexFormatError
 from lsr.io.manifest import load_multivectors, save_multivectors
@@ -10,6 +12,7 @@ from lsr.index.maxsim import MultiVectors, maxsim_rerank, maxsim_scores, maxsim_
 
 
 def naive(q_sets, d_sets):
+    """float64 MaxSim pair by pair; documents without vectors score -inf, queries without vectors 0."""
     out = np.zeros((len(q_sets), len(d_sets)))
     for i, q in enumerate(q_sets):
         for j, d in enumerate(d_sets):
@@ -136,3 +139,74 @@ def test_top_k_matches_a_sort_of_the_finite_entries():
             expect = finite[np.lexsort((finite, -scores[i, finite]))][:k]
             np.testing.assert_array_equal(ids[i], np.pad(expect, (0, k - expect.size), constant_values=-1))
             np.testing.assert_array_equal(top[i], np.pad(scores[i, expect], (0, k - expect.size)))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_maxsim_search_and_rerank_match_loop_reference(dtype):
+    rng = np.random.default_rng(11)
+    docs = random_sets(rng, 45, 10, 9, dtype)
+    docs[3] = np.zeros((0, 10), dtype)  # documents without vectors
+    docs[44] = np.zeros((0, 10), dtype)
+    queries = random_sets(rng, 9, 10, 6, np.float32, min_len=1)
+    queries[2] = queries[2][:1]  # a one-vector query
+    queries[5] = np.zeros((0, 10), np.float32)  # a query without vectors: 0 for every document
+    d, q = MultiVectors.from_list(docs, dtype=dtype), MultiVectors.from_list(queries)
+    ref = naive(queries, docs)
+    np.testing.assert_allclose(maxsim_scores(q, d), ref, rtol=1e-4, atol=1e-4)
+    for k in (1, 6, 43, 80):  # 43 non-empty documents of 45; k capped at 45, then padded
+        ids, scores = maxsim_search(q, d, k=k)
+        assert ids.shape == scores.shape == (9, min(k, 45)) and ids.dtype == np.int64 and scores.dtype == np.float32
+        for i in range(9):
+            want = ranked(ref[i], range(45), k)
+            assert ids[i, :len(want)].tolist() == want, (k, i)
+            np.testing.assert_allclose(scores[i, :len(want)], ref[i, want], rtol=1e-4, atol=1e-4)
+            assert np.all(ids[i, len(want):] == -1) and np.all(scores[i, len(want):] == 0)
+    cand = rng.integers(-1, 45, size=(9, 30))
+    cand[:, 0] = 3  # an empty document among the candidates
+    cand[:, 1] = cand[:, 2]  # duplicates
+    cand[4] = -1  # nothing to re-rank
+    for threads in (1, 2):
+        for k in (1, 7, 40):
+            ids, scores = maxsim_rerank(q, d, cand, k=k, threads=threads)
+            for i in range(9):
+                want = ranked(ref[i], cand[i], k)
+                assert ids[i, :len(want)].tolist() == want, (threads, k, i)
+                np.testing.assert_allclose(scores[i, :len(want)], ref[i, want], rtol=1e-4, atol=1e-4)
+                assert np.all(ids[i, len(want):] == -1) and np.all(scores[i, len(want):] == 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_maxsim_ties_go_to_the_lower_position(dtype):
+    # three distinct documents repeated; small integer vectors make every score exact, so equal
+    # documents tie exactly whatever the summation order
+    rng = np.random.default_rng(3)
+    base = [rng.integers(-2, 3, size=(int(rng.integers(1, 4)), 8)).astype(dtype) for _ in range(3)]
+    docs = [base[i % 3] for i in range(90)]
+    queries = [rng.integers(-2, 3, size=(int(rng.integers(1, 4)), 8)).astype(np.float32) for _ in range(6)]
+    d, q = MultiVectors.from_list(docs, dtype=dtype), MultiVectors.from_list(queries)
+    ref = naive(queries, docs)
+    cand = np.tile(np.arange(90)[::-1], (6, 1))
+    for k in (1, 4, 31, 46, 89, 90):
+        ids, _ = maxsim_search(q, d, k=k)
+        r_ids, _ = maxsim_rerank(q, d, cand, k=k, threads=2)
+        for i in range(6):
+            want = ranked(ref[i], range(90), k)
+            assert ids[i].tolist() == want, (k, i)
+            assert r_ids[i].tolist() == want, (k, i)
+
+
+def test_rerank_refuses_candidates_below_minus_one():
+    docs = MultiVectors.from_list([np.ones((1, 4), np.float32)] * 3)
+    q = MultiVectors.from_list([np.ones((1, 4), np.float32)])
+    with pytest.raises(ValueError, match="candidate"):
+        maxsim_rerank(q, docs, np.array([[0, -100]]), k=2)
+
+
+def test_rerank_refuses_float_candidates():
+    rng = np.random.default_rng(6)
+    docs = MultiVectors.from_list(random_sets(rng, 5, 4, 3, np.float32, min_len=1))
+    queries = MultiVectors.from_list(random_sets(rng, 2, 4, 2, np.float32, min_len=1))
+    with pytest.raises(TypeError, match="integer positions"):
+        maxsim_rerank(queries, docs, np.array([[0.0, 1.7], [2.0, 3.0]]), k=1)
+    ids, _ = maxsim_rerank(queries, docs, np.array([[0, 1], [2, 3]], dtype=np.int32), k=1)
+    assert ids.shape == (2, 1)
