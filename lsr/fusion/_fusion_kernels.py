@@ -58,12 +58,15 @@ def union_serial(ids, n, starts, cand_ids, cand_pos, counts):
 
 @njit(cache=True, nogil=True, parallel=True)
 def union_parallel(ids, n, starts, cand_ids, cand_pos, counts):
+    """:func:`union_serial` with ``prange`` over queries."""
     for q in prange(ids.shape[1]):
         counts[q] = _union_one(ids, n, q, starts[q], cand_ids, cand_pos)
 
 
 @njit(cache=True, nogil=True)
 def _top_one(indptr, cand_ids, fused, k, q, out_ids, out_scores):
+    """Query ``q``'s best ``k`` candidates ``cand_ids[indptr[q]:indptr[q + 1]]`` by fused score
+    (descending; ties: id descending) into ``out_ids[q]`` / ``out_scores[q]``."""
     s, e = indptr[q], indptr[q + 1]
     m = e - s
     if m == 0:
@@ -101,6 +104,7 @@ def top_k_serial(indptr, cand_ids, fused, out_ids, out_scores):
 
 @njit(cache=True, nogil=True, parallel=True)
 def top_k_parallel(indptr, cand_ids, fused, out_ids, out_scores):
+    """:func:`top_k_serial` with ``prange`` over queries."""
     for q in prange(indptr.shape[0] - 1):
         _top_one(indptr, cand_ids, fused, out_ids.shape[1], q, out_ids, out_scores)
 

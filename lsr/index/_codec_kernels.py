@@ -21,15 +21,30 @@ words pad the array's end so that a reader can always load a 64-bit window.
 """
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numpy as np
 from numba import njit
 
 BLOCK = 128
 _U32 = np.uint64(0xFFFFFFFF)
 
+#: The posting lists as every search kernel reads them (built by
+#: :meth:`lsr.index.inverted.Postings.kernel_args`): ``offsets`` (int64, vocab + 1: each list's
+#: range in posting order), ``term_blocks`` (int64, vocab + 1: each list's range of blocks), per
+#: block ``block_last`` (int32: last document position), ``block_max`` (largest impact: uint8
+#: codes or float32) and ``block_word`` (int64, blocks + 1: start of the block's bits in
+#: ``words``), ``words`` (uint32 bit streams), the lists held decoded in memory ``raw_docs``
+#: (int32 positions) / ``raw_imps`` (uint8 impacts; both empty when searching the blocks in
+#: place), ``post_w`` (float32 weights in posting order for float indexes, else empty) and
+#: ``quant`` (bool: 8-bit impacts inside the blocks).
+PostingLists = namedtuple("PostingLists", ["offsets", "term_blocks", "block_last", "block_max", "block_word",
+                                           "words", "raw_docs", "raw_imps", "post_w", "quant"])
+
 
 @njit(inline="always")
 def _nbits(x):
+    """Number of bits of the non-negative integer ``x`` (0 for 0)."""
     b = 0
     while x > 0:
         b += 1
@@ -85,11 +100,14 @@ def _choose(vals, n, hist):
 
 @njit(inline="always")
 def _pfor_bits(n, width, high, exc):
+    """Bits of ``n`` values in PFOR with low ``width`` bits and ``exc`` exceptions of ``high`` bits."""
     return n * width + exc * (7 + high)
 
 
 @njit(inline="always")
 def _write_pfor(words, pos, vals, n, width, high, exc):
+    """Write ``vals[:n]`` as PFOR (low bits, exception positions, high bits) at bit ``pos`` of
+    the zeroed ``words``; return the next bit position."""
     mask = (np.int64(1) << width) - 1
     for i in range(n):
         pos = _put(words, pos, vals[i] & mask, width)
@@ -105,6 +123,8 @@ def _write_pfor(words, pos, vals, n, width, high, exc):
 
 @njit(inline="always")
 def _read_pfor(words, pos, out, n, width, high, exc):
+    """Read ``n`` PFOR values written by :func:`_write_pfor` at bit ``pos`` into ``out[:n]``;
+    return the next bit position."""
     # unsigned positions: no negative-index handling, so the loop vectorises (about 1 ns a value)
     w = np.uint64(width)
     mask = (np.uint64(1) << w) - np.uint64(1)
@@ -131,27 +151,37 @@ def block_size(offsets, term_blocks, t, b):
 
 
 @njit(inline="always")
-def decode_block(words, block_word, block_last, term_blocks, offsets, raw_docs, raw_imps, t, b, n, quant, dbuf,
-                 ibuf):
-    """Decode block ``b`` (of term ``t``, ``n`` postings) into document positions ``dbuf[:n]``
-    and, when ``quant``, 8-bit impacts ``ibuf[:n]``. When the index is held decoded in memory
-    (``raw_docs`` / ``raw_imps`` not empty) the block is copied from there instead."""
+def decode_block(lists, t, b, n, dbuf, ibuf):
+    """Decode block ``b`` (of term ``t``, ``n`` postings) of the :data:`PostingLists` ``lists``
+    into document positions ``dbuf[:n]`` and, when ``lists.quant``, 8-bit impacts ``ibuf[:n]``.
+    When the lists are held decoded in memory (``raw_docs`` / ``raw_imps`` not empty) the block
+    is copied from there instead."""
+    raw_docs = lists.raw_docs
     if raw_docs.size > 0:
-        p0 = offsets[t] + (b - term_blocks[t]) * BLOCK
+        raw_imps = lists.raw_imps
+        p0 = lists.offsets[t] + (b - lists.term_blocks[t]) * BLOCK
         for i in range(n):
             dbuf[i] = raw_docs[p0 + i]
-        if quant:
+        if lists.quant:
             for i in range(n):
                 ibuf[i] = raw_imps[p0 + i]
         return
-    h = np.int64(words[block_word[b]])
-    pos = block_word[b] * 32 + 32
+    _decode_stream(lists, t, b, n, dbuf, ibuf)
+
+
+@njit(inline="always")
+def _decode_stream(lists, t, b, n, dbuf, ibuf):
+    """:func:`decode_block` from the bit stream ``lists.words`` (ignores the decoded copy)."""
+    words = lists.words
+    w0 = lists.block_word[b]
+    h = np.int64(words[w0])
+    pos = w0 * 32 + 32
     pos = _read_pfor(words, pos, dbuf, n, h & 31, (h >> 5) & 31, (h >> 10) & 127)
-    prev = np.int64(-1) if b == term_blocks[t] else np.int64(block_last[b - 1])
+    prev = np.int64(-1) if b == lists.term_blocks[t] else np.int64(lists.block_last[b - 1])
     for i in range(n):
         prev += dbuf[i] + 1
         dbuf[i] = prev
-    if quant:
+    if lists.quant:
         _read_pfor(words, pos, ibuf, n, (h >> 17) & 15, (h >> 21) & 15, (h >> 25) & 127)
         for i in range(n):
             ibuf[i] += 1
@@ -235,21 +265,21 @@ def block_maxima(offsets, term_blocks, weights):
 
 
 @njit(nogil=True, cache=True)
-def decode_all(offsets, term_blocks, block_last, block_word, words, quant):
-    """Decompress to term-major arrays ``(docs int32, impacts uint8)`` (impacts empty unless quant)."""
+def decode_all(lists):
+    """Decompress the bit streams of the :data:`PostingLists` ``lists`` (not its decoded copy) to
+    term-major arrays ``(docs int32, impacts uint8)`` (impacts empty unless ``lists.quant``)."""
+    offsets, term_blocks, quant = lists.offsets, lists.term_blocks, lists.quant
     v = offsets.size - 1
     nnz = offsets[v]
     docs = np.empty(nnz, np.int32)
     imps = np.empty(nnz if quant else 0, np.uint8)
     dbuf = np.empty(BLOCK, np.int64)
     ibuf = np.empty(BLOCK, np.int64)
-    nod = np.empty(0, np.int32)
-    noi = np.empty(0, np.uint8)
     for t in range(v):
         for b in range(term_blocks[t], term_blocks[t + 1]):
             p0 = offsets[t] + (b - term_blocks[t]) * BLOCK
             n = block_size(offsets, term_blocks, t, b)
-            decode_block(words, block_word, block_last, term_blocks, offsets, nod, noi, t, b, n, quant, dbuf, ibuf)
+            _decode_stream(lists, t, b, n, dbuf, ibuf)
             for i in range(n):
                 docs[p0 + i] = dbuf[i]
                 if quant:
@@ -279,8 +309,9 @@ def derive(offsets, words, quant, n_docs):
     block_word = np.zeros(nb + 1, np.int64)
     dbuf = np.empty(BLOCK, np.int64)
     ibuf = np.empty(BLOCK, np.int64)
-    nod = np.empty(0, np.int32)
-    noi = np.empty(0, np.uint8)
+    # the tables filled so far, as the block decoder reads them (no decoded copy, no float weights)
+    lists = PostingLists(offsets, term_blocks, block_last, block_max, block_word, words, np.empty(0, np.int32),
+                         np.empty(0, np.uint8), np.empty(0, np.float32), quant)
     end = words.size - 2
     if offsets[0] != 0 or end < 0:
         return term_blocks, block_last, block_max, block_word, 0
@@ -302,7 +333,7 @@ def derive(offsets, words, quant, n_docs):
                 return term_blocks, block_last, block_max, block_word, b
             if b > term_blocks[t]:
                 block_last[b - 1] = prev  # decode_block reads the previous block's last position
-            decode_block(words, block_word, block_last, term_blocks, offsets, nod, noi, t, b, n, quant, dbuf, ibuf)
+            _decode_stream(lists, t, b, n, dbuf, ibuf)
             mx = 0
             for i in range(n):
                 d = dbuf[i]

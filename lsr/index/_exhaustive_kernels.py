@@ -1,24 +1,49 @@
 """Exhaustive (term-at-a-time, no pruning) search kernels of the inverted index; also the
 load-time checks of posting and forward arrays. Private: use :class:`lsr.InvertedIndex`.
 
-All kernels take contiguous arrays and scalars only, allocate per thread (never per posting)
-and release the GIL. Ties are broken towards the lower document position, so results are
+The search kernels take a few named tuples of contiguous arrays (the queries as a
+:data:`QueryBatch`, the lists as a :data:`~lsr.index._codec_kernels.PostingLists`, per-thread
+:data:`TaatScratch` buffers) and scalars, allocate per thread (never per posting) and release
+the GIL. Ties are broken towards the lower document position, so results are
 deterministic and independent of the number of threads.
 """
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numpy as np
 from numba import njit, prange
 
-from lsr.index._codec_kernels import BLOCK, block_size, decode_block
-from lsr.index._heap_kernels import _drain, _push, _sift_down
+from lsr.index._codec_kernels import BLOCK, PostingLists, block_size, decode_block
+from lsr.index._heap_kernels import _drain, _push
+
+#: A batch of sparse queries in CSR form: query ``q``'s term ids are
+#: ``indices[indptr[q]:indptr[q + 1]]`` and its weights the same slice of ``data`` (float32).
+QueryBatch = namedtuple("QueryBatch", ["indptr", "indices", "data"])
+
+#: One thread's scratch buffers for term-at-a-time search: ``acc`` (float32, n_docs: the dense
+#: accumulator, all zeros between queries), ``seen`` (uint8, n_docs: zeros between queries) and
+#: ``touched`` (int32, n_docs) to track the documents a query touches, the top-k heap ``hs`` /
+#: ``hd`` (float32 / int64, k) and one decoded block ``dbuf`` / ``ibuf`` (int64, 128).
+TaatScratch = namedtuple("TaatScratch", ["acc", "seen", "touched", "hs", "hd", "dbuf", "ibuf"])
+
+
+@njit(nogil=True, cache=True)
+def taat_scratch(n_docs, k):
+    """Fresh :data:`TaatScratch` buffers for ``n_docs`` documents and ``k`` results."""
+    return TaatScratch(np.zeros(n_docs, np.float32), np.zeros(n_docs, np.uint8), np.empty(n_docs, np.int32),
+                       np.empty(k, np.float32), np.empty(k, np.int64), np.empty(BLOCK, np.int64),
+                       np.empty(BLOCK, np.int64))
 
 
 @njit(inline="always")
-def _add_list(t, w, offsets, term_blocks, block_last, block_word, words, raw_docs, raw_imps, post_w, quant, acc, seen, touched, nt,
-              track, dbuf, ibuf):
-    """acc[d] += w * weight for every posting of term t; with ``track`` also record first-time
-    documents in touched[nt:] (seen flags). Returns (new nt, first position, last position)."""
+def _add_list(t, w, lists, buf, nt, track):
+    """``buf.acc[d] += w * weight`` for every posting of term ``t`` of the :data:`PostingLists`
+    ``lists``; with ``track`` also record first-time documents in ``buf.touched[nt:]`` (``seen``
+    flags). Returns (new nt, first position, last position)."""
+    acc, seen, touched, dbuf, ibuf = buf.acc, buf.seen, buf.touched, buf.dbuf, buf.ibuf
+    offsets, term_blocks, raw_docs, raw_imps, post_w, quant = (lists.offsets, lists.term_blocks, lists.raw_docs,
+                                                               lists.raw_imps, lists.post_w, lists.quant)
     lo = np.int64(acc.size)
     hi = np.int64(-1)
     # two copies of the loop on purpose: folding them into one inlined helper made this scan
@@ -38,7 +63,7 @@ def _add_list(t, w, offsets, term_blocks, block_last, block_word, words, raw_doc
         return nt, np.int64(raw_docs[a]), np.int64(raw_docs[e - 1])
     for b in range(term_blocks[t], term_blocks[t + 1]):
         n = block_size(offsets, term_blocks, t, b)
-        decode_block(words, block_word, block_last, term_blocks, offsets, raw_docs, raw_imps, t, b, n, quant, dbuf, ibuf)
+        decode_block(lists, t, b, n, dbuf, ibuf)
         p0 = offsets[t] + (b - term_blocks[t]) * BLOCK
         if b == term_blocks[t]:
             lo = dbuf[0]
@@ -57,17 +82,19 @@ def _add_list(t, w, offsets, term_blocks, block_last, block_word, words, raw_doc
 
 
 @njit(nogil=True, cache=True)
-def _one_query(
-    qi, qw, offsets, term_blocks, block_last, block_word, words, raw_docs, raw_imps, post_w, quant, positive_index, k, acc, seen,
-    touched, hs, hd, dbuf, ibuf, out_ids, out_scores,
-):
-    """Term-at-a-time accumulation of one query into a dense accumulator, then heap top-k.
+def _one_query(qi, qw, lists, positive_index, k, buf, out_ids, out_scores):
+    """Top ``k`` of one query (term ids ``qi``, weights ``qw``) over the :data:`PostingLists`
+    ``lists``, by term-at-a-time accumulation into ``buf.acc`` (left all zeros) and a heap, into
+    the output rows ``out_ids`` / ``out_scores`` (padded with -1 / 0).
 
-    When every weight involved is positive, a document matches iff its score is > 0, so the
-    candidates are found by scanning the accumulator over the touched document range
-    (branch-light, no bookkeeping per posting). Otherwise touched documents are tracked
-    explicitly so that matches with a zero or negative total are still returned.
+    When every weight involved is positive (``positive_index`` and no negative query weight), a
+    document matches iff its score is > 0, so the candidates are found by scanning the
+    accumulator over the touched document range (branch-light, no bookkeeping per posting).
+    Otherwise touched documents are tracked explicitly so that matches with a zero or negative
+    total are still returned.
     """
+    acc, seen, touched, hs, hd = buf.acc, buf.seen, buf.touched, buf.hs, buf.hd
+    offsets = lists.offsets
     vocab_size = offsets.size - 1
     positive = positive_index
     for j in range(qi.size):
@@ -81,8 +108,7 @@ def _one_query(
         w = qw[j]
         if t < 0 or t >= vocab_size or w == 0.0 or offsets[t + 1] == offsets[t]:
             continue
-        nt, a, b = _add_list(t, w, offsets, term_blocks, block_last, block_word, words, raw_docs, raw_imps, post_w, quant, acc, seen,
-                             touched, nt, not positive, dbuf, ibuf)
+        nt, a, b = _add_list(t, w, lists, buf, nt, not positive)
         lo = min(lo, a)
         hi = max(hi, b)
     n = 0
@@ -109,35 +135,37 @@ def _one_query(
 
 
 @njit(nogil=True, cache=True)
-def _run(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_word, words, raw_docs, raw_imps, post_w, quant, n_docs,
-         positive, k, q_start, q_stop, q_step, out_ids, out_scores):
-    acc = np.zeros(n_docs, np.float32)
-    seen = np.zeros(n_docs, np.uint8)
-    touched = np.empty(n_docs, np.int32)
-    hs = np.empty(k, np.float32)
-    hd = np.empty(k, np.int64)
-    dbuf = np.empty(BLOCK, np.int64)
-    ibuf = np.empty(BLOCK, np.int64)
+def _run(queries, lists, n_docs, positive, k, q_start, q_stop, q_step, out_ids, out_scores):
+    """Exhaustive top ``k`` of queries ``q_start, q_start + q_step, ... < q_stop`` of the
+    :data:`QueryBatch` ``queries`` into rows of ``out_ids`` / ``out_scores``, with one set of
+    scratch buffers."""
+    buf = taat_scratch(n_docs, k)
+    indptr, indices, data = queries.indptr, queries.indices, queries.data
     for q in range(q_start, q_stop, q_step):
-        a, b = q_indptr[q], q_indptr[q + 1]
-        _one_query(q_indices[a:b], q_data[a:b], offsets, term_blocks, block_last, block_word, words, raw_docs, raw_imps, post_w, quant,
-                   positive, k, acc, seen, touched, hs, hd, dbuf, ibuf, out_ids[q], out_scores[q])
+        a, b = indptr[q], indptr[q + 1]
+        _one_query(indices[a:b], data[a:b], lists, positive, k, buf, out_ids[q], out_scores[q])
 
 
 @njit(nogil=True, cache=True)
-def search_serial(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_word, words, raw_docs, raw_imps, post_w, quant,
-                  n_docs, positive, k, out_ids, out_scores):
-    _run(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_word, words, raw_docs, raw_imps, post_w, quant, n_docs,
-         positive, k, 0, q_indptr.size - 1, 1, out_ids, out_scores)
+def search_serial(queries, lists, n_docs, positive, k, out_ids, out_scores):
+    """Exhaustive top ``k`` of every query of the :data:`QueryBatch` ``queries`` over the
+    :data:`PostingLists` ``lists`` (``n_docs`` documents; ``positive``: all index weights > 0)
+    into ``out_ids`` (int64) / ``out_scores`` (float32), both (nq, k), on the calling thread.
+
+    ``queries`` and ``lists`` may come as plain tuples of the same fields (see
+    :meth:`lsr.InvertedIndex._call`: Numba types a plain tuple argument in C, a named one in
+    Python, field by field)."""
+    queries, lists = QueryBatch(*queries), PostingLists(*lists)
+    _run(queries, lists, n_docs, positive, k, 0, queries.indptr.size - 1, 1, out_ids, out_scores)
 
 
 @njit(nogil=True, parallel=True, cache=True)
-def search_parallel(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_word, words, raw_docs, raw_imps, post_w, quant,
-                    n_docs, positive, k, n_chunks, out_ids, out_scores):
-    nq = q_indptr.size - 1
+def search_parallel(queries, lists, n_docs, positive, k, n_chunks, out_ids, out_scores):
+    """:func:`search_serial` with the queries dealt round-robin to ``n_chunks`` parallel workers."""
+    queries, lists = QueryBatch(*queries), PostingLists(*lists)
+    nq = queries.indptr.size - 1
     for c in prange(n_chunks):
-        _run(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_word, words, raw_docs, raw_imps, post_w, quant, n_docs,
-             positive, k, c, nq, n_chunks, out_ids, out_scores)
+        _run(queries, lists, n_docs, positive, k, c, nq, n_chunks, out_ids, out_scores)
 
 
 @njit(nogil=True, cache=True)

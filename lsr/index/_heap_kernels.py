@@ -31,13 +31,15 @@ def set_threads(threads: int) -> int:
 
 @njit(inline="always")
 def _better(s1, d1, s2, d2):
-    # Is (s1, d1) ranked before (s2, d2)? Higher score first, then lower position.
+    """Is (s1, d1) ranked before (s2, d2)? Higher score first, then lower position."""
     return s1 > s2 or (s1 == s2 and d1 < d2)
 
 
 @njit(inline="always")
 def _sift_down(hs, hd, n, i):
-    # Min-heap on rank order: the root is the worst of the kept candidates.
+    """Restore the heap order of ``hs`` / ``hd[:n]`` below entry ``i`` (moving it down).
+
+    Min-heap on rank order: the root is the worst of the kept candidates."""
     while True:
         left = 2 * i + 1
         if left >= n:
@@ -56,6 +58,7 @@ def _sift_down(hs, hd, n, i):
 
 @njit(inline="always")
 def _sift_up(hs, hd, i):
+    """Restore the heap order of ``hs`` / ``hd`` above entry ``i`` (moving it up)."""
     while i > 0:
         parent = (i - 1) // 2
         if _better(hs[parent], hd[parent], hs[i], hd[i]):

@@ -24,19 +24,58 @@ the forward copy (fine 16-bit or float weights when stored) or by intersecting t
 compressed lists, and the best ``k`` returned.
 Cost: about ``query_cut * n_postings + candidates * terms per document`` operations.
 
-Kernels take contiguous arrays and scalars, release the GIL, and allocate per thread only.
+Kernels take a few named tuples of contiguous arrays (defined below, built by
+:meth:`lsr.InvertedIndex.search`) and scalars, release the GIL, and allocate per thread only.
 """
 from __future__ import annotations
+
+from collections import namedtuple
 
 import numpy as np
 from numba import njit, prange
 
-from lsr.index._codec_kernels import BLOCK, block_size, decode_block
-from lsr.index._exhaustive_kernels import _one_query
+from lsr.index._codec_kernels import BLOCK, PostingLists, block_size, decode_block
+from lsr.index._exhaustive_kernels import QueryBatch, TaatScratch, _one_query
 from lsr.index._heap_kernels import _drain, _push, _sift_down
 
 _SLACK = 1e-4  # relative slack on upper bounds (float32 sums of <= thousands of terms)
 _SHIFT = 6  # documents per block = 64 (block flags and block-max tables)
+
+#: Upper bounds for pruning: ``term_max`` (float32, vocab: each list's largest impact) and the
+#: per-term maxima over windows of 64 document positions (:func:`window_maxima`): term ``t``'s
+#: are ``bm_values[bm_offsets[t]:bm_offsets[t + 1]]`` (an empty range: use ``term_max``).
+Bounds = namedtuple("Bounds", ["term_max", "bm_offsets", "bm_values"])
+
+#: A doc-major (forward) copy of the index: document ``d``'s term ids (ascending) are
+#: ``terms[indptr[d]:indptr[d + 1]]`` and its weights (16-bit codes or float32) the same slice
+#: of ``weights``; all three empty when there is none.
+Forward = namedtuple("Forward", ["indptr", "terms", "weights"])
+
+#: Statically pruned lists (:func:`prune_lists`) that approximate mode finds candidates with:
+#: term ``t``'s documents ``docs[offsets[t]:offsets[t + 1]]`` (int32, ascending) and impacts
+#: (float32) the same slice of ``weights``; unused (``docs`` empty) in exact mode.
+Pruned = namedtuple("Pruned", ["offsets", "docs", "weights"])
+
+#: Search settings (scalars): ``n_docs``, ``k``; ``approx`` (approximate mode), ``query_cut``
+#: (terms that find candidates, 0: all), ``heap_factor``, ``candidates`` (re-scored at most);
+#: ``out_scale`` (score of one unit of the index's weights), ``fine_scale`` (of one unit of the
+#: forward weights); ``has_forward`` (a forward copy is there: exact mode finishes and
+#: approximate mode re-scores candidates on it) and ``codes16`` (its weights are 16-bit codes).
+Settings = namedtuple("Settings", ["n_docs", "k", "approx", "query_cut", "heap_factor", "candidates", "out_scale",
+                                   "fine_scale", "has_forward", "codes16"])
+
+#: One thread's scratch buffers: the term-at-a-time ones (``acc``, ``seen``, ``touched`` over
+#: documents; ``hs`` / ``hd``: a k-heap; ``dbuf`` / ``ibuf``: one decoded block, as in
+#: :data:`~lsr.index._exhaustive_kernels.TaatScratch`), ``bf`` (uint8 flag per window of 64
+#: documents), ``cand`` / ``cw`` (candidates and their scores), ``qmap`` (float32, vocab: query
+#: weight by term, zeros between queries), ``qpos`` (int32, vocab: -1 between queries), the
+#: unique query terms ``ut`` / ``uw`` / ``ub`` (term, weight, bound), the heaps ``fs`` / ``fd``
+#: (final, k) and ``cs`` / ``cd`` / ``ss`` / ``sd`` (candidates, max(candidates, k)), and per
+#: query term a list cursor ``cur`` (current block, decoded block, position, size), its decoded
+#: block ``tdb`` / ``tib`` and the suffix sums of the bounds ``rsuf``.
+Scratch = namedtuple("Scratch", ["acc", "seen", "touched", "hs", "hd", "dbuf", "ibuf", "bf", "cand", "cw", "qmap",
+                                 "qpos", "ut", "uw", "ub", "fs", "fd", "cs", "cd", "ss", "sd", "cur", "tdb", "tib",
+                                 "rsuf"])
 
 
 @njit(inline="always")
@@ -55,11 +94,13 @@ def _coarse(w, q16):
 
 
 @njit(inline="always")
-def _add_essential(d, c, acc, bf, hs, hd, k):
-    """Phase 1: acc[d] += c, flag d's window, keep the list's k best updated documents in hs/hd."""
+def _add_essential(d, c, buf, k):
+    """Phase 1: ``buf.acc[d] += c``, flag d's window in ``buf.bf``, keep the list's k best
+    updated documents in the heap ``buf.hs`` / ``buf.hd``."""
+    acc, hs, hd = buf.acc, buf.hs, buf.hd
     v = acc[d] + c
     acc[d] = v
-    bf[d >> _SHIFT] = 1
+    buf.bf[d >> _SHIFT] = 1
     if v > hs[0]:
         hs[0] = v
         hd[0] = d
@@ -67,10 +108,12 @@ def _add_essential(d, c, acc, bf, hs, hd, k):
 
 
 @njit(inline="always")
-def _rescore(d, fwd_indptr, fwd_terms, fwd_w, qmap, q16, fine):
-    """Sum of qmap[t] * weight over document d's terms (coarse 8-bit or fine values)."""
+def _rescore(d, fwd, qmap, q16, fine):
+    """Sum of ``qmap[t] * weight`` over document d's terms in the :data:`Forward` copy ``fwd``
+    (coarse 8-bit or fine values)."""
+    fwd_terms, fwd_w = fwd.terms, fwd.weights
     s = np.float32(0.0)
-    for p in range(fwd_indptr[d], fwd_indptr[d + 1]):
+    for p in range(fwd.indptr[d], fwd.indptr[d + 1]):
         wq = qmap[fwd_terms[p]]
         if wq != 0.0:
             if fine:
@@ -82,7 +125,8 @@ def _rescore(d, fwd_indptr, fwd_terms, fwd_w, qmap, q16, fine):
 
 @njit(inline="always")
 def _unique_terms(qi, qw, vocab_size, qpos, ut, uw):
-    """Merge duplicate query terms; drop out-of-vocabulary and zero ones. Returns (m, positive)."""
+    """Merge duplicate query terms into ``ut`` / ``uw``; drop out-of-vocabulary and zero ones.
+    Returns (m, positive): the number of unique terms and whether all their weights are >= 0."""
     m = 0
     for j in range(qi.size):
         t = qi[j]
@@ -117,54 +161,51 @@ def _sort_desc(key, a, b, m):
 
 
 @njit(inline="always")
-def _intersect(t, w, offsets, term_blocks, block_last, block_max, block_word, words, raw_docs, raw_imps, post_w, quant, cand, cs, nc,
-               prune, rest_after, theta, factor, dbuf, ibuf):
-    """Add term ``t``'s ``w * weight`` to the candidates ``cand[:nc]`` (ascending positions,
-    partial scores ``cs``), skipping blocks by their last position. With ``prune``, drop
-    candidates whose bound (partial + ``w`` x the block's max + ``rest_after``) cannot reach
-    ``theta``, without decoding. Returns the number of candidates kept (compacted in place)."""
+def _intersect(t, w, lists, cand, cs, nc, dbuf, ibuf):
+    """Add term ``t``'s ``w * weight`` (from the :data:`PostingLists` ``lists``) to the scores
+    ``cs[:nc]`` of the candidates ``cand[:nc]`` (ascending positions), skipping blocks by their
+    last position and decoding each block at most once."""
+    offsets, term_blocks, block_last, post_w, quant = (lists.offsets, lists.term_blocks, lists.block_last,
+                                                       lists.post_w, lists.quant)
     b = term_blocks[t]
     tb1 = term_blocks[t + 1]
     dec = np.int64(-1)
     n = 0
     ip = 0
     p0 = 0
-    out = 0
     for i in range(nc):
         d = cand[i]
-        s = cs[i]
         while b < tb1 and block_last[b] < d:
             b += 1
-        if b < tb1:
-            if prune and (s + w * np.float32(block_max[b]) + rest_after) * factor < theta:
-                continue
-            if dec != b:
-                n = block_size(offsets, term_blocks, t, b)
-                decode_block(words, block_word, block_last, term_blocks, offsets, raw_docs, raw_imps, t, b, n, quant, dbuf, ibuf)
-                p0 = offsets[t] + (b - term_blocks[t]) * BLOCK
-                dec = b
-                ip = 0
-            while ip < n and dbuf[ip] < d:
-                ip += 1
-            if ip < n and dbuf[ip] == d:
-                if quant:
-                    s += w * np.float32(ibuf[ip])
-                else:
-                    s += w * post_w[p0 + ip]
-        elif prune and (s + rest_after) * factor < theta:
-            continue
-        cand[out] = d
-        cs[out] = s
-        out += 1
-    return out
+        if b >= tb1:
+            break  # the candidates are ascending: none of the rest is in the list
+        if dec != b:
+            n = block_size(offsets, term_blocks, t, b)
+            decode_block(lists, t, b, n, dbuf, ibuf)
+            p0 = offsets[t] + (b - term_blocks[t]) * BLOCK
+            dec = b
+            ip = 0
+        while ip < n and dbuf[ip] < d:
+            ip += 1
+        if ip < n and dbuf[ip] == d:
+            if quant:
+                cs[i] += w * np.float32(ibuf[ip])
+            else:
+                cs[i] += w * post_w[p0 + ip]
 
 
 @njit(nogil=True, cache=True)
-def _approx_query(m, ut, uw, offsets, term_blocks, block_last, block_max, block_word, words, raw_docs, raw_imps, post_w, quant,
-                  p_offsets, p_docs, p_w, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, query_cut, heap_factor, n_cand,
-                  k, out_scale, fine_scale, acc, qmap, touched, cand, cw, cs, cd, ss, sd, fs, fd, dbuf, ibuf, out_ids,
-                  out_scores):
-    """Approximate search of one query whose m unique positive terms are sorted by bound."""
+def _approx_query(m, lists, fwd, pruned, cfg, buf, out_ids, out_scores):
+    """Approximate top ``cfg.k`` of one query whose ``m`` unique positive terms ``buf.ut`` /
+    ``buf.uw`` are sorted by decreasing bound: candidates from the :data:`Pruned` lists of the
+    first ``cfg.query_cut`` terms, re-scored over all terms on the :data:`Forward` copy ``fwd``
+    (fine weights) or by intersecting them with the :data:`PostingLists` ``lists``; into the
+    output rows ``out_ids`` / ``out_scores``."""
+    acc, qmap, touched, cand, cw = buf.acc, buf.qmap, buf.touched, buf.cand, buf.cw
+    cs, cd, ss, sd, fs, fd = buf.cs, buf.cd, buf.ss, buf.sd, buf.fs, buf.fd
+    ut, uw = buf.ut, buf.uw
+    p_offsets, p_docs, p_w = pruned.offsets, pruned.docs, pruned.weights
+    k, query_cut = cfg.k, cfg.query_cut
     cut = m if query_cut <= 0 else min(query_cut, m)
     nt = 0
     for j in range(cut):  # partial scores of the touched documents (all contributions > 0)
@@ -177,8 +218,8 @@ def _approx_query(m, ut, uw, offsets, term_blocks, block_last, block_max, block_
                 touched[nt] = d
                 nt += 1
             acc[d] = v + w * np.float32(p_w[p])
-    # the n_cand best partial scores (ties to lower positions), reset the accumulator
-    c = max(n_cand, k)
+    # the candidates best partial scores (ties to lower positions), reset the accumulator
+    c = max(cfg.candidates, k)
     n = 0
     thr = np.float32(-1.0)
     for i in range(nt):
@@ -191,17 +232,17 @@ def _approx_query(m, ut, uw, offsets, term_blocks, block_last, block_max, block_
                 thr = cs[0]
     # best first; rescore those at least heap_factor times the k-th best partial score
     _drain(cs, cd, n, c, sd, ss)
-    lim = heap_factor * ss[k - 1] if n >= k else np.float32(0.0)
+    lim = cfg.heap_factor * ss[k - 1] if n >= k else np.float32(0.0)
     nr = 0
     while nr < n and ss[nr] >= lim:
         nr += 1
     nf = 0
-    if has_fwd:  # fine (16-bit or float) weights of the forward copy
+    if cfg.has_forward:  # fine (16-bit or float) weights of the forward copy
         for j in range(m):
             qmap[ut[j]] = uw[j]
         for i in range(nr):
             d = sd[i]
-            s = _rescore(d, fwd_indptr, fwd_terms, fwd_w, qmap, q16, True) * fine_scale
+            s = _rescore(d, fwd, qmap, cfg.codes16, True) * cfg.fine_scale
             nf = _push(fs, fd, nf, k, s, d)
         for j in range(m):
             qmap[ut[j]] = 0.0
@@ -211,40 +252,44 @@ def _approx_query(m, ut, uw, offsets, term_blocks, block_last, block_max, block_
         cand[:nr].sort()
         cw[:nr] = 0.0
         for j in range(m):
-            _intersect(ut[j], uw[j], offsets, term_blocks, block_last, block_max, block_word, words, raw_docs, raw_imps, post_w, quant,
-                       cand, cw, nr, False, np.float32(0.0), np.float32(0.0), np.float32(1.0), dbuf, ibuf)
+            _intersect(ut[j], uw[j], lists, cand, cw, nr, buf.dbuf, buf.ibuf)
         for i in range(nr):
-            nf = _push(fs, fd, nf, k, cw[i] * out_scale, cand[i])
+            nf = _push(fs, fd, nf, k, cw[i] * cfg.out_scale, cand[i])
     _drain(fs, fd, nf, k, out_ids, out_scores)
 
 
 @njit(nogil=True, cache=True)
-def _query(
-    qi, qw, offsets, term_blocks, block_last, block_max, block_word, words, raw_docs, raw_imps, post_w, quant, term_max, bm_offsets, bm_values,
-    fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx, query_cut, heap_factor, n_cand,
-    n_docs, k, out_scale, fine_scale, acc, bf, qmap, qpos, ut, uw, ub, hs, hd, cs, cd, ss, sd, fs, fd, seen,
-    touched, cand, cw, dbuf, ibuf, cur, tdb, tib, rsuf, out_ids, out_scores,
-):
+def _query(qi, qw, lists, bounds, fwd, pruned, cfg, buf, out_ids, out_scores):
+    """Top ``cfg.k`` of one query (term ids ``qi``, weights ``qw``) into the output rows
+    ``out_ids`` / ``out_scores`` (padded with -1 / 0): exact MaxScore over the
+    :data:`PostingLists` ``lists`` with the :data:`Bounds` ``bounds`` (finishing candidates on the
+    :data:`Forward` copy ``fwd`` when ``cfg.has_forward``), or approximate search
+    (:func:`_approx_query`) when ``cfg.approx``; a query with a negative weight is searched
+    exhaustively. ``buf`` is the thread's :data:`Scratch`, left as it was found."""
+    offsets, term_blocks, block_last, block_max = lists.offsets, lists.term_blocks, lists.block_last, lists.block_max
+    raw_docs, raw_imps, post_w, quant = lists.raw_docs, lists.raw_imps, lists.post_w, lists.quant
+    bm_offsets, bm_values = bounds.bm_offsets, bounds.bm_values
+    acc, bf, qmap, ut, uw, ub = buf.acc, buf.bf, buf.qmap, buf.ut, buf.uw, buf.ub
+    hs, hd, fs, fd, dbuf, ibuf = buf.hs, buf.hd, buf.fs, buf.fd, buf.dbuf, buf.ibuf
+    cur, tdb, tib, rsuf = buf.cur, buf.tdb, buf.tib, buf.rsuf
+    n_docs, k, out_scale, q16 = cfg.n_docs, cfg.k, cfg.out_scale, cfg.codes16
     vocab_size = offsets.size - 1
-    m, positive = _unique_terms(qi, qw, vocab_size, qpos, ut, uw)
+    m, positive = _unique_terms(qi, qw, vocab_size, buf.qpos, ut, uw)
     if m == 0:
         _drain(fs, fd, 0, k, out_ids, out_scores)
         return
     if not positive:
-        _one_query(qi, qw, offsets, term_blocks, block_last, block_word, words, raw_docs, raw_imps, post_w, quant, False, k, acc, seen,
-                   touched, hs, hd, dbuf, ibuf, out_ids, out_scores)
+        _one_query(qi, qw, lists, False, k, TaatScratch(acc, buf.seen, buf.touched, hs, hd, dbuf, ibuf), out_ids,
+                   out_scores)
         for i in range(k):
             if out_ids[i] >= 0:
                 out_scores[i] *= out_scale
         return
     for j in range(m):
-        ub[j] = uw[j] * term_max[ut[j]]
+        ub[j] = uw[j] * bounds.term_max[ut[j]]
     _sort_desc(ub, ut, uw, m)
-    if approx:
-        _approx_query(m, ut, uw, offsets, term_blocks, block_last, block_max, block_word, words, raw_docs, raw_imps, post_w, quant,
-                      p_offsets, p_docs, p_w, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, query_cut, heap_factor,
-                      n_cand, k, out_scale, fine_scale, acc, qmap, touched, cand, cw, cs, cd, ss, sd, fs, fd, dbuf,
-                      ibuf, out_ids, out_scores)
+    if cfg.approx:
+        _approx_query(m, lists, fwd, pruned, cfg, buf, out_ids, out_scores)
         return
     factor = np.float32(1.0 + _SLACK)
     # ---- phase 1: essential terms, OR mode, while the remaining bounds can reach the threshold
@@ -266,16 +311,15 @@ def _query(
         if raw_docs.size > 0:  # decoded in memory: read the list directly
             for p in range(offsets[t], offsets[t + 1]):
                 c = w * np.float32(raw_imps[p]) if quant else w * post_w[p]
-                _add_essential(raw_docs[p], c, acc, bf, hs, hd, k)
+                _add_essential(raw_docs[p], c, buf, k)
         else:
             for b in range(term_blocks[t], term_blocks[t + 1]):
                 n = block_size(offsets, term_blocks, t, b)
-                decode_block(words, block_word, block_last, term_blocks, offsets, raw_docs, raw_imps, t, b, n, quant,
-                             dbuf, ibuf)
+                decode_block(lists, t, b, n, dbuf, ibuf)
                 p0 = offsets[t] + (b - term_blocks[t]) * BLOCK
                 for i in range(n):
                     c = w * np.float32(ibuf[i]) if quant else w * post_w[p0 + i]
-                    _add_essential(dbuf[i], c, acc, bf, hs, hd, k)
+                    _add_essential(dbuf[i], c, buf, k)
         theta = hs[0]
         rest -= ub[j]
         if rest < 0.0:
@@ -296,7 +340,7 @@ def _query(
                     if n == k:
                         thr = fs[0]
             acc[lo:hi] = 0.0
-    elif has_fwd:
+    elif cfg.has_forward:
         # ---- phase 2 with a forward copy: finish candidates on their document rows, skipping
         # windows of 64 positions by the remaining terms' window maxima (bm tables)
         for jj in range(j, m):
@@ -304,7 +348,7 @@ def _query(
         for i in range(k):  # seed the final heap with the last list's best documents
             d = hd[i]
             if d >= 0:
-                s = acc[d] + _rescore(d, fwd_indptr, fwd_terms, fwd_w, qmap, q16, False)
+                s = acc[d] + _rescore(d, fwd, qmap, q16, False)
                 acc[d] = -np.inf
                 n = _push(fs, fd, n, k, s, d)
         for blk in range(bf.size):
@@ -325,7 +369,7 @@ def _query(
             for d in range(lo, hi):
                 s = acc[d]
                 if s >= cut:
-                    s += _rescore(d, fwd_indptr, fwd_terms, fwd_w, qmap, q16, False)
+                    s += _rescore(d, fwd, qmap, q16, False)
                     if s > 0.0:
                         n = _push(fs, fd, n, k, s, d)
                         thr = theta if n < k or fs[0] < theta else fs[0]
@@ -393,8 +437,7 @@ def _query(
                             break
                         if cur[jj, 1] != bi:
                             nb = block_size(offsets, term_blocks, t, bi)
-                            decode_block(words, block_word, block_last, term_blocks, offsets, raw_docs, raw_imps,
-                                         t, bi, nb, quant, tdb[jj], tib[jj])
+                            decode_block(lists, t, bi, nb, tdb[jj], tib[jj])
                             cur[jj, 1] = bi
                             cur[jj, 2] = 0
                             cur[jj, 3] = nb
@@ -422,72 +465,58 @@ def _query(
 
 
 @njit(nogil=True, cache=True)
-def _run(
-    q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_max, block_word, words, raw_docs, raw_imps, post_w, quant,
-    term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx, query_cut, heap_factor,
-    n_cand, n_docs, k, out_scale, fine_scale, q_start, q_stop, q_step, out_ids, out_scores,
-):
-    """Search queries q_start, q_start + q_step, ... < q_stop with one set of scratch buffers."""
-    vocab_size = offsets.size - 1
-    max_terms = 1
-    for q in range(q_start, q_stop, q_step):
-        max_terms = max(max_terms, q_indptr[q + 1] - q_indptr[q])
-    acc = np.zeros(n_docs, np.float32)
-    bf = np.zeros((n_docs >> _SHIFT) + 1, np.uint8)
-    seen = np.zeros(n_docs, np.uint8)
-    touched = np.empty(n_docs, np.int32)
-    cand = np.empty(n_docs, np.int64)
-    cw = np.empty(n_docs, np.float32)
-    qmap = np.zeros(vocab_size, np.float32)
-    qpos = np.full(vocab_size, -1, np.int32)
-    ut = np.empty(max_terms, np.int64)
-    uw = np.empty(max_terms, np.float32)
-    ub = np.empty(max_terms, np.float32)
-    hs = np.empty(k, np.float32)
-    hd = np.empty(k, np.int64)
-    fs = np.empty(k, np.float32)
-    fd = np.empty(k, np.int64)
-    cs = np.empty(max(n_cand, k), np.float32)
-    cd = np.empty(max(n_cand, k), np.int64)
-    ss = np.empty(max(n_cand, k), np.float32)
-    sd = np.empty(max(n_cand, k), np.int64)
-    dbuf = np.empty(BLOCK, np.int64)
-    ibuf = np.empty(BLOCK, np.int64)
-    cur = np.zeros((max_terms, 4), np.int64)
-    tdb = np.empty((max_terms, BLOCK), np.int64)
-    tib = np.empty((max_terms, BLOCK), np.int64)
-    rsuf = np.empty(max_terms + 1, np.float32)
-    for q in range(q_start, q_stop, q_step):
-        a, b = q_indptr[q], q_indptr[q + 1]
-        _query(q_indices[a:b], q_data[a:b], offsets, term_blocks, block_last, block_max, block_word, words, raw_docs, raw_imps, post_w,
-               quant, term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx,
-               query_cut, heap_factor, n_cand, n_docs, k, out_scale, fine_scale, acc, bf, qmap, qpos, ut, uw, ub,
-               hs, hd, cs, cd, ss, sd, fs, fd, seen, touched, cand, cw, dbuf, ibuf, cur, tdb, tib, rsuf, out_ids[q],
-               out_scores[q])
+def scratch(n_docs, vocab_size, max_terms, k, candidates):
+    """Fresh :data:`Scratch` buffers for ``n_docs`` documents, a vocabulary of ``vocab_size``,
+    queries of at most ``max_terms`` terms, ``k`` results and ``candidates`` re-scored."""
+    c = max(candidates, k)
+    return Scratch(
+        np.zeros(n_docs, np.float32), np.zeros(n_docs, np.uint8), np.empty(n_docs, np.int32),  # acc seen touched
+        np.empty(k, np.float32), np.empty(k, np.int64), np.empty(BLOCK, np.int64), np.empty(BLOCK, np.int64),
+        np.zeros((n_docs >> _SHIFT) + 1, np.uint8), np.empty(n_docs, np.int64), np.empty(n_docs, np.float32),
+        np.zeros(vocab_size, np.float32), np.full(vocab_size, -1, np.int32),  # qmap qpos
+        np.empty(max_terms, np.int64), np.empty(max_terms, np.float32), np.empty(max_terms, np.float32),
+        np.empty(k, np.float32), np.empty(k, np.int64),  # fs fd
+        np.empty(c, np.float32), np.empty(c, np.int64), np.empty(c, np.float32), np.empty(c, np.int64),
+        np.zeros((max_terms, 4), np.int64), np.empty((max_terms, BLOCK), np.int64),
+        np.empty((max_terms, BLOCK), np.int64), np.empty(max_terms + 1, np.float32),  # cur tdb tib rsuf
+    )
 
 
 @njit(nogil=True, cache=True)
-def search_serial(
-    q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_max, block_word, words, raw_docs, raw_imps, post_w, quant,
-    term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx, query_cut, heap_factor,
-    n_cand, n_docs, k, out_scale, fine_scale, out_ids, out_scores,
-):
-    _run(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_max, block_word, words, raw_docs, raw_imps, post_w, quant,
-         term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx, query_cut,
-         heap_factor, n_cand, n_docs, k, out_scale, fine_scale, 0, q_indptr.size - 1, 1, out_ids, out_scores)
+def _run(queries, lists, bounds, fwd, pruned, cfg, q_start, q_stop, q_step, out_ids, out_scores):
+    """Search queries ``q_start, q_start + q_step, ... < q_stop`` of the :data:`QueryBatch`
+    ``queries`` (:func:`_query`) into rows of ``out_ids`` / ``out_scores``, with one set of
+    scratch buffers."""
+    indptr, indices, data = queries.indptr, queries.indices, queries.data
+    max_terms = 1
+    for q in range(q_start, q_stop, q_step):
+        max_terms = max(max_terms, indptr[q + 1] - indptr[q])
+    buf = scratch(cfg.n_docs, lists.offsets.size - 1, max_terms, cfg.k, cfg.candidates)
+    for q in range(q_start, q_stop, q_step):
+        a, b = indptr[q], indptr[q + 1]
+        _query(indices[a:b], data[a:b], lists, bounds, fwd, pruned, cfg, buf, out_ids[q], out_scores[q])
+
+
+@njit(nogil=True, cache=True)
+def search_serial(queries, lists, bounds, fwd, pruned, cfg, out_ids, out_scores):
+    """Top ``cfg.k`` of every query of the :data:`QueryBatch` ``queries`` (exact MaxScore or
+    approximate, by the :data:`Settings` ``cfg``) over the :data:`PostingLists` ``lists`` with the
+    :data:`Bounds`, :data:`Forward` and :data:`Pruned` tables into ``out_ids`` (int64) /
+    ``out_scores`` (float32), both (nq, k), on the calling thread. The named tuples may come as
+    plain tuples of the same fields (cheaper to pass: see :meth:`lsr.InvertedIndex._call`)."""
+    queries, lists, bounds = QueryBatch(*queries), PostingLists(*lists), Bounds(*bounds)
+    fwd, pruned, cfg = Forward(*fwd), Pruned(*pruned), Settings(*cfg)
+    _run(queries, lists, bounds, fwd, pruned, cfg, 0, queries.indptr.size - 1, 1, out_ids, out_scores)
 
 
 @njit(nogil=True, parallel=True, cache=True)
-def search_parallel(
-    q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_max, block_word, words, raw_docs, raw_imps, post_w, quant,
-    term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx, query_cut, heap_factor,
-    n_cand, n_docs, k, out_scale, fine_scale, n_chunks, out_ids, out_scores,
-):
-    nq = q_indptr.size - 1
+def search_parallel(queries, lists, bounds, fwd, pruned, cfg, n_chunks, out_ids, out_scores):
+    """:func:`search_serial` with the queries dealt round-robin to ``n_chunks`` parallel workers."""
+    queries, lists, bounds = QueryBatch(*queries), PostingLists(*lists), Bounds(*bounds)
+    fwd, pruned, cfg = Forward(*fwd), Pruned(*pruned), Settings(*cfg)
+    nq = queries.indptr.size - 1
     for c in prange(n_chunks):
-        _run(q_indptr, q_indices, q_data, offsets, term_blocks, block_last, block_max, block_word, words, raw_docs, raw_imps, post_w,
-             quant, term_max, bm_offsets, bm_values, fwd_indptr, fwd_terms, fwd_w, has_fwd, q16, p_offsets, p_docs, p_w, approx, query_cut,
-             heap_factor, n_cand, n_docs, k, out_scale, fine_scale, c, nq, n_chunks, out_ids, out_scores)
+        _run(queries, lists, bounds, fwd, pruned, cfg, c, nq, n_chunks, out_ids, out_scores)
 
 
 # ---------------------------------------------------------------------------- build helpers
@@ -506,9 +535,11 @@ def term_maxima(term_blocks, block_max):
 
 
 @njit(nogil=True, cache=True)
-def prune_lists(offsets, term_blocks, block_last, block_word, words, raw_docs, raw_imps, post_w, quant, n_postings):
-    """Keep the ``n_postings`` highest-impact entries of every list (ties to lower positions), in
-    document order, uncompressed. Returns (offsets, docs int32, weights float32)."""
+def prune_lists(lists, n_postings):
+    """Keep the ``n_postings`` highest-impact entries of every list of the :data:`PostingLists`
+    ``lists`` (ties to lower positions), in document order, uncompressed. Returns (offsets, docs
+    int32, weights float32): the arrays of a :data:`Pruned`."""
+    offsets, term_blocks, post_w, quant = lists.offsets, lists.term_blocks, lists.post_w, lists.quant
     v = offsets.size - 1
     new_off = np.zeros(v + 1, np.int64)
     longest = 0
@@ -526,7 +557,7 @@ def prune_lists(offsets, term_blocks, block_last, block_word, words, raw_docs, r
         ln = offsets[t + 1] - offsets[t]
         for b in range(term_blocks[t], term_blocks[t + 1]):
             n = block_size(offsets, term_blocks, t, b)
-            decode_block(words, block_word, block_last, term_blocks, offsets, raw_docs, raw_imps, t, b, n, quant, dbuf, ibuf)
+            decode_block(lists, t, b, n, dbuf, ibuf)
             r0 = (b - term_blocks[t]) * BLOCK
             for i in range(n):
                 ld[r0 + i] = dbuf[i]

@@ -81,6 +81,8 @@ def _gather_queries(q, q_off, pair_q, p0, p1, qg):  # pragma: no cover - compile
 
 @numba.njit(cache=True, nogil=True)
 def _group_finish(q_off, pair_q, pair_slot, p0, p1, best, out):  # pragma: no cover - compiled
+    """``out[pair_q[p], pair_slot[p]]`` = sum of ``best`` over query ``pair_q[p]``'s rows (stacked
+    in pair order by :func:`_gather_queries`) for the pairs ``p0..p1``."""
     k = 0
     for p in range(p0, p1):
         qi = pair_q[p]
@@ -123,6 +125,7 @@ def _load_row(vectors, t, row):  # pragma: no cover - replaced by the overload i
 
 @numba.extending.overload(_load_row, jit_options={"cache": True, "nogil": True})
 def _load_row_impl(vectors, t, row):  # pragma: no cover - compiled
+    """Compiled :func:`_load_row`: float16 bits widened by :func:`_half_to_float`, else a copy."""
     if vectors.dtype == numba.types.uint16:
         def widen(vectors, t, row):
             _half_to_float(vectors[t], row)
