@@ -65,6 +65,8 @@ _EXPORTS = {
     "DocIds": "lsr.types",
     "ModelNotFoundError": "lsr.errors",
     "evaluate_beir": "lsr.eval.beir",
+    "fuse_runs": "lsr.fusion.tuning",
+    "index_encoded": "lsr.retrievers.sparse",
     "BM25Options": "lsr.retrievers.options",
     "SpladeOptions": "lsr.retrievers.options",
     "InferenceFreeOptions": "lsr.retrievers.options",

@@ -204,6 +204,17 @@ def _friendly_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except click.ClickException:
             raise
+        except BrokenPipeError:
+            # the reader of stdout went away (`lsr search ... | head`): stop quietly, as Unix tools do,
+            # and point stdout at /dev/null so the interpreter's last flush cannot fail again
+            import os
+
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+            sys.exit(1)
         except (LsrError, ValueError) as exc:
             if logger.isEnabledFor(logging.DEBUG):
                 raise
@@ -271,7 +282,7 @@ def index_cmd(input_path: Path, output: Path, retriever: str, overwrite: bool, *
     if is_encoded(input_path):  # lsr encode shards, JsonVectorCollection or Seismic JSONL
         explicit = click.get_current_context().get_parameter_source("retriever") != click.core.ParameterSource.DEFAULT
         try:
-            r = index_encoded(input_path, output, retriever if explicit or given.get("model") else None,
+            r = index_encoded(input_path, output, retriever if explicit else None,
                               overwrite=overwrite, show_progress=True, **given)
         except (ValueError, TypeError) as exc:
             raise click.BadParameter(str(exc), param_hint="INPUT/--retriever") from exc
@@ -351,6 +362,8 @@ def eval_cmd(dataset: Path, retriever: str, output: Path, split: str, k: int, th
                                  param_hint="--split")
     if tune and retriever != "hybrid":
         raise click.BadParameter("--tune needs --retriever hybrid", param_hint="--tune")
+    if tune and "weights" in given:
+        raise click.UsageError("give --weights or --tune, not both")
     r = build_retriever(retriever, given)
     report = evaluate_beir(dataset, r, output, split=split, k=k, threads=threads, keep_self_hits=keep_self_hits,
                            tune=tune, folds=folds, save_index=save_index, show_progress=True,

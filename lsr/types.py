@@ -259,7 +259,8 @@ class DocIds:
         if isinstance(ids, DocIds):
             self._ids, self._n = ids._ids, ids._n
             return
-        self._ids = np.asarray(ids, dtype=object).reshape(-1)
+        ids = np.asarray(ids, dtype=object)
+        self._ids = ids if ids.ndim == 1 else ids.reshape(-1)  # an index's own array, not a view (same_as)
         self._n = int(self._ids.size)
 
     @classmethod
@@ -312,6 +313,13 @@ class DocIds:
     def tolist(self) -> list[str]:
         return self._array().tolist()
 
+    def same_as(self, other: "DocIds") -> bool:
+        """Whether ``other`` certainly holds the same ids (the same array, or positions of one
+        length) without comparing them; False means "maybe not"."""
+        if self._ids is None or other._ids is None:
+            return self._ids is None and other._ids is None and self._n == other._n
+        return self._ids is other._ids
+
 
 @dataclass
 class SearchResults:
@@ -349,10 +357,19 @@ class SearchResults:
 
     @classmethod
     def concat(cls, parts: Sequence["SearchResults"], k: int, doc_ids: Any) -> "SearchResults":
-        """Stack the results of consecutive query batches (all over ``doc_ids``)."""
+        """Stack the results of consecutive query batches (all over ``doc_ids``); parts narrower
+        than the widest are padded (position -1, score 0), as a search pads a short result list.
+
+        >>> a = SearchResults(np.array([[0]]), np.array([[1.0]], np.float32), ["x", "y"])
+        >>> SearchResults.concat([a, SearchResults.empty(2, ["x", "y"])], 2, ["x", "y"]).ids.tolist()
+        [[0, -1]]
+        """
         if not parts:
             return cls.empty(k, doc_ids)
-        return cls(np.concatenate([p.ids for p in parts]), np.concatenate([p.scores for p in parts]), doc_ids)
+        width = max(p.k for p in parts)
+        ids = [np.pad(p.ids, ((0, 0), (0, width - p.k)), constant_values=-1) for p in parts]
+        scores = [np.pad(p.scores, ((0, 0), (0, width - p.k))) for p in parts]
+        return cls(np.concatenate(ids), np.concatenate(scores), doc_ids)
 
     def __iter__(self):
         yield self.ids
@@ -376,7 +393,15 @@ class SearchResults:
         return [(str(d), float(s)) for d, s in zip(ids, self.scores[i][keep])]
 
     def to_run(self, query_ids: Sequence[str]) -> dict[str, dict[str, float]]:
-        """A run ``{qid: {doc_id: score}}`` for :func:`lsr.evaluate` and :func:`lsr.write_run`."""
+        """A run ``{qid: {doc_id: score}}`` for :func:`lsr.evaluate` and :func:`lsr.write_run`;
+        ``query_ids[i]`` names row ``i`` (distinct ids: a repeated one would overwrite a row)."""
+        if isinstance(query_ids, (str, bytes)):
+            raise TypeError("query_ids must be a sequence of ids, not one string")
+        query_ids = [str(q) for q in query_ids]
         if len(query_ids) != len(self):
             raise ValueError(f"{len(query_ids)} query ids for {len(self)} result rows")
-        return {str(q): dict(self.hits(i)) for i, q in enumerate(query_ids)}
+        if len(set(query_ids)) != len(query_ids):
+            seen: set[str] = set()
+            dup = next(q for q in query_ids if q in seen or seen.add(q))
+            raise ValueError(f"query id {dup!r} names more than one result row")
+        return {q: dict(self.hits(i)) for i, q in enumerate(query_ids)}

@@ -115,3 +115,57 @@ def test_gzipped_beir_directory_indexes(runner, tiny_beir, tmp_path):
     (data / "corpus.jsonl.gz").write_bytes(gzip.compress(corpus))
     res = runner.invoke(main, ["index", str(data), str(tmp_path / "i")])
     assert res.exit_code == 0, res.output
+
+
+def test_a_closed_stdout_ends_quietly(runner, tiny_beir, tmp_path, monkeypatch):
+    # `lsr search ... | head`: the reader goes away; Unix tools stop without an error message
+    idx = tmp_path / "idx"
+    assert runner.invoke(main, ["index", str(tiny_beir), str(idx)]).exit_code == 0
+    import lsr.io.runs
+
+    def closed(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(lsr.io.runs, "write_run", closed)
+    res = runner.invoke(main, ["search", str(idx), "--query", "heart"])
+    assert res.exit_code == 1 and "Broken pipe" not in res.output and "Error" not in res.output
+
+
+def test_nan_is_refused_before_any_work(runner, tiny_beir, tmp_path):
+    res = runner.invoke(main, ["index", str(tiny_beir), str(tmp_path / "i"), "--k1", "nan"])
+    assert res.exit_code == 2 and "k1 must be a finite number" in res.output
+    res = runner.invoke(main, ["index", str(tiny_beir), str(tmp_path / "i"), "-r", "hybrid",
+                               "--components", "bm25,bm25", "--weights", "nan,1"])
+    assert res.exit_code == 2 and "finite" in res.output and "analyze" not in res.output
+    assert not (tmp_path / "i").exists()
+
+
+def test_eval_tune_refusals_come_before_indexing(runner, tiny_beir, tmp_path):
+    base = ["eval", str(tiny_beir), "-r", "hybrid", "--components", "bm25,bm25", "-o", str(tmp_path / "o"), "--tune"]
+    res = runner.invoke(main, base + ["--weights", "1,2"])  # the weights would be overwritten by tuning
+    assert res.exit_code == 2 and "--weights or --tune, not both" in res.output
+    res = runner.invoke(main, base + ["--fusion", "sum"])
+    assert res.exit_code == 1 and "takes no weights" in res.output and "analyze" not in res.output
+    res = runner.invoke(main, base + ["--folds", "5"])  # tiny_beir has 3 judged test queries, no dev split
+    assert res.exit_code == 1 and "3 queries cannot make 5" in res.output and "analyze" not in res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_index_shards_keeps_the_documents_settings(runner, tiny_beir, tmp_path):
+    from conftest import shared_model
+    from lsr import load_retriever
+
+    model = str(shared_model("splade-tiny"))
+    shards = tmp_path / "shards"
+    res = runner.invoke(main, ["encode", str(tiny_beir), str(shards), "-r", "splade", "-m", model,
+                               "--doc-max-length", "32"])
+    assert res.exit_code == 0, res.output
+    # -m without -r: the shards say which retriever (it was taken for the default bm25 and refused)
+    res = runner.invoke(main, ["index", str(shards), str(tmp_path / "a"), "-m", model, "--query-max-length", "16"])
+    assert res.exit_code == 0, res.output
+    cfg = load_retriever(tmp_path / "a").encoder.config()
+    assert (cfg["doc_max_length"], cfg["query_max_length"]) == (32, 16)  # doc_max_length was recorded as 256
+    # a document option other than the shards' own would be recorded falsely: refused
+    res = runner.invoke(main, ["index", str(shards), str(tmp_path / "b"), "-r", "splade", "--doc-max-length", "64"])
+    assert res.exit_code == 2 and "encoded with doc_max_length=32, not 64" in res.output
+    assert not (tmp_path / "b").exists()

@@ -140,3 +140,20 @@ def test_blank_documents_match_nothing_for_learned_sparse(tmp_path):
     res = r.search(["heart disease", "stock"], k=3)
     assert "blank" not in {d for i in range(2) for d, _ in res.hits(i)}
     assert r.inverted_index.search(r.encoder.encode_queries(["heart"]), k=3).ids.shape == (1, 3)
+
+
+def test_evaluate_beir_records_options_as_json(tiny_beir, tmp_path):
+    from pathlib import Path
+
+    import numpy as np
+
+    from lsr import BM25Retriever
+
+    # by default the retriever's own options (they were recorded as {})
+    evaluate_beir(tiny_beir, BM25Retriever(k1=1.2), tmp_path / "a", k=5)
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["options"] == {"k1": 1.2, "b": 0.4}
+    # a Python caller's paths and numpy numbers: config.json failed to write after the whole run
+    given = {"k1": np.float64(1.2), "note": Path("runs") / "x", "weights": (1, 2)}
+    report = evaluate_beir(tiny_beir, BM25Retriever(k1=1.2), tmp_path / "b", k=5, options=given)
+    recorded = json.loads((tmp_path / "b" / "config.json").read_text())["options"]
+    assert recorded == {"k1": 1.2, "note": str(Path("runs") / "x"), "weights": [1, 2]} == report.config["options"]

@@ -235,3 +235,42 @@ def test_cli_eval_hybrid_with_weights(tmp_path, synthetic):
     assert res.exit_code == 0, res.output
     bad = CliRunner().invoke(main, ["eval", str(data), "-r", "bm25", "--tune", "-o", str(tmp_path / "o2")])
     assert bad.exit_code != 0 and "--tune needs --retriever hybrid" in bad.output
+
+
+# ---------------------------------------------------------------------------- edges of the API
+def _small_bm25(ids, texts) -> BM25Retriever:
+    r = BM25Retriever()
+    r.index(ids, texts)
+    return r
+
+
+@pytest.mark.parametrize("prf", ["none", "after", "before"])
+def test_hybrid_k_is_checked_and_capped_at_the_documents(prf):
+    a = _small_bm25(["d1", "d2", "d3"], ["heart disease", "stock markets", "heart attack"])
+    b = _small_bm25(["d3", "d4"], ["heart attack", "heart failure"])
+    h = HybridRetriever([a, b], depth=2, prf=prf)
+    res = h.search(["heart", "markets"], k=10)
+    assert res.ids.shape == (2, 4)  # 4 documents in all: not 10 wide (nor depth wide for "before")
+    assert {d for d, _ in res.hits(0)} <= {"d1", "d2", "d3", "d4"}
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        h.search("heart", k=0)  # every other retriever refuses it; the hybrid returned (1, 0)
+
+
+def test_hybrid_notices_a_component_reindexed_on_its_own():
+    a = _small_bm25(["d1", "d2"], ["heart disease", "stock markets"])
+    b = _small_bm25(["d1", "d2"], ["heart disease", "stock markets"])
+    h = HybridRetriever([a, b])
+    assert h.search("heart", k=1).hits(0)[0][0] == "d1"
+    a.index(["x1", "x2", "x3"], ["cats", "dogs", "heart heart heart"])
+    got = {d for d, _ in h.search("heart", k=5).hits(0)}
+    assert got == {"x3", "d1"}  # the stale id map read x3 (position 2) through the old ids
+
+
+def test_hybrid_weights_and_depth_are_checked():
+    comps = [BM25Retriever(), BM25Retriever()]
+    with pytest.raises(ValueError, match="finite"):
+        HybridRetriever(comps, weights=[float("nan"), 1.0])  # failed only at search time
+    with pytest.raises(ValueError, match="depth must be a positive integer"):
+        HybridRetriever(comps, depth=-1)
+    # the CLI's spelling works from Python too (it was read one character at a time)
+    assert HybridRetriever.from_options(components="bm25,bm25", weights="0.3, 0.7").weights == [0.3, 0.7]

@@ -175,9 +175,18 @@ class SpladeEncoder:
         self.device = choose_device(self.device_name)
         try:
             with quiet_loading():
-                model = transformers.AutoModelForMaskedLM.from_pretrained(self._source, dtype=torch.float32)
+                model, info = transformers.AutoModelForMaskedLM.from_pretrained(
+                    self._source, dtype=torch.float32, output_loading_info=True)
         except (OSError, ValueError, KeyError) as exc:
             raise ValueError(f"cannot load a masked-LM model from {self.model_name!r}: {exc}") from exc
+        # A checkpoint without an MLM head (a sentence-transformers bi-encoder, a bare BertModel)
+        # loads with a randomly initialised head (transformers only logs it): every vector would be
+        # noise. Refuse it.
+        missing = sorted(info.get("missing_keys") or ())
+        if missing:
+            shown = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
+            raise ValueError(f"{self.model_name}: not a masked-LM checkpoint: {len(missing)} weights of the "
+                             f"model are missing and would be random ({shown})")
         model.eval().to(self.device)
         decoder = model.get_output_embeddings()
         if not isinstance(decoder, torch.nn.Linear):

@@ -41,6 +41,10 @@ class EvalReport:
     notes: list[str] = field(default_factory=list)
 
 
+def _tunes_on_dev(dataset: Path, split: str) -> bool:
+    return (dataset / "qrels" / "dev.tsv").is_file() and split != "dev"
+
+
 def tune_hybrid(retriever: Any, dataset: str | os.PathLike, ds: BeirDataset, folds: int, k: int, threads: int,
                 show_progress: bool = False, notes: list[str] | None = None) -> Run | None:
     """Tune a hybrid's weights: on ``qrels/dev.tsv`` when the dataset has one (returns None: the
@@ -48,7 +52,7 @@ def tune_hybrid(retriever: Any, dataset: str | os.PathLike, ds: BeirDataset, fol
     evaluated queries (returns the held-out run, so no query is scored with weights tuned on it)."""
     notes = notes if notes is not None else []
     dataset = Path(dataset)
-    if (dataset / "qrels" / "dev.tsv").is_file() and ds.split != "dev":
+    if _tunes_on_dev(dataset, ds.split):
         dev = load_beir(dataset, split="dev")
         res = retriever.tune(dev.queries, dev.qrels, threads=threads, show_progress=show_progress)
         notes.append(f"tuned on {len(dev.queries)} dev queries: weights {res.weights} (dev {res.score:.4f})")
@@ -58,6 +62,23 @@ def tune_hybrid(retriever: Any, dataset: str | os.PathLike, ds: BeirDataset, fol
         notes.append(f"fold {i + 1}: weights {w}  held-out {cv.heldout_scores[i]:.4f}")
     notes.append(f"{folds}-fold cross-validated ndcg@10 {cv.score:.4f}; weights on all queries {retriever.weights}")
     return cv.run
+
+
+def _json_value(value: Any) -> Any:
+    """What ``json.dumps`` cannot write itself: paths as strings, numpy scalars as numbers."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    raise TypeError(f"cannot record a {type(value).__name__} in config.json")
+
+
+def _recorded_options(retriever: Retriever, options: dict[str, Any] | None) -> dict[str, Any]:
+    """The options ``config.json`` records: as given, else the retriever's own (all its fields)."""
+    if options is None:
+        own = getattr(retriever, "options", None)
+        return own.to_dict() if hasattr(own, "to_dict") else {}
+    return json.loads(json.dumps(dict(options), default=_json_value))  # fails now, not after the search
 
 
 def evaluate_beir(dataset: str | os.PathLike, retriever: Retriever, output: str | os.PathLike | None = None,
@@ -72,14 +93,24 @@ def evaluate_beir(dataset: str | os.PathLike, retriever: Retriever, output: str 
     the weights are tuned on the dev split, or cross-validated in ``folds`` over the evaluated
     queries. With ``output`` it writes ``run.trec``, ``metrics.json`` (computed from the run file as
     written, so exactly what trec_eval sees), ``per_query.tsv`` and ``config.json``.
-    ``options`` (the retriever's options as given) are recorded in ``config.json``.
+    ``options`` (the retriever's options as given; by default all of ``retriever.options``) are
+    recorded in ``config.json``.
     """
     from lsr import __version__
 
     if tune and not hasattr(retriever, "tune"):
         raise ValueError(f"tune needs a hybrid retriever, not {retriever.name!r}")
+    if tune:  # found out now, not after the corpus is indexed
+        from lsr.fusion.tuning import WEIGHTABLE
+
+        if retriever.fusion not in WEIGHTABLE:
+            raise ValueError(f"fusion method {retriever.fusion!r} takes no weights to tune "
+                             f"(weighted: {', '.join(sorted(WEIGHTABLE))})")
     notes: list[str] = []
+    recorded = _recorded_options(retriever, options)
     ds = load_beir(dataset, split=split)
+    if tune and not _tunes_on_dev(Path(dataset), split) and len(ds.queries) < folds:
+        raise ValueError(f"{len(ds.queries)} queries cannot make {folds} cross-validation folds (use fewer folds)")
     t0 = time.perf_counter()
     retriever.index(ds.corpus.ids, ds.corpus.all_contents(), show_progress=show_progress)
     t1 = time.perf_counter()
@@ -99,7 +130,7 @@ def evaluate_beir(dataset: str | os.PathLike, retriever: Retriever, output: str 
     run = {q: dict(ranked(docs)[:k]) for q, docs in run.items()}
     config = {
         "lsr_version": __version__, "dataset": str(dataset), "split": split, "retriever": retriever.name,
-        "options": dict(options or {}), "k": k, "threads": threads,
+        "options": recorded, "k": k, "threads": threads,
         "remove_self_hits": not keep_self_hits, "n_docs": len(ds.corpus), "n_queries": len(qids),
         "index_seconds": round(t1 - t0, 3), "search_seconds": round(t2 - t1, 3),
         "queries_per_second": round(len(qids) / max(t2 - t1, 1e-9), 1),
@@ -119,7 +150,7 @@ def evaluate_beir(dataset: str | os.PathLike, retriever: Retriever, output: str 
             f.write("query_id\t" + "\t".join(DEFAULT_METRICS) + "\n")
             for q, values in table.items():
                 f.write(q + "\t" + "\t".join(f"{values[m]:.6f}" for m in DEFAULT_METRICS) + "\n")
-        (output / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (output / "config.json").write_text(json.dumps(config, indent=2, default=_json_value) + "\n")
     for note in notes:
         logger.info(note)
         if on_note is not None:

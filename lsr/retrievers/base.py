@@ -19,7 +19,7 @@ import json
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -33,9 +33,17 @@ SEARCH_BATCH = 256  # queries encoded and searched per step (progress granularit
 
 
 def as_queries(queries: str | Sequence[str]) -> list[str]:
-    """A list of query texts; one string is one query (not one query per character)."""
+    """A list of query texts; one string is one query (not one query per character).
+
+    A mapping (``read_queries``' ``{id: text}``) is refused: iterating it would search its ids.
+    """
     if isinstance(queries, str):
         return [queries]
+    if isinstance(queries, Mapping):
+        raise TypeError("queries is a mapping (id -> text): search list(queries.values()) and pass "
+                        "list(queries) to to_run()")
+    if queries is None or isinstance(queries, (bytes, bytearray)) or not isinstance(queries, Iterable):
+        raise TypeError(f"queries must be a string or a sequence of strings, not {type(queries).__name__}")
     queries = list(queries)
     for i, q in enumerate(queries):
         if not isinstance(q, str):
@@ -76,6 +84,52 @@ def model_or_encoder(model: Any) -> tuple[str | None, Any]:
     return None, model
 
 
+def _same_setting(given: Any, own: Any) -> bool:
+    """Whether an option given equals an encoder's own setting (numbers by value, paths resolved)."""
+    if given == own:
+        return True
+    if isinstance(given, (str, os.PathLike)) and isinstance(own, (str, os.PathLike)):
+        a, b = Path(given), Path(own)
+        return a.exists() and b.exists() and a.resolve() == b.resolve()
+    return False
+
+
+def encoder_settings(encoder: Any) -> dict[str, Any]:
+    """Options a dense or multi-vector encoder holds outside its ``config()``: device, cache."""
+    own = {}
+    if hasattr(encoder, "device"):
+        own["device"] = None if encoder.device is None else str(encoder.device)
+    if hasattr(encoder, "cache_dir"):
+        own["embedding_cache"] = None if encoder.cache_dir is None else str(encoder.cache_dir)
+    return own
+
+
+def options_for_encoder(cls: type, encoder: Any, given: dict[str, Any], **own: Any) -> Any:
+    """The options of a retriever built around an encoder object: the encoder's settings
+    (``encoder.config()``, plus ``own``: settings the caller read from elsewhere) fill the fields
+    they name, so ``retriever.options`` says what the retriever does. An encoder-side option given
+    as well is refused unless it equals the encoder's own: it would be silently ignored.
+    ``cls.index_options`` are the fields that belong to the retriever, not to its encoder."""
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(cls.options_class)]
+    config = encoder.config() if callable(getattr(encoder, "config", None)) else {}
+    settings = {k: v for k, v in {**config, **own}.items() if k in names and k not in cls.index_options}
+    if "model" in names and not settings.get("model"):
+        settings["model"] = str(getattr(encoder, "model_name", None) or getattr(encoder, "model", None) or "encoder")
+    for key, value in given.items():
+        if key not in names or key in cls.index_options:
+            continue
+        if key not in settings:
+            raise ValueError(f"{key}: set it on the encoder ({type(encoder).__name__} was given, with its own "
+                             f"settings)")
+        if not _same_setting(value, settings[key]):
+            raise ValueError(f"{key}={value!r} conflicts with the given encoder's {key}={settings[key]!r} "
+                             f"(an encoder object brings its own settings; build the retriever from a model "
+                             f"id to choose them)")
+    return make_options(cls, None, {**given, **settings})
+
+
 RETRIEVER_FORMAT = "lsr.retriever"
 RETRIEVER_FORMAT_VERSION = 1
 
@@ -107,6 +161,8 @@ class Retriever(ABC):
 
     #: the typed options of this retriever (a dataclass of :mod:`lsr.retrievers.options`)
     options_class: ClassVar[type]
+    #: the options that configure the index, not the encoder (free to give with an encoder object)
+    index_options: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def from_options(cls, options: Any = None, /, **fields: Any) -> "Retriever":

@@ -17,7 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lsr.retrievers.base import Retriever, SearchResults, as_queries, batched_search, check_texts, make_options, model_or_encoder
+from lsr.retrievers.base import (Retriever, SearchResults, as_queries, batched_search, check_texts, make_options,
+                                 encoder_settings, model_or_encoder, options_for_encoder)
 from lsr.retrievers.options import DenseOptions
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class DenseRetriever(Retriever):
     name = "dense"
 
     options_class = DenseOptions
+    index_options = ("index_type",)
 
     def __init__(self, model: Any = None, index: Any = None, index_params: dict[str, Any] | None = None,
                  **options: Any) -> None:
@@ -39,11 +41,12 @@ class DenseRetriever(Retriever):
         >>> r = DenseRetriever("sentence-transformers/all-MiniLM-L6-v2")   # doctest: +SKIP
         """
         name, encoder = model_or_encoder(model)
-        if encoder is not None:
-            options.setdefault("model", getattr(encoder, "model", None) or "encoder")
-        elif name is not None:
-            options["model"] = name
-        self.options = make_options(type(self), None, options)
+        if encoder is not None:  # its settings are the options (see options_for_encoder)
+            self.options = options_for_encoder(type(self), encoder, options, **encoder_settings(encoder))
+        else:
+            if name is not None:
+                options["model"] = name
+            self.options = make_options(type(self), None, options)
         if encoder is None:
             from lsr.encoders.embedding import DenseEncoder
 

@@ -31,7 +31,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from lsr.retrievers.base import Retriever, SearchResults, as_queries, load_retriever, make_options, retriever_class
-from lsr.retrievers.options import PRF_MODES, HybridOptions
+from lsr.io.manifest import positive_int
+from lsr.retrievers.options import PRF_MODES, HybridOptions, parse_weights
+from lsr.types import DocIds
 from lsr.fusion.combine import canonical_fusion, fuse_arrays
 from lsr.fusion.normalize import canonical_normalizer
 
@@ -97,19 +99,22 @@ class HybridRetriever(Retriever):
                  tuning: dict | None = None) -> None:
         if not components:
             raise ValueError("a hybrid retriever needs at least one component")
-        if weights is not None and len(weights) != len(components):
-            raise ValueError(f"{len(weights)} weights for {len(components)} components")
+        if weights is not None:
+            weights = parse_weights(weights)
+            if len(weights) != len(components):
+                raise ValueError(f"{len(weights)} weights for {len(components)} components")
         if prf not in PRF_MODES:
             raise ValueError(f"prf must be one of {PRF_MODES}, not {prf!r}")
         self.components = list(components)
         self.norm = canonical_normalizer(norm)
         self.fusion = canonical_fusion(fusion)
         self.weights = None if weights is None else [float(w) for w in weights]
-        self.depth, self.floor = int(depth), floor
+        self.depth, self.floor = positive_int(depth, "depth"), floor
         self.norm_params, self.fusion_params = norm_params, dict(fusion_params or {})
         self.prf, self.prf_params, self.prf_target = prf, dict(prf_params or {}), int(prf_target)
         self.tuning = tuning
-        self._space: tuple[np.ndarray, list[np.ndarray]] | None = None
+        # (shared vocabulary, per-component position maps, the components' DocIds they were made from)
+        self._space: tuple[np.ndarray, list[np.ndarray], list[DocIds]] | None = None
         self._prf_objects: list[Any] | None = None
 
     # ------------------------------------------------------------------ building
@@ -155,13 +160,18 @@ class HybridRetriever(Retriever):
     # ------------------------------------------------------------------ id space
     def _id_space(self, results: Sequence[SearchResults]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Shared ids: positions in the sorted union of the components' document ids, so integer
-        order is string order (ties break as trec_eval does)."""
-        if self._space is None:
-            all_ids = [np.asarray(r.doc_ids, dtype=object).astype(str) for r in results]
-            vocab = np.unique(np.concatenate(all_ids)).astype(object) if all_ids else np.zeros(0, object)
-            maps = [np.searchsorted(vocab.astype(str), ids).astype(np.int64) for ids in all_ids]
-            self._space = (vocab, maps)
-        return self._space
+        order is string order (ties break as trec_eval does). Made once, and again when a
+        component's documents changed (a component re-indexed on its own)."""
+        if self._space is not None:
+            vocab, maps, made_from = self._space
+            if len(made_from) == len(results) and all(r.doc_ids.same_as(d) for r, d in zip(results, made_from)):
+                return vocab, maps
+        made_from = [DocIds(r.doc_ids) for r in results]  # before np.asarray materialises positions
+        all_ids = [np.asarray(r.doc_ids, dtype=object).astype(str) for r in results]
+        vocab = np.unique(np.concatenate(all_ids)).astype(object) if all_ids else np.zeros(0, object)
+        maps = [np.searchsorted(vocab.astype(str), ids).astype(np.int64) for ids in all_ids]
+        self._space = (vocab, maps, made_from)
+        return vocab, maps
 
     def _to_shared(self, results: Sequence[SearchResults]) -> list[Arrays]:
         _, maps = self._id_space(results)
@@ -180,14 +190,18 @@ class HybridRetriever(Retriever):
                 for c in self.components]
 
     def fuse_results(self, results: Sequence[SearchResults], k: int = 10) -> SearchResults:
-        """Fuse already-computed component results (same queries, same order)."""
+        """Fuse already-computed component results (same queries, same order); ``k`` is capped
+        at the number of documents, as every retriever's is."""
+        k = positive_int(k, "k")
         shared = self._to_shared(results)
+        vocab = self._id_space(results)[0]
         ids, scores = fuse_arrays([s[0] for s in shared], [s[1] for s in shared], **self.fuse_kwargs(k))
-        return SearchResults(ids, scores, self._id_space(results)[0])
+        return _width(ids, scores, min(k, len(vocab)), vocab)
 
     def search(self, queries: str | Sequence[str], k: int = 10, threads: int = 1,
                show_progress: bool = False) -> SearchResults:
         queries = as_queries(queries)
+        k = positive_int(k, "k")
         results = self.component_results(queries, threads, show_progress)
         if self.prf == "none":
             return self.fuse_results(results, k)
@@ -210,9 +224,7 @@ class HybridRetriever(Retriever):
         (ids, scores), _ = prf_interpolation(self._to_shared(results), calls, self.prf, self.fuse_kwargs(k),
                                              fb_docs=int(self.prf_params.get("fb_docs", 10)),
                                              target=self.prf_target)
-        if ids.shape[1] > k:
-            ids, scores = ids[:, :k], scores[:, :k]
-        return SearchResults(ids, scores, vocab)
+        return _width(ids, scores, min(k, len(vocab)), vocab)
 
     # ------------------------------------------------------------------ tuning
     def tune(self, queries: dict[str, str], qrels: dict[str, dict[str, int]], folds: int | None = None,
@@ -269,6 +281,13 @@ class HybridRetriever(Retriever):
         keep = {k: config[k] for k in ("norm", "fusion", "weights", "depth", "floor", "norm_params",
                                        "fusion_params", "prf", "prf_params", "prf_target", "tuning") if k in config}
         return cls(comps, **keep)
+
+
+def _width(ids: np.ndarray, scores: np.ndarray, k: int, vocab: np.ndarray) -> SearchResults:
+    """Results exactly ``k`` wide: cut, or padded (-1, 0) where fusion or a PRF run gave fewer."""
+    ids, scores = ids[:, :k], scores[:, :k]
+    pad = ((0, 0), (0, k - ids.shape[1]))
+    return SearchResults(np.pad(ids, pad, constant_values=-1), np.pad(scores, pad), vocab)
 
 
 def _shared_one(res: SearchResults, mapping: np.ndarray) -> Arrays:

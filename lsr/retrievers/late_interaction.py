@@ -14,7 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from lsr.io.manifest import load_ids, load_multivectors, save_ids, save_multivectors
-from lsr.retrievers.base import Retriever, SearchResults, as_queries, batched_search, check_texts, make_options, model_or_encoder
+from lsr.retrievers.base import (Retriever, SearchResults, as_queries, batched_search, check_texts, make_options,
+                                 encoder_settings, model_or_encoder, options_for_encoder)
 from lsr.retrievers.options import MaxSimOptions, MuveraOptions
 
 logger = logging.getLogger(__name__)
@@ -25,16 +26,25 @@ __all__ = ["MaxSimRetriever", "MuveraRetriever"]
 def _encoder(retriever: Any, model: Any, options: dict[str, Any]) -> Any:
     """Set ``retriever.options`` and return its MultiVectorEncoder (given, or made from the model)."""
     name, encoder = model_or_encoder(model)
-    if encoder is not None:
-        options.setdefault("model", getattr(encoder, "model", None) or "encoder")
-    elif name is not None:
-        options["model"] = name
-    retriever.options = make_options(type(retriever), None, options)
+    if encoder is not None:  # its settings are the options (see options_for_encoder)
+        retriever.options = options_for_encoder(type(retriever), encoder, options, **encoder_settings(encoder))
+    else:
+        if name is not None:
+            options["model"] = name
+        retriever.options = make_options(type(retriever), None, options)
     if encoder is None:
         from lsr.encoders.multivector import MultiVectorEncoder
 
         encoder = MultiVectorEncoder(retriever.options.model, **retriever.options.encoder_args())
     return encoder
+
+
+def _fde_options(fde: dict[str, Any]) -> dict[str, Any]:
+    """The ``fde_*`` options of an FDEConfig dict (``d_proj`` None, the identity, is option 0)."""
+    out = {f"fde_{k}": fde[k] for k in ("reps", "k_sim", "d_proj", "final_dim") if k in fde}
+    if "fde_d_proj" in out and out["fde_d_proj"] is None:
+        out["fde_d_proj"] = 0
+    return out
 
 
 # ---------------------------------------------------------------------------- multi-vector
@@ -107,11 +117,18 @@ class MuveraRetriever(Retriever):
     name = "muvera"
 
     options_class = MuveraOptions
+    index_options = ("fde_reps", "fde_k_sim", "fde_d_proj", "fde_final_dim", "candidates", "index_type")
 
     def __init__(self, model: Any = None, index: Any = None, fde: dict[str, Any] | None = None,
                  **options: Any) -> None:
         """``model``: a model directory, hub id or MultiVectorEncoder; ``options``: :class:`MuveraOptions`
-        (``fde`` overrides the FDE fields with a full FDEConfig dict, as a loaded index has)."""
+        (``fde``: a full FDEConfig dict, as a loaded index has; it fills the ``fde_*`` options, and an
+        ``fde_*`` option that differs from it is refused)."""
+        if fde is not None:
+            for key, value in _fde_options(fde).items():
+                if options.get(key) is not None and options[key] != value:
+                    raise ValueError(f"{key}={options[key]!r} conflicts with the given FDE configuration's {value!r}")
+                options[key] = value
         self.encoder = _encoder(self, model, options)
         self.fde_index = index
         self.fde = dict(fde) if fde is not None else self.options.fde_args()  # FDEConfig fields

@@ -20,12 +20,15 @@ ValueError: k1 must be >= 0, got -1
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
     "BM25Options", "SpladeOptions", "InferenceFreeOptions", "DenseOptions", "MaxSimOptions", "MuveraOptions",
-    "HybridOptions", "INDEX_TYPES", "PRF_MODES", "OPTIONS", "option_fields",
+    "HybridOptions", "INDEX_TYPES", "PRF_MODES", "OPTIONS", "option_fields", "parse_weights",
 ]
 
 INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
@@ -40,16 +43,30 @@ def _opt(default: Any, help: str, *, minimum: float | None = None, choices: tupl
                                             "kind": kind})
 
 
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python numbers, paths as strings: what JSON and the checks read."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, (int, bool)):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, (int, float)):
+        return float(value)
+    return value
+
+
 def _check(options: Any) -> None:
     """Bounds and choices of every field (the CLI and the Python API refuse the same values)."""
     for f in dataclasses.fields(options):
-        value = getattr(options, f.name)
+        value = _plain(getattr(options, f.name))
+        object.__setattr__(options, f.name, value)
         if value is None:
             continue
         minimum, choices = f.metadata.get("min"), f.metadata.get("choices")
         kind = f.metadata.get("kind")
         if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ValueError(f"{f.name} must be a number, got {value!r}")
+        if kind in (int, float) and not math.isfinite(value):  # nan passes every bound check
+            raise ValueError(f"{f.name} must be a finite number, got {value!r}")
         if kind is int and value != int(value):
             raise ValueError(f"{f.name} must be an integer, got {value!r}")
         if minimum is not None and value < minimum:
@@ -223,7 +240,23 @@ class HybridOptions(_Options):
         if not self.components:
             raise ValueError("a hybrid retriever needs components (e.g. bm25,splade=MODEL,dense=MODEL)")
         if self.weights is not None:
-            object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+            object.__setattr__(self, "weights", parse_weights(self.weights))
+
+
+def parse_weights(weights: str | Any) -> tuple[float, ...]:
+    """Fusion weights as a tuple of finite floats, from numbers or the CLI's ``"0.3,0.7"``.
+
+    >>> parse_weights("0.3, 0.7"), parse_weights([1, 2])
+    ((0.3, 0.7), (1.0, 2.0))
+    """
+    items = weights.split(",") if isinstance(weights, str) else list(weights)
+    try:
+        out = tuple(float(w) for w in items)
+    except (TypeError, ValueError):
+        raise ValueError(f"weights must be numbers (comma-separated in a string), got {weights!r}") from None
+    if not out or not all(math.isfinite(w) for w in out):
+        raise ValueError(f"weights must be finite numbers, got {weights!r}")
+    return out
 
 
 def option_fields(options_class: type) -> dict[str, dataclasses.Field]:

@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from lsr.errors import IndexFormatError
-from lsr.retrievers.base import Retriever, SearchResults, as_queries, batched_search, make_options, model_or_encoder
+from lsr.retrievers.base import (Retriever, SearchResults, as_queries, batched_search, make_options, model_or_encoder,
+                                 options_for_encoder)
 from lsr.retrievers.options import BM25Options, InferenceFreeOptions, SpladeOptions
 from lsr.types import SparseBatch
 from lsr.index.inverted import InvertedIndex
@@ -27,8 +28,8 @@ __all__ = ["SparseRetriever", "BM25Retriever", "SpladeRetriever", "InferenceFree
 
 
 def _blank_rows_emptied(vectors: Any, texts: Sequence[str]) -> Any:
-    """``vectors`` with the rows of blank texts emptied: a document without text matches nothing
-    (a learned encoder would give it the weights of its special tokens alone)."""
+    """``vectors`` with the rows of blank texts emptied: a document or query without text matches
+    nothing (a learned encoder would give it the weights of its special tokens alone)."""
     blank = np.fromiter((not str(t).strip() for t in texts), dtype=bool, count=len(texts))
     if not blank.any() or not isinstance(vectors, SparseBatch):
         return vectors
@@ -78,9 +79,12 @@ class SparseRetriever(Retriever):
         if self.inverted_index is None:
             raise RuntimeError("nothing indexed yet: call index() or load a saved retriever")
         index = self.inverted_index
-        return batched_search(as_queries(queries), k, show_progress,
-                              lambda batch, kk: index.search(self.encoder.encode_queries(batch), k=kk, threads=threads),
-                              index.doc_ids)
+
+        def step(batch: list[str], kk: int) -> SearchResults:
+            # a blank query matches nothing, as a blank document does (not its special tokens' expansion)
+            return index.search(_blank_rows_emptied(self.encoder.encode_queries(batch), batch), k=kk, threads=threads)
+
+        return batched_search(as_queries(queries), k, show_progress, step, index.doc_ids)
 
     def _write(self, directory: Path) -> dict[str, Any]:
         if self.inverted_index is None:
@@ -114,8 +118,12 @@ class BM25Retriever(SparseRetriever):
     def __init__(self, encoder: Any = None, index: InvertedIndex | None = None, **options: Any) -> None:
         from lsr.encoders.bm25 import BM25Encoder
 
-        self.options = make_options(type(self), None, options)
-        super().__init__(encoder or BM25Encoder(k1=self.options.k1, b=self.options.b), index)
+        if encoder is not None:  # its k1 and b are the options (a different k1 given is refused)
+            self.options = options_for_encoder(type(self), encoder, options)
+        else:
+            self.options = make_options(type(self), None, options)
+            encoder = BM25Encoder(k1=self.options.k1, b=self.options.b)
+        super().__init__(encoder, index)
 
     @classmethod
     def _from_options(cls, options: BM25Options) -> "BM25Retriever":
@@ -142,14 +150,18 @@ class SpladeRetriever(SparseRetriever):
 
     name = "splade"
     options_class: type = SpladeOptions
+    index_options = ("doc_vectors",)
 
     def __init__(self, model: Any = None, index: InvertedIndex | None = None, **options: Any) -> None:
         name, encoder = model_or_encoder(model)
-        if encoder is not None:  # an encoder object: its own configuration, options for the rest
-            options.setdefault("model", getattr(encoder, "model_name", None) or "encoder")
-        elif name is not None:
-            options["model"] = name
-        self.options = make_options(type(self), None, options)
+        if encoder is not None:  # an encoder object: its settings are the options (see options_for_encoder)
+            own = {k: getattr(encoder, a) for k, a in (("device", "device_name"), ("torch_threads", "threads"))
+                   if hasattr(encoder, a)}
+            self.options = options_for_encoder(type(self), encoder, options, **own)
+        else:
+            if name is not None:
+                options["model"] = name
+            self.options = make_options(type(self), None, options)
         if encoder is None:
             encoder = self.encoder_class()(self.options.model, **self._encoder_args())
             if self._needs_model():
@@ -237,10 +249,13 @@ def index_encoded(path: str | os.PathLike, output: str | os.PathLike, retriever:
                   overwrite: bool = False, show_progress: bool = False, **options: Any) -> SpladeRetriever:
     """Index pre-encoded document vectors at ``path`` and save the retriever to ``output``.
 
-    The query encoder is rebuilt from the shards' record of their encoder (model, lengths,
-    pruning, IDF table) unless ``options`` name a ``model``; ``retriever`` (``splade`` or
-    ``inference-free``) then says which. Shards are inverted one at a time into a build
-    directory beside ``output`` (never whole in memory); vector JSONL is read whole.
+    For ``lsr encode`` shards the query encoder is rebuilt from their record of the encoder (kind,
+    model, lengths, pruning, IDF table); ``options`` may change the query side (a ``model`` at
+    another path, ``query_max_length``, ...), but not the documents' ``doc_max_length``,
+    ``top_k`` or ``min_weight``, and ``retriever`` must be the recorded kind. For vector JSONL
+    ``retriever`` (``splade`` or ``inference-free``) and a ``model`` say which query encoder.
+    Shards are inverted one at a time into a build directory beside ``output`` (never whole in
+    memory); vector JSONL is read whole.
     """
     import shutil
 
@@ -249,17 +264,26 @@ def index_encoded(path: str | os.PathLike, output: str | os.PathLike, retriever:
 
     path, output = Path(path), Path(output)
     classes = {"splade": SpladeRetriever, "inference-free": InferenceFreeRetriever}
-    if is_shards_dir(path) and not options.get("model"):
+    if is_shards_dir(path):
         cfg = read_progress(path)["encoder"]
         kind = cfg.get("type")
         if kind not in classes:
             raise ValueError(f"{path}: shards of a {kind!r} encoder; give the retriever and model")
         if retriever is not None and retriever != kind:
             raise ValueError(f"{path}: shards of a {kind!r} encoder, not {retriever!r}")
+        # the documents were encoded with these: the saved encoder must record them as they were
+        for key in ("doc_max_length", "top_k", "min_weight"):
+            if key in cfg and options.get(key) is not None and options[key] != cfg[key]:
+                raise ValueError(f"{path}: the documents were encoded with {key}={cfg[key]!r}, not "
+                                 f"{options[key]!r} (the query side's options may differ, the documents' not)")
         recorded = {k: cfg[k] for k in ("doc_max_length", "query_max_length", "top_k", "min_weight") if k in cfg}
         if kind == "inference-free" and cfg.get("idf"):
             recorded["idf"] = cfg["idf"]
-        r = classes[kind](cfg["model"], **{**recorded, **options, "doc_vectors": None})
+        model = options.get("model") or cfg["model"]  # another model for the queries (e.g. moved)
+        r = classes[kind](**{**recorded, **options, "model": model, "doc_vectors": None})
+        if cfg.get("vocab_size") is not None and r.encoder.vocab_size != cfg["vocab_size"]:
+            raise ValueError(f"{path}: encoded over a vocabulary of {cfg['vocab_size']} terms, but {model} "
+                             f"has {r.encoder.vocab_size}")
     else:
         if retriever not in classes:
             raise ValueError("encoded vectors need the splade or inference-free retriever (the query encoder)")
