@@ -231,9 +231,11 @@ def test_unverified_load_still_checks_structure(built):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_random_bit_flips_never_load_or_crash(built, seed):
-    """Any single flipped bit in the blocks is caught by the structural check (or still decodes
-    to a valid index) -- never an out-of-bounds read at search time."""
+    """Flipped bits in the blocks: a checked load refuses them, or the index searches exactly as
+    the undamaged one; an unchecked load (verify=False) relies on the structural check, which
+    refuses the damage or yields an index that searches without reading out of bounds."""
     index, queries, path = built
+    want = index.search(queries, k=10)
     rng = np.random.default_rng(seed)
     f = path / "words.npy"
     arr = np.load(f)
@@ -242,11 +244,19 @@ def test_random_bit_flips_never_load_or_crash(built, seed):
         arr[i] ^= np.uint32(1 << int(rng.integers(0, 32)))
     np.save(f, arr)
     try:
-        loaded = InvertedIndex.load(path, verify=False)
+        loaded = InvertedIndex.load(path)
     except IndexFormatError as exc:
         assert "words.npy" in str(exc)
     else:
-        loaded.search(queries, k=10)
+        got = loaded.search(queries, k=10)
+        assert (got.ids == want.ids).all() and (got.scores == want.scores).all()
+    try:
+        unchecked = InvertedIndex.load(path, verify=False)
+    except IndexFormatError as exc:
+        assert "words.npy" in str(exc)
+    else:
+        got = unchecked.search(queries, k=10)
+        assert got.ids.shape == want.ids.shape and ((got.ids >= -1) & (got.ids < index.n_docs)).all()
 
 
 @pytest.mark.parametrize("setup", ["missing", "foreign", "garbage_manifest", "other_version", "missing_file"])
@@ -362,3 +372,26 @@ def test_damaged_forward_copy_is_refused(tmp_path, damage):
     np.save(tmp_path / "ix" / name, arr)
     with pytest.raises(IndexFormatError, match="forward_"):
         InvertedIndex.load(tmp_path / "ix", verify=False)
+
+
+def test_maxscore_at_a_size_that_reaches_it(tmp_path):
+    """No monkeypatched thresholds: a corpus above EXACT_SCAN_BELOW documents takes MaxScore in
+    exact mode, and above NUMPY_LOAD_POSTINGS postings a loaded index searches with the kernels."""
+    rng = np.random.default_rng(11)
+    n, v = InvertedIndex.EXACT_SCAN_BELOW + 7000, 3000
+    p = 1.0 / (np.arange(v) + 3.0)
+    rows = np.repeat(np.arange(n), 16)
+    cols = rng.choice(v, size=rows.size, p=p / p.sum())
+    docs = sp.csr_matrix((rng.lognormal(-0.7, 0.6, rows.size).astype(np.float32), (rows, cols)), shape=(n, v))
+    docs.sum_duplicates()
+    assert docs.nnz > InvertedIndex.NUMPY_LOAD_POSTINGS
+    queries = random_csr(rng, 40, v, 0.004)
+    index = InvertedIndex.from_csr(docs)
+    assert_same_topk(index, docs, queries, k=10)
+    assert_same_topk(index, docs, queries, k=100, threads=2)
+    index.save(tmp_path / "big")
+    loaded = InvertedIndex.load(tmp_path / "big")
+    a, b = index.search(queries, k=10), loaded.search(queries, k=10)
+    assert (a.ids == b.ids).all() and (a.scores == b.scores).all()
+    exhaustive = index.search(queries, k=10, mode="exhaustive")
+    np.testing.assert_allclose(exhaustive.scores, a.scores, rtol=1e-6)

@@ -140,7 +140,7 @@ def _load_row_impl(vectors, t, row):  # pragma: no cover - compiled
 @numba.njit(cache=True, nogil=True)
 def _half_to_float(src, row):  # pragma: no cover - compiled
     """``row = float32(float16 bits src)``, exact for every bit pattern, by integer arithmetic
-    (Numba has no float16; a 64k-entry table lookup is about 2x slower).
+    (Numba has no float16; a 64k-entry table lookup measured slower, docs/dense_and_muvera.md).
 
     Exponent and mantissa are shifted into place and the exponent re-biased (+112); infinities
     and NaNs get the all-ones exponent; zeros and subnormals are built as ``2**-14 * (1 + m/1024)``

@@ -215,6 +215,8 @@ class InvertedIndex:
     #: :meth:`load` reads indexes of at most this many postings with numpy instead of the
     #: compiled kernels: no Numba import, no kernel to load or compile (docs/startup.md)
     NUMPY_LOAD_POSTINGS = 1 << 19
+    #: exhaustive searches of at most this many (queries x documents) run in numpy, not Numba
+    NUMPY_SEARCH_WORK = 1 << 22
 
     def __init__(
         self,
@@ -498,11 +500,24 @@ class InvertedIndex:
             threads = min(threads, max_threads())
         q = self.quantization
         out_scale = float(q["scale"]) if q else 1.0
+        scan = mode == "exhaustive" or not self.positive or (mode == "exact" and self.n_docs < self.EXACT_SCAN_BELOW)
+        p = self.postings
+        if scan and p.decoded and nq * self.n_docs <= self.NUMPY_SEARCH_WORK:
+            # small work: the numpy scan (bit-identical to the kernel) answers before Numba could
+            # even be imported, let alone compile (docs/startup.md)
+            from lsr.index import _numpy_path
+
+            _numpy_path.exhaustive_search(indptr, indices, data, self.offsets, p.raw_docs,
+                                          p.raw_imps if p.quantized else p.weights, self.n_docs, self.positive, k,
+                                          ids, scores)
+            if q:
+                scores[ids >= 0] *= np.float32(out_scale)
+            return ids, scores
         from lsr.index import _exhaustive_kernels as _kernels
 
         batch = _kernels.QueryBatch(indptr, indices, data)
         lists = self.postings.kernel_args()
-        if mode == "exhaustive" or not self.positive or (mode == "exact" and self.n_docs < self.EXACT_SCAN_BELOW):
+        if scan:
             args = (batch, lists, self.n_docs, self.positive, k)
             self._call(_kernels.search_serial, _kernels.search_parallel, args, threads, ids, scores)
             if q:
@@ -599,7 +614,7 @@ class InvertedIndex:
         """Open an index directory; arrays are memory-mapped unless ``mmap=False``.
 
         ``decoded=True`` (default) also keeps the posting lists decoded in memory (4 bytes per
-        posting, +1 for 8-bit impacts): search is about 3x faster than decoding blocks on the fly.
+        posting, +1 for 8-bit impacts): search is faster than decoding blocks on the fly (docs/bench_sparse.md).
         ``decoded=False`` searches the compressed blocks in place (memory: the file size).
 
         ``verify`` checks every file's SHA-256 against the manifest; sizes, dtypes, shapes and
