@@ -72,6 +72,25 @@ def batched_search(queries: Sequence[str], k: int, show_progress: bool,
     return SearchResults.concat(parts, k, doc_ids)
 
 
+def encoded_search(encoder: Any, index: Any, queries: str | Sequence[str], k: int, threads: int,
+                   show_progress: bool) -> SearchResults:
+    """``queries`` encoded by ``encoder`` and searched in ``index``, in batches."""
+    if index is None:
+        raise RuntimeError("nothing indexed yet: call index() or load a saved retriever")
+    return batched_search(as_queries(queries), k, show_progress, lambda batch, kk: index.search(
+        encoder.encode_queries(batch), k=kk, threads=threads), index.doc_ids)
+
+
+def write_encoder_and_index(directory: Path, encoder: Any, index: Any) -> None:
+    """The encoder's files in ``directory/encoder``, the index's in ``directory/index``."""
+    if index is None:
+        raise RuntimeError("nothing to save: the retriever has no index")
+    (directory / "encoder").mkdir()
+    encoder.save(directory / "encoder")
+    (directory / "index").mkdir()
+    index._write(directory / "index")
+
+
 def check_texts(doc_ids: Sequence[str], texts: Sequence[str]) -> None:
     if len(doc_ids) != len(texts):
         raise ValueError(f"{len(doc_ids)} ids for {len(texts)} texts")

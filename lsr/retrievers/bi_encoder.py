@@ -17,8 +17,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lsr.retrievers.base import (Retriever, SearchResults, as_queries, batched_search, check_texts, make_options,
-                                 encoder_settings, model_or_encoder, options_for_encoder)
+from lsr.retrievers.base import (
+    Retriever,
+    SearchResults,
+    check_texts,
+    encoded_search,
+    encoder_settings,
+    make_options,
+    model_or_encoder,
+    options_for_encoder,
+    write_encoder_and_index,
+)
 from lsr.retrievers.options import DenseOptions
 
 logger = logging.getLogger(__name__)
@@ -75,19 +84,10 @@ class DenseRetriever(Retriever):
 
     def search(self, queries: str | Sequence[str], k: int = 10, threads: int = 1,
                show_progress: bool = False) -> SearchResults:
-        if self.dense_index is None:
-            raise RuntimeError("nothing indexed yet: call index() or load a saved retriever")
-        index = self.dense_index
-        return batched_search(as_queries(queries), k, show_progress, lambda batch, kk: index.search(
-            self.encoder.encode_queries(batch), k=kk, threads=threads), index.doc_ids)
+        return encoded_search(self.encoder, self.dense_index, queries, k, threads, show_progress)
 
     def _write(self, directory: Path) -> dict[str, Any]:
-        if self.dense_index is None:
-            raise RuntimeError("nothing to save: the retriever has no index")
-        (directory / "encoder").mkdir()
-        self.encoder.save(directory / "encoder")
-        (directory / "index").mkdir()
-        self.dense_index._write(directory / "index")
+        write_encoder_and_index(directory, self.encoder, self.dense_index)
         return {"encoder": self.encoder.config(), "index_type": self.index_type}
 
     @classmethod

@@ -14,8 +14,19 @@ from typing import Any, Sequence
 import numpy as np
 
 from lsr.io.manifest import load_ids, load_multivectors, save_ids, save_multivectors
-from lsr.retrievers.base import (Retriever, SearchResults, as_queries, batched_search, check_texts, make_options,
-                                 encoder_settings, model_or_encoder, options_for_encoder)
+from lsr.retrievers.base import (
+    Retriever,
+    SearchResults,
+    as_queries,
+    batched_search,
+    check_texts,
+    encoded_search,
+    encoder_settings,
+    make_options,
+    model_or_encoder,
+    options_for_encoder,
+    write_encoder_and_index,
+)
 from lsr.retrievers.options import MaxSimOptions, MuveraOptions
 
 logger = logging.getLogger(__name__)
@@ -156,19 +167,10 @@ class MuveraRetriever(Retriever):
 
     def search(self, queries: str | Sequence[str], k: int = 10, threads: int = 1,
                show_progress: bool = False) -> SearchResults:
-        if self.fde_index is None:
-            raise RuntimeError("nothing indexed yet: call index() or load a saved retriever")
-        index = self.fde_index
-        return batched_search(as_queries(queries), k, show_progress, lambda batch, kk: index.search(
-            self.encoder.encode_queries(batch), k=kk, threads=threads), index.doc_ids)
+        return encoded_search(self.encoder, self.fde_index, queries, k, threads, show_progress)
 
     def _write(self, directory: Path) -> dict[str, Any]:
-        if self.fde_index is None:
-            raise RuntimeError("nothing to save: the retriever has no index")
-        (directory / "encoder").mkdir()
-        self.encoder.save(directory / "encoder")
-        (directory / "index").mkdir()
-        self.fde_index._write(directory / "index")
+        write_encoder_and_index(directory, self.encoder, self.fde_index)
         return {"encoder": self.encoder.config(), "fde": self.fde_index.encoder.config.to_dict(),
                 "candidates": self.fde_index.candidates}
 

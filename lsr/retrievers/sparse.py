@@ -15,8 +15,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from lsr.errors import IndexFormatError
-from lsr.retrievers.base import (Retriever, SearchResults, as_queries, batched_search, make_options, model_or_encoder,
-                                 options_for_encoder)
+from lsr.retrievers.base import (
+    Retriever,
+    SearchResults,
+    as_queries,
+    batched_search,
+    make_options,
+    model_or_encoder,
+    options_for_encoder,
+    write_encoder_and_index,
+)
 from lsr.retrievers.options import BM25Options, InferenceFreeOptions, SpladeOptions
 from lsr.types import SparseBatch
 from lsr.index.inverted import InvertedIndex
@@ -87,12 +95,7 @@ class SparseRetriever(Retriever):
         return batched_search(as_queries(queries), k, show_progress, step, index.doc_ids)
 
     def _write(self, directory: Path) -> dict[str, Any]:
-        if self.inverted_index is None:
-            raise RuntimeError("nothing to save: the retriever has no index")
-        (directory / "encoder").mkdir()
-        self.encoder.save(directory / "encoder")
-        (directory / "index").mkdir()
-        self.inverted_index._write(directory / "index")
+        write_encoder_and_index(directory, self.encoder, self.inverted_index)
         return {"encoder": self.encoder.config()}
 
     @classmethod
