@@ -26,10 +26,11 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import IO, Any, Iterable, Sequence
+from typing import IO, Any, Sequence
 
 import numpy as np
 
+from lsr.io.readers import _lines
 from lsr.types import SparseBatch
 
 logger = logging.getLogger(__name__)
@@ -91,16 +92,6 @@ def export_collection(out_dir: str | os.PathLike, doc_ids: Sequence[str], vector
                         if fmt == "jsonvector" else "float weights")}
     (out / EXPORT_SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
     return out
-
-
-def _lines(path: Path) -> Iterable[tuple[int, str]]:
-    import gzip
-
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                yield n, line
 
 
 def read_vector_jsonl(paths: str | os.PathLike | Sequence[str | os.PathLike], vocab: Sequence[str] | None = None,
@@ -199,6 +190,6 @@ def looks_like_vector_jsonl(path: str | os.PathLike) -> bool:
         for _, line in _lines(path):
             obj = json.loads(line)
             return isinstance(obj, dict) and isinstance(obj.get("vector"), dict)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, ValueError):  # DataFormatError (bad UTF-8 or gzip) and JSONDecodeError are ValueErrors
         return False
     return False
