@@ -78,6 +78,8 @@ def _check(options: Any) -> None:
 class _Options:
     def __post_init__(self) -> None:
         _check(self)
+        if hasattr(self, "model") and not self.model:  # every learned retriever needs its model
+            raise ValueError("this retriever needs --model (a model directory or Hugging Face hub id)")
 
     def to_dict(self) -> dict[str, Any]:
         """The options as a JSON-able dict (what ``config.json`` records)."""
@@ -125,11 +127,6 @@ class SpladeOptions(_Options):
     min_weight: float = _opt(0.0, "Drop document weights below this.", minimum=0, kind=float)
     doc_vectors: str | None = _opt(None, "Index these `lsr encode` shards instead of encoding the corpus.")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.model:
-            raise ValueError("this retriever needs --model (a model directory or Hugging Face hub id)")
-
     def encoder_args(self) -> dict[str, Any]:
         """Keyword arguments of the encoder (everything but the model and the shards)."""
         skip = {"model", "doc_vectors", "torch_threads", "idf"}
@@ -165,11 +162,6 @@ class DenseOptions(_Options):
     index_type: str = _opt("flat", "FAISS index: flat (exact inner product), hnsw, ivf, ivfpq.",
                            choices=INDEX_TYPES)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.model:
-            raise ValueError("this retriever needs --model (a model directory or Hugging Face hub id)")
-
     def encoder_args(self) -> dict[str, Any]:
         args = {"doc_max_length": self.doc_max_length, "query_max_length": self.query_max_length,
                 "device": self.device, "cache_dir": self.embedding_cache}
@@ -190,11 +182,6 @@ class MaxSimOptions(_Options):
     batch_size: int | None = _opt(None, "Encoding batch size (default: 32 on CPU, 128 on GPU).", minimum=1, kind=int)
     device: str | None = _opt(None, "torch device (default: cuda if available, else cpu).")
     embedding_cache: str | None = _opt(None, "Directory caching encodings by content hash (reruns are free).")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.model:
-            raise ValueError("this retriever needs --model (a model directory or Hugging Face hub id)")
 
     def encoder_args(self) -> dict[str, Any]:
         return DenseOptions.encoder_args(self)  # type: ignore[arg-type]  (same encoder fields)
