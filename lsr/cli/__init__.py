@@ -522,5 +522,10 @@ def report_cmd(out_dirs: tuple[Path, ...], metrics: tuple[str, ...], output: str
         click.echo(f"wrote {plot}", err=True)
 
 
+# Commands of their own modules register on ``main`` when imported (each keeps its heavy
+# imports inside the command, so ``lsr --help`` stays instant).
+from lsr.cli import collection as _collection  # noqa: E402,F401
+from lsr.cli import train as _train  # noqa: E402,F401
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,1 @@
+"""Retriever adapters for RAG frameworks (LangChain, LlamaIndex, Haystack) over a collection."""

@@ -1,0 +1,2 @@
+"""``lsr train``: registered on :func:`lsr.cli.main`."""
+from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Live collections: stored documents, segments, commits, filters (see docs/collections.md)."""

@@ -1,0 +1,1 @@
+"""Training inference-free sparse encoders: data, teachers and the training run (see docs/training.md)."""
