@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["LsrError", "IndexFormatError", "DataFormatError", "ModelNotFoundError"]
+__all__ = ["LsrError", "IndexFormatError", "DataFormatError", "ModelNotFoundError", "FilterError"]
 
 
 class LsrError(Exception):
@@ -36,3 +36,8 @@ class ModelNotFoundError(LsrError, FileNotFoundError):
     """A model named by path or hub id cannot be found (no such directory; a hub id neither cached
     nor reachable). A ``FileNotFoundError`` (so an ``OSError``): code that caught the missing
     directory before this class existed still catches it."""
+
+
+class FilterError(LsrError, ValueError):
+    """A metadata filter of a collection search is malformed: unknown operator or field, an
+    operand of the wrong type; the one-line message names the field and the operator."""
