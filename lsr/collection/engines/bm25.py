@@ -1,0 +1,275 @@
+"""BM25 over segments with live statistics: scores equal a fresh build over the live documents.
+
+BM25's weights depend on the whole corpus (N, df, average length), so a segment stores no
+weights, only what they are made from:
+
+* ``terms.parquet`` (column ``term``): the segment's own vocabulary (new documents bring new terms);
+* ``offsets.npy`` (int64, V + 1), ``docs.npy`` (int32), ``tf.npy`` (int32): term-major postings,
+  positions ascending within a term;
+* ``lengths.npy`` (int32, n_docs): analysed lengths (Lucene's one-byte norm is derived from them).
+
+At search time the engine computes, from the LIVE documents of the snapshot, N (live documents
+with at least one term), df and the average length (cached per snapshot: segment directories and
+live masks), and scores only the query terms' postings, term at a time, with the weights
+``idf - idf / (1 + tf * inv_norm[doc])`` in float32 as :class:`lsr.encoders.bm25.BM25Encoder`
+computes them. So every state (before or after merges, with deletes) scores as a fresh
+``BM25Retriever`` over the surviving documents (docs/collections.md, "Scores").
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Sequence
+
+import numpy as np
+
+from lsr.collection.engines.base import (
+    Engine,
+    Hits,
+    check_n_docs,
+    check_search,
+    mask_digest,
+    merge_hits,
+    parts_mask,
+    top_k_rows,
+)
+from lsr.encoders.bm25 import BM25Encoder, lucene_norm_decode, lucene_norm_encode
+from lsr.errors import IndexFormatError
+from lsr.io.manifest import load_array, read_manifest, read_parquet, save_array, write_manifest
+from lsr.retrievers.options import BM25Options
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BM25Engine", "BM25Part"]
+
+FORMAT, VERSION = "lsr.segment.bm25", 1
+SNAPSHOTS_CACHED = 4  # snapshots whose statistics are kept (readers of a few commits at once)
+
+
+class BM25Part:
+    """One segment's term-major (doc, tf) postings and document lengths (memory-mapped)."""
+
+    def __init__(self, directory: Path, terms: list[str], offsets: np.ndarray, docs: np.ndarray,
+                 tf: np.ndarray, lengths: np.ndarray) -> None:
+        self.directory = Path(directory)
+        self.terms, self.offsets, self.docs, self.tf, self.lengths = terms, offsets, docs, tf, lengths
+        self.n_docs = int(lengths.size)
+        self._term_ids: dict[str, int] | None = None
+        self._live_stats: dict[bytes, tuple[np.ndarray, int, int]] = {}
+        self._lock = threading.Lock()
+
+    def term_id(self, term: str) -> int | None:
+        if self._term_ids is None:
+            self._term_ids = {t: i for i, t in enumerate(self.terms)}
+        return self._term_ids.get(term)
+
+    def live_stats(self, live: np.ndarray | None, digest: bytes) -> tuple[np.ndarray, int, int]:
+        """(df of each term over the live documents, live documents with >= 1 term, their total length)."""
+        with self._lock:
+            got = self._live_stats.get(digest)
+            if got is None:
+                if live is None:
+                    df = np.diff(self.offsets).astype(np.int64)
+                    lengths = self.lengths
+                else:
+                    alive = live[self.docs].astype(np.int64)
+                    df = np.add.reduceat(alive, self.offsets[:-1]) if alive.size else np.zeros(len(self.terms), np.int64)
+                    df[np.diff(self.offsets) == 0] = 0  # reduceat repeats the next value for empty runs
+                    lengths = self.lengths[live]
+                got = (df, int(np.count_nonzero(lengths)), int(lengths.sum(dtype=np.int64)))
+                if len(self._live_stats) >= SNAPSHOTS_CACHED:
+                    self._live_stats.pop(next(iter(self._live_stats)))
+                self._live_stats[digest] = got
+            return got
+
+
+class _Snapshot:
+    """Global statistics of one snapshot: a BM25Encoder holding N and the total length (its
+    ``idf``/``avgdl`` are what a fresh fit computes), each segment's live df and inv_norm."""
+
+    def __init__(self, encoder: BM25Encoder, dfs: list[np.ndarray], inv_norms: list[np.ndarray]) -> None:
+        self.encoder, self.dfs, self.inv_norms = encoder, dfs, inv_norms
+
+
+class BM25Engine(Engine):
+    """BM25 (Lucene's scoring, Anserini's defaults) with statistics from the live documents."""
+
+    name = "bm25"
+    options_class = BM25Options
+
+    def __init__(self, options: BM25Options) -> None:
+        super().__init__(options)
+        from lsr.retrievers.sparse import BM25Retriever
+
+        # the encoder a fresh BM25Retriever with these options builds (its analyzer, k1, b, norms)
+        self.encoder: BM25Encoder = BM25Retriever.from_options(options).encoder
+        self._snapshots: OrderedDict[tuple, _Snapshot] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def state(self) -> dict[str, Any]:
+        e = self.encoder
+        return {"k1": e.k1, "b": e.b, "lucene_norms": e.lucene_norms, "analyzer": e.analyzer.config()}
+
+    # ------------------------------------------------------------------ writing
+    def write_segment(self, texts: Sequence[str], directory: Path, show_progress: bool = False) -> None:
+        counter = BM25Encoder(self.encoder.k1, self.encoder.b, self.encoder.analyzer, self.encoder.lucene_norms)
+        tf, lengths = counter._count(list(texts), grow=True, show_progress=show_progress)  # the encoder's analysis
+        rows = np.repeat(np.arange(len(texts), dtype=np.int64), np.diff(tf.indptr))
+        _write(Path(directory), list(counter.vocab), tf.indices.astype(np.int64), rows,
+               tf.data.astype(np.int32), lengths)
+
+    def merge_segments(self, parts: Sequence[tuple[BM25Part, np.ndarray]], directory: Path) -> None:
+        keeps = parts_mask(parts)
+        vocab: dict[str, int] = {}
+        term_parts, doc_parts, tf_parts, len_parts = [], [], [], []
+        base = 0
+        for (part, _), keep in zip(parts, keeps):
+            local = np.fromiter((vocab.setdefault(t, len(vocab)) for t in part.terms), np.int64, len(part.terms))
+            new_pos = np.cumsum(keep) - 1 + base
+            terms = np.repeat(np.arange(len(part.terms), dtype=np.int64), np.diff(part.offsets))
+            kept = keep[part.docs]
+            term_parts.append(local[terms[kept]])
+            doc_parts.append(new_pos[part.docs[kept]])
+            tf_parts.append(np.asarray(part.tf)[kept])
+            len_parts.append(np.asarray(part.lengths)[keep])
+            base += int(keep.sum())
+        terms = np.concatenate(term_parts) if term_parts else np.zeros(0, np.int64)
+        docs = np.concatenate(doc_parts) if doc_parts else np.zeros(0, np.int64)
+        tf = np.concatenate(tf_parts) if tf_parts else np.zeros(0, np.int32)
+        lengths = np.concatenate(len_parts) if len_parts else np.zeros(0, np.int64)
+        names = list(vocab)
+        used = np.zeros(len(names), bool)
+        used[terms] = True  # terms of deleted documents only are dropped
+        remap = np.cumsum(used) - 1
+        _write(Path(directory), [t for t, u in zip(names, used) if u], remap[terms], docs, tf, lengths)
+
+    # ------------------------------------------------------------------ reading
+    def open_segment(self, directory: Path, n_docs: int) -> BM25Part:
+        directory = Path(directory)
+        m = read_manifest(directory, FORMAT, VERSION, verify=False)  # sizes; the segment manifest has the hashes
+        try:
+            n, v, nnz = int(m["n_docs"]), int(m["n_terms"]), int(m["n_postings"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IndexFormatError(f"{directory}/manifest.json: missing or bad field ({exc})") from exc
+        check_n_docs(directory, n, n_docs)
+        try:
+            table = read_parquet(directory / "terms.parquet")
+            terms = table.column("term").to_pylist()
+        except Exception as exc:  # pyarrow raises several types for damaged files
+            raise IndexFormatError(f"{directory}/terms.parquet: unreadable ({exc})") from exc
+        if len(terms) != v or len(set(terms)) != v or any(not isinstance(t, str) for t in terms):
+            raise IndexFormatError(f"{directory}/terms.parquet: expected {v} distinct terms, found {len(terms)}")
+        offsets = load_array(directory, "offsets.npy", np.int64, (v + 1,))
+        docs = load_array(directory, "docs.npy", np.int32, (nnz,))
+        tf = load_array(directory, "tf.npy", np.int32, (nnz,))
+        lengths = load_array(directory, "lengths.npy", np.int32, (n,))
+        bad = None
+        if offsets[0] != 0 or offsets[-1] != nnz or np.any(np.diff(offsets) < 1):
+            bad = "offsets.npy: not increasing from 0 to the number of postings"
+        elif nnz and (int(docs.min()) < 0 or int(docs.max()) >= n):
+            bad = f"docs.npy: positions outside [0, {n})"
+        elif nnz and int(tf.min()) < 1:
+            bad = "tf.npy: a term frequency below 1"
+        elif n and int(lengths.min()) < 0:
+            bad = "lengths.npy: a negative length"
+        elif nnz > 1:
+            step = np.diff(docs.astype(np.int64))
+            starts = np.zeros(nnz - 1, bool)
+            starts[offsets[1:-1] - 1] = True  # the first posting of a term may go back
+            if np.any((step <= 0) & ~starts):
+                bad = "docs.npy: positions not ascending within a term"
+            elif np.any(np.bincount(docs, weights=tf, minlength=n) > lengths):
+                bad = "tf.npy: term frequencies above the document's length"
+        if bad:
+            raise IndexFormatError(f"{directory}/{bad}")
+        return BM25Part(directory, terms, offsets, docs, tf, lengths)
+
+    def _snapshot(self, segments: Sequence[tuple[BM25Part, np.ndarray | None]]) -> _Snapshot:
+        digests = [mask_digest(live) for _, live in segments]
+        key = tuple((str(p.directory), id(p), d) for (p, _), d in zip(segments, digests))
+        with self._lock:
+            snap = self._snapshots.get(key)
+            if snap is not None:
+                self._snapshots.move_to_end(key)
+                return snap
+        stats = [p.live_stats(live, d) for (p, live), d in zip(segments, digests)]
+        e = self.encoder
+        enc = BM25Encoder(e.k1, e.b, e.analyzer, e.lucene_norms)
+        enc.n_docs = sum(s[1] for s in stats)
+        enc.sum_lengths = sum(s[2] for s in stats)
+        inv_norms = [self._inv_norm(enc, p.lengths) for p, _ in segments] if enc.n_docs else []
+        snap = _Snapshot(enc, [s[0] for s in stats], inv_norms)
+        with self._lock:
+            self._snapshots[key] = snap
+            while len(self._snapshots) > SNAPSHOTS_CACHED:
+                self._snapshots.popitem(last=False)
+        return snap
+
+    @staticmethod
+    def _inv_norm(enc: BM25Encoder, lengths: np.ndarray) -> np.ndarray:
+        # the same float32 steps as BM25Encoder._impacts (tests check the weights bit for bit)
+        dl = lucene_norm_decode(lucene_norm_encode(lengths)) if enc.lucene_norms else np.asarray(lengths)
+        avgdl = np.float32(enc.avgdl)
+        with np.errstate(divide="ignore"):  # k1 = 0: inv_norm is inf and every weight is the idf
+            return (1.0 / (enc.k1 * ((1 - enc.b) + enc.b * dl.astype(np.float32) / avgdl))).astype(np.float32)
+
+    def search(self, queries: Sequence[str], k: int, segments: Sequence[tuple[BM25Part, np.ndarray | None]],
+               allowed: Sequence[np.ndarray | None] | None = None, threads: int = 1, **search_options: Any) -> Hits:
+        queries, k, masks = check_search(queries, k, segments, allowed, search_options, self.name)
+        nq = len(queries)
+        snap = self._snapshot(segments)
+        if not snap.encoder.n_docs:  # no live document has a term: nothing matches
+            return merge_hits([], nq, k)
+        per_segment = [(np.full((nq, min(k, p.n_docs)), -1, np.int64), np.zeros((nq, min(k, p.n_docs)), np.float32))
+                       for p, _ in segments]
+        for qi, text in enumerate(queries):
+            terms, counts = np.unique(np.asarray(self.encoder.analyzer(text), dtype=object).astype(str),
+                                      return_counts=True)
+            if not terms.size:
+                continue
+            # global df of each query term over the live documents, and its idf as a fresh fit gives it
+            tids = [[p.term_id(str(t)) for t in terms] for p, _ in segments]
+            df = np.zeros(terms.size, np.int64)
+            for s, ids in enumerate(tids):
+                for j, t in enumerate(ids):
+                    if t is not None:
+                        df[j] += snap.dfs[s][t]
+            idf = BM25Encoder.idf(SimpleNamespace(df=df, n_docs=snap.encoder.n_docs)).astype(np.float32)
+            for s, (part, _) in enumerate(segments):
+                acc = np.zeros(part.n_docs, np.float32)
+                touched = np.zeros(part.n_docs, bool)
+                inv_norm = snap.inv_norms[s]
+                for j, t in enumerate(tids[s]):
+                    if t is None or df[j] == 0:
+                        continue
+                    a, b = int(part.offsets[t]), int(part.offsets[t + 1])
+                    d = np.asarray(part.docs[a:b])
+                    freq = np.asarray(part.tf[a:b]).astype(np.float32)
+                    w = idf[j] - idf[j] / (np.float32(1.0) + freq * inv_norm[d])
+                    acc[d] += np.float32(counts[j]) * w  # positions are distinct within a term
+                    touched[d] = True
+                valid = touched if masks[s] is None else touched & masks[s]
+                pos, scores = per_segment[s]
+                pos[qi:qi + 1], scores[qi:qi + 1] = top_k_rows(acc[None, :], valid, pos.shape[1])
+        return merge_hits(per_segment, nq, k)
+
+
+def _write(directory: Path, terms: list[str], term_of: np.ndarray, docs: np.ndarray, tf: np.ndarray,
+           lengths: np.ndarray) -> None:
+    """Term-major postings (by term id, then position) from (term, doc, tf) triples, and the files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    order = np.lexsort((docs, term_of))
+    offsets = np.zeros(len(terms) + 1, np.int64)
+    np.cumsum(np.bincount(term_of, minlength=len(terms)), out=offsets[1:])
+    pq.write_table(pa.table({"term": pa.array(terms, pa.string())}), directory / "terms.parquet")
+    save_array(directory, "offsets.npy", offsets)
+    save_array(directory, "docs.npy", np.asarray(docs, np.int64)[order].astype(np.int32))
+    save_array(directory, "tf.npy", np.asarray(tf)[order].astype(np.int32))
+    save_array(directory, "lengths.npy", np.asarray(lengths).astype(np.int32))
+    write_manifest(directory, FORMAT, VERSION, {"n_docs": int(len(lengths)), "n_terms": len(terms),
+                                                "n_postings": int(order.size)})
