@@ -440,8 +440,43 @@ def _json_views(field: str, column: pa.ChunkedArray, n: int) -> _Views:
 
 
 # ----------------------------------------------------------------------------------- columns and schema
-def _scalar(value: Any) -> bool:
-    return value is None or isinstance(value, (str, bool, int, float))
+_SCALAR_TYPES = {str, bool, int, float, type(None)}
+# json.dumps of one scalar, without its per-call overhead (the same text: float repr, escaped str)
+_JSON_SCALAR = {str: json.encoder.encode_basestring, bool: lambda v: "true" if v else "false",
+                int: int.__repr__, float: float.__repr__}
+
+
+def _plain(value: Any) -> Scalar:
+    """A JSON scalar of one of the exact types str/bool/int/float, or None (non-scalars, NaN)."""
+    for base in (bool, int, float, str):  # bool before int: True is an int in Python
+        if isinstance(value, base):
+            value = base(value)
+            return None if base is float and not math.isfinite(value) else value
+    return None
+
+
+def _key_column(name: str, values: list) -> tuple[pa.Field, pa.Array]:
+    types = set(map(type, values))
+    if not types <= _SCALAR_TYPES:  # rare types (subclasses) and non-scalars: normalise first
+        values = [_plain(v) for v in values]
+        types = set(map(type, values))
+    types.discard(type(None))
+    if types == {int, float}:  # pyarrow refuses ints beyond 2**53 in a float64 array
+        values = [float(v) if type(v) is int else v for v in values]
+    arrow_type = {frozenset(): pa.null(), frozenset({str}): pa.string(), frozenset({bool}): pa.bool_(),
+                  frozenset({int}): pa.int64(), frozenset({float}): pa.float64(),
+                  frozenset({int, float}): pa.float64()}.get(frozenset(types))
+    if arrow_type is not None:
+        try:
+            array = pa.array(values, arrow_type)
+        except OverflowError:  # ints beyond 64 bits: kept exact as JSON text
+            pass
+        else:
+            if arrow_type == pa.float64() and pc.all(pc.is_finite(array)).as_py() is False:
+                array = pc.if_else(pc.is_finite(array), array, pa.scalar(None, pa.float64()))  # NaN, inf: missing
+            return pa.field(name, arrow_type), array
+    text = [None if v is None else _JSON_SCALAR[type(v)](v) for v in values]
+    return pa.field(name, pa.string(), metadata=JSON_ENCODING), pa.array(text, pa.string())
 
 
 def metadata_columns(metadatas: Sequence[Mapping[str, Any] | None]) -> pa.Table:
@@ -449,7 +484,7 @@ def metadata_columns(metadatas: Sequence[Mapping[str, Any] | None]) -> pa.Table:
     empty): one column per top-level key, sorted by key; str -> string, bool -> bool, int -> int64,
     int and float -> float64, only null -> null; other mixes of kinds (or ints beyond 64 bits) ->
     string of JSON text per value with Arrow field metadata ``JSON_ENCODING``. Missing keys,
-    ``None`` and non-scalar values (lists, objects) are null: missing for filters."""
+    ``None``, NaN and non-scalar values (lists, objects) are null: missing for filters."""
     keys: set[str] = set()
     for i, metadata in enumerate(metadatas):
         if metadata is None:
@@ -457,32 +492,10 @@ def metadata_columns(metadatas: Sequence[Mapping[str, Any] | None]) -> pa.Table:
         if not isinstance(metadata, Mapping):
             raise ValueError(f"document {i}: metadata is an object, got {type(metadata).__name__}")
         keys.update(metadata)
-    fields, arrays = [], []
-    for key in sorted(keys):
-        values = [(m or {}).get(key) for m in metadatas]
-        values = [v if _scalar(v) and not (isinstance(v, float) and not math.isfinite(v)) else None for v in values]
-        kinds = {_kind(v) for v in values if v is not None}
-        ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
-        fits = all(_INT64[0] <= v <= _INT64[1] for v in ints)
-        name = column_name(key)
-        if not kinds:
-            fields.append(pa.field(name, pa.null()))
-            arrays.append(pa.nulls(len(values)))
-        elif len(kinds) == 1 and (kinds != {"num"} or fits):
-            kind = kinds.pop()
-            if kind == "num":
-                floats = any(isinstance(v, float) for v in values)
-                arrow_type = pa.float64() if floats else pa.int64()
-                values = [float(v) if floats and v is not None else v for v in values]
-            else:
-                arrow_type = pa.string() if kind == "str" else pa.bool_()
-            fields.append(pa.field(name, arrow_type))
-            arrays.append(pa.array(values, arrow_type))
-        else:
-            fields.append(pa.field(name, pa.string(), metadata=JSON_ENCODING))
-            arrays.append(pa.array([None if v is None else json.dumps(v, ensure_ascii=False) for v in values],
-                                   pa.string()))
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+    empty: Mapping[str, Any] = {}
+    rows = [m if m is not None else empty for m in metadatas]
+    columns = [_key_column(column_name(key), [m.get(key) for m in rows]) for key in sorted(keys)]
+    return pa.Table.from_arrays([c for _, c in columns], schema=pa.schema([f for f, _ in columns]))
 
 
 def _arrow_field_type(field: pa.Field) -> str:
