@@ -69,21 +69,24 @@ class Engine(ABC):
     def load(cls, directory: Path, options: Any) -> "Engine":
         """The engine of an existing collection: built from ``options``, checked against what
         :meth:`save` recorded (an encoder that would encode documents differently is refused)."""
+        engine = cls.create(options)
+        engine.check_saved(directory)
+        return engine
+
+    def check_saved(self, directory: Path) -> None:
+        """:class:`IndexFormatError` unless ``directory`` holds this engine's saved state."""
         path = Path(directory) / ENGINE_FILE
         try:
             saved = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise IndexFormatError(f"{path}: unreadable engine state ({exc})") from exc
-        if not isinstance(saved, dict) or saved.get("engine") != cls.name:
-            raise IndexFormatError(f"{path}: field 'engine' is {saved.get('engine') if isinstance(saved, dict) else None!r}, "
-                                   f"expected {cls.name!r}")
-        engine = cls.create(options)
-        mine = engine.state()
-        for key, value in mine.items():
+        found = saved.get("engine") if isinstance(saved, dict) else None
+        if found != self.name:
+            raise IndexFormatError(f"{path}: field 'engine' is {found!r}, expected {self.name!r}")
+        for key, value in self.state().items():
             if key in saved and _jsonable(saved[key]) != _jsonable(value):
                 raise IndexFormatError(f"{path}: field {key!r} is {saved[key]!r}, but these options give "
                                        f"{value!r} (documents were encoded differently)")
-        return engine
 
     @abstractmethod
     def write_segment(self, texts: Sequence[str], directory: Path, show_progress: bool = False) -> None:
