@@ -337,3 +337,66 @@ def test_reopen_with_other_options_is_refused(bm25):
     built, _ = bm25
     with pytest.raises(IndexFormatError, match="k1"):
         engine_class("bm25").load(built.root / "engine", BM25Options(k1=1.5))
+
+
+# ---------------------------------------------------------------------------- multi-vector
+@pytest.fixture(scope="module")
+def muvera(tmp_path_factory):
+    from lsr.retrievers.late_interaction import MuveraRetriever
+    from lsr.retrievers.options import MuveraOptions
+
+    options = MuveraOptions(model=str(shared_model("all-MiniLM-L6-v2")), query_max_length=8, fde_reps=2,
+                            fde_k_sim=2, fde_d_proj=16, candidates=12)
+    built = Built("muvera", options, tmp_path_factory.mktemp("muvera"))
+    fresh = Fresh(MuveraRetriever(built.engine.encoder, fde_reps=2, fde_k_sim=2, fde_d_proj=16, candidates=12))
+    return built, fresh
+
+
+def test_muvera_and_maxsim_equal_fresh_builds(muvera, tmp_path):
+    """MUVERA: the fresh FDE index's own candidates (masked by brute force, cut to `candidates`)
+    re-ranked by its own maxsim_rerank; MaxSim (an engine over the same segments' token vectors):
+    the fresh exact MaxSim ranking masked."""
+    from lsr.index.maxsim import maxsim_rerank, maxsim_search
+    from lsr.retrievers.options import MaxSimOptions
+
+    built, fresh = muvera
+    index = fresh.retriever.fde_index
+    q = built.engine.encoder.encode_queries(QUERIES)
+    live_pos = np.flatnonzero(LIVE)
+    for allowed in (None, ALLOWED):
+        fde = index.search_fde(q, k=len(live_pos))
+        cand = np.full((len(QUERIES), 12), -1, np.int64)
+        for r in range(len(QUERIES)):
+            ok = [p for p in fde.ids[r] if p >= 0 and (allowed is None or allowed[live_pos[p]])][:12]
+            cand[r, :len(ok)] = ok
+        res = maxsim_rerank(q, index.docs, cand, k=K)
+        full = maxsim_rerank(q, index.docs, cand, k=40)
+        as_lists = lambda x: ([[int(live_pos[p]) for p in row if p >= 0] for row in x.ids],
+                              [[float(s) for p, s in zip(i, row) if p >= 0] for i, row in zip(x.ids, x.scores)])
+        ref_ids, ref_scores = as_lists(res)
+        f_ids, f_scores = as_lists(full)
+        assert_same(built.search(allowed=allowed), ref_ids, ref_scores,
+                    [dict(zip(i, s)) for i, s in zip(f_ids, f_scores)])
+    # MaxSim over the same token vectors (the segments' multivectors files, read by a maxsim engine)
+    ms = engine_class("maxsim").create(MaxSimOptions(model=str(shared_model("all-MiniLM-L6-v2")), query_max_length=8))
+    parts = [ms.open_segment(d, p.n_docs) for d, p in
+             ((_retag(built.root / f"seg_{i}", tmp_path / f"m{i}"), built.parts[i]) for i in range(3))]
+    exact = maxsim_search(q, index.docs, k=len(live_pos))
+    full = [{int(live_pos[p]): float(s) for p, s in zip(i, row) if p >= 0} for i, row in zip(exact.ids, exact.scores)]
+    for allowed in (None, ALLOWED):
+        ref = [[(d, s) for d, s in sorted(f.items(), key=lambda x: (-x[1], x[0])) if allowed is None or allowed[d]][:K]
+               for f in full]
+        assert_same(built.search(allowed=allowed, engine=ms, parts=parts), [[d for d, _ in r] for r in ref],
+                    [[s for _, s in r] for r in ref], full)
+
+
+def _retag(src: Path, dst: Path) -> Path:
+    """A copy of a MUVERA segment relabelled as a MaxSim one (same token-vector files)."""
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    m["format"] = "lsr.segment.maxsim"
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
