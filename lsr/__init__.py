@@ -74,6 +74,9 @@ _EXPORTS = {
     "MaxSimOptions": "lsr.retrievers.options",
     "MuveraOptions": "lsr.retrievers.options",
     "HybridOptions": "lsr.retrievers.options",
+    "Collection": "lsr.collection.collection",
+    "TieredMergePolicy": "lsr.collection.merge_policy",
+    "CollectionLockedError": "lsr.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]

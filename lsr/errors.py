@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["LsrError", "IndexFormatError", "DataFormatError", "ModelNotFoundError", "FilterError"]
+__all__ = ["LsrError", "IndexFormatError", "DataFormatError", "ModelNotFoundError", "FilterError",
+           "CollectionLockedError"]
 
 
 class LsrError(Exception):
@@ -41,3 +42,8 @@ class ModelNotFoundError(LsrError, FileNotFoundError):
 class FilterError(LsrError, ValueError):
     """A metadata filter of a collection search is malformed: unknown operator or field, an
     operand of the wrong type; the one-line message names the field and the operator."""
+
+
+class CollectionLockedError(LsrError, RuntimeError):
+    """Another writer holds a collection's ``write.lock``; the one-line message names the lock
+    file and the holder's pid and host. Open the collection with ``readonly=True`` to search it."""

@@ -330,6 +330,8 @@ class SearchResults:
         scores: ``float32`` scores, shape ``(nq, k)``, best first.
         doc_ids: external document ids by position (:class:`DocIds`: ``doc_ids[ids]`` gives
             ``None`` for padding, never a document).
+        fields: optional stored fields (``"title"``, ``"text"``, ``"metadata"``: a collection
+            search's ``fields=``), each a list aligned with ``doc_ids``; ``None`` when not asked.
 
     Unpacks like FAISS's pair: ``ids, scores = index.search(queries, k)``.
 
@@ -341,6 +343,7 @@ class SearchResults:
     ids: np.ndarray
     scores: np.ndarray
     doc_ids: DocIds
+    fields: dict[str, list] | None = None
 
     def __post_init__(self) -> None:
         self.ids = np.asarray(self.ids)
@@ -349,6 +352,10 @@ class SearchResults:
             raise ValueError(f"ids {self.ids.shape} and scores {self.scores.shape} must be equal (nq, k) arrays")
         if not isinstance(self.doc_ids, DocIds):
             self.doc_ids = DocIds(self.doc_ids)
+        if self.fields is not None:
+            for name, values in self.fields.items():
+                if len(values) != len(self.doc_ids):
+                    raise ValueError(f"field {name!r} has {len(values)} values for {len(self.doc_ids)} documents")
 
     @classmethod
     def empty(cls, k: int, doc_ids: Sequence[str] | np.ndarray | DocIds) -> "SearchResults":
@@ -391,6 +398,25 @@ class SearchResults:
         keep = self.ids[i] >= 0
         ids = self.doc_ids[self.ids[i][keep]]
         return [(str(d), float(s)) for d, s in zip(ids, self.scores[i][keep])]
+
+    def documents(self, i: int) -> list[dict[str, Any]]:
+        """Query ``i``'s results as dicts ``{"_id", "score", "rank"}`` (rank from 1) plus the
+        stored fields the search was asked for (``fields``), padding dropped.
+
+        >>> r = SearchResults(np.array([[1, -1]]), np.array([[2.0, 0.0]], np.float32), ["a", "b"],
+        ...                   fields={"text": ["x", "y"]})
+        >>> r.documents(0)
+        [{'_id': 'b', 'score': 2.0, 'rank': 1, 'text': 'y'}]
+        """
+        out = []
+        for rank, (pos, score) in enumerate(zip(self.ids[i].tolist(), self.scores[i].tolist()), 1):
+            if pos < 0:
+                continue
+            doc: dict[str, Any] = {"_id": str(self.doc_ids[pos]), "score": float(score), "rank": rank}
+            for name, values in (self.fields or {}).items():
+                doc[name] = values[pos]
+            out.append(doc)
+        return out
 
     def to_run(self, query_ids: Sequence[str]) -> dict[str, dict[str, float]]:
         """A run ``{qid: {doc_id: score}}`` for :func:`lsr.evaluate` and :func:`lsr.write_run`;

@@ -1,0 +1,82 @@
+"""What a search reads: one committed state, immutable, swapped by reference.
+
+A :class:`Snapshot` holds the open segments of one commit (engine parts, stored documents), their
+live masks and, lazily, the filter schema; :meth:`Collection.search` reads the collection's
+current snapshot once, so a search sees one commit from start to end while a writer commits the
+next. Filter masks are cached per segment (segments are immutable, so a mask outlives snapshots).
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lsr.collection.commit import Commit
+from lsr.collection.segments import OpenSegment
+
+__all__ = ["Snapshot", "MaskCache"]
+
+
+@dataclass
+class Snapshot:
+    commit: Commit
+    segments: tuple[OpenSegment, ...]
+    lives: tuple[np.ndarray | None, ...]
+    _schema: dict[str, str] | None = field(default=None, repr=False)
+
+    @property
+    def generation(self) -> int:
+        return self.commit.generation
+
+    @property
+    def n_live(self) -> int:
+        return self.commit.n_live
+
+    def locate(self, doc_id: str) -> tuple[int, int] | None:
+        """(segment ordinal, position) of the live document ``doc_id``, None when not live."""
+        for ordinal, (seg, live) in enumerate(zip(self.segments, self.lives)):
+            pos = seg.position(doc_id)
+            if pos is not None and (live is None or live[pos]):
+                return ordinal, pos
+        return None
+
+    def schema(self) -> dict[str, str]:
+        if self._schema is None:
+            from lsr.collection.filters import infer_schema
+
+            self._schema = infer_schema([s.table for s in self.segments])
+        return self._schema
+
+    def live_ids(self) -> list[str]:
+        """The live documents' ids in collection order."""
+        out: list[str] = []
+        for seg, live in zip(self.segments, self.lives):
+            out.extend(seg.ids.tolist() if live is None else seg.ids[live].tolist())
+        return out
+
+
+class MaskCache:
+    """Filter masks per (segment name, canonical filter JSON), least recently used dropped."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._items: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, seg: OpenSegment, compiled: Any) -> np.ndarray:
+        key = (seg.name, compiled.to_json())
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+                return hit
+        mask = np.asarray(compiled.mask(seg.table), dtype=bool)
+        mask.setflags(write=False)
+        with self._lock:
+            self._items[key] = mask
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return mask
