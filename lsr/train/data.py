@@ -84,7 +84,7 @@ class CandidateSet:
 
     def stats(self) -> dict[str, Any]:
         sizes = np.array([g.size for g in self.groups])
-        return {"queries": len(self.groups), "candidates_mean": float(sizes.mean()) if sizes.size else 0.0,
+        return {"n_queries": len(self.groups), "candidates_mean": float(sizes.mean()) if sizes.size else 0.0,
                 "candidates_max": int(sizes.max()) if sizes.size else 0,
                 "documents": int(np.unique(np.concatenate(self.groups)).size) if self.groups else 0,
                 "teachers": list(self.teacher_names)}
