@@ -132,6 +132,20 @@ def test_langchain_path_and_configurable_filter(live):
         LsrRetriever(collection=coll, k=0)
 
 
+def test_reader_by_path_sees_new_commits(tmp_path):
+    from lsr.adapters.langchain import LsrRetriever
+
+    with lsr.Collection.create(tmp_path / "c", "bm25") as writer:
+        writer.add([{"_id": "x", "text": "heart disease"}, {"_id": "y", "text": "stock markets"}])
+        reader = LsrRetriever(collection=tmp_path / "c", k=10)  # opened read-only, refreshed per query
+        assert reader.collection.readonly and [d.id for d in reader.invoke("heart")] == ["x"]
+        writer.add([{"_id": "z", "text": "heart attack", "metadata": {"tenant": "a"}}])
+        writer.delete(["x"])
+        docs = reader.invoke("heart")
+        assert [(d.id, d.page_content, d.metadata["tenant"]) for d in docs] == [("z", "heart attack", "a")]
+        reader.collection.close()
+
+
 # ------------------------------------------------------------------------------------- LlamaIndex
 def test_llamaindex_retrieve_with_metadata_filters(live):
     from llama_index.core.schema import NodeWithScore, TextNode

@@ -50,11 +50,14 @@ def check_k(k: Any, name: str = "k", allow_zero: bool = False) -> int:
 
 def search_hits(collection: Any, query: str, k: int, filter: Any = None) -> list[dict[str, Any]]:
     """One query's hits, best first: dicts with ``_id``, ``score``, ``rank``, ``text``, ``title``
-    and ``metadata`` (``Collection.search(..., fields=...)``), padding dropped."""
+    and ``metadata`` (``Collection.search(..., fields=...)``), padding dropped. A read-only
+    collection is refreshed first, so each query searches the newest commit."""
     if not isinstance(query, str):
         raise TypeError(f"query must be a string, got {type(query).__name__}")
     if k == 0:
         return []
+    if getattr(collection, "readonly", False):
+        collection.refresh()  # a reader sees the newest commit (a writer always sees its own)
     results = collection.search([query], k=k, filter=filter or None, fields=list(FIELDS))
     return [hit for hit in results.documents(0) if hit.get("_id") is not None]
 

@@ -109,7 +109,8 @@ def _build() -> type:
         """Haystack retriever over an lsr collection.
 
         Args:
-            collection: an open ``lsr`` Collection, or its path (opened read-only).
+            collection: an open ``lsr`` Collection, or its path (opened read-only; a read-only
+                collection is refreshed before each query, so it searches the newest commit).
             top_k: results per query (a run's ``top_k`` replaces it; 0 returns nothing).
             filters: a Haystack 2.x filter applied to every run (see ``filter_policy``).
             filter_policy: REPLACE (a run's filters replace ``filters``) or MERGE (both apply).

@@ -34,7 +34,8 @@ def _build() -> type:
         """LangChain retriever over an lsr collection.
 
         Attributes:
-            collection: an open ``lsr`` Collection, or its path (opened read-only).
+            collection: an open ``lsr`` Collection, or its path (opened read-only; a read-only
+                collection is refreshed before each query, so it searches the newest commit).
             k: results per query.
             filter: an lsr metadata filter (dict, or a list of document ids), or None for all.
         """

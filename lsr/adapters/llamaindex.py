@@ -79,7 +79,8 @@ def _build() -> type:
         """LlamaIndex retriever over an lsr collection.
 
         Args:
-            collection: an open ``lsr`` Collection, or its path (opened read-only).
+            collection: an open ``lsr`` Collection, or its path (opened read-only; a read-only
+                collection is refreshed before each query, so it searches the newest commit).
             similarity_top_k: results per query.
             filters: llama-index ``MetadataFilters`` or an lsr filter, or None for all documents.
         """
