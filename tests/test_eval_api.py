@@ -70,7 +70,8 @@ def test_an_option_of_another_retriever_is_refused(tiny_beir, tmp_path):
 
 
 def test_zero_is_a_value_not_unset(tiny_beir, tmp_path):
-    res = CliRunner().invoke(main, ["index", str(tiny_beir), str(tmp_path / "i"), "-r", "bm25", "--k1", "0"])
+    res = CliRunner().invoke(main, ["index", str(tiny_beir), str(tmp_path / "i"), "-r", "bm25", "--k1", "0",
+                                    "--retriever-dir"])
     assert res.exit_code == 0, res.output
     from lsr import load_retriever
 
@@ -109,7 +110,7 @@ def test_python_defaults_equal_cli_defaults(tiny_beir, tmp_path):
     # the inference-free query length defaults to the tokenizer's limit in both (not 64 in the CLI)
     model, idf = shared_model("splade-tiny"), shared_model("opensearch-inference-free-idf/idf.json")
     res = CliRunner().invoke(main, ["index", str(tiny_beir), str(tmp_path / "if"), "-r", "inference-free",
-                                    "-m", str(model), "--idf", str(idf)])
+                                    "-m", str(model), "--idf", str(idf), "--retriever-dir"])
     assert res.exit_code == 0, res.output
     from lsr import InferenceFreeRetriever, load_retriever
 

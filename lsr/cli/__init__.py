@@ -269,9 +269,13 @@ def _read_docs(source: Path) -> tuple[list[str], list[str]]:
 @retriever_options()
 @click.option("--overwrite/--no-overwrite", default=False, show_default=True,
               help="Replace an existing lsr index at OUTPUT.")
+@click.option("--retriever-dir", is_flag=True, default=False,
+              help="Write a frozen retriever directory (the format before collections) instead of a collection.")
 @_friendly_errors
-def index_cmd(input_path: Path, output: Path, retriever: str, overwrite: bool, **options: Any) -> None:
-    """Index a corpus (BEIR directory, JSONL or Parquet), or pre-encoded vectors, into OUTPUT."""
+def index_cmd(input_path: Path, output: Path, retriever: str, overwrite: bool, retriever_dir: bool,
+              **options: Any) -> None:
+    """Index a corpus (BEIR directory, JSONL or Parquet) into a new collection OUTPUT (add to it with
+    `lsr add`), or pre-encoded vectors into a retriever directory."""
     from lsr.retrievers.sparse import index_encoded, is_encoded
 
     given = _given(click.get_current_context(), set(options), options)
@@ -289,6 +293,11 @@ def index_cmd(input_path: Path, output: Path, retriever: str, overwrite: bool, *
         click.echo(f"indexed {r.inverted_index.n_docs} encoded documents ({r.inverted_index.nnz} postings) "
                    f"with {r.name} query encoding into {output} in {time.perf_counter() - t:.1f}s", err=True)
         return
+    if not retriever_dir:
+        from lsr.cli.collection import index_collection
+
+        index_collection(input_path, output, retriever, given, overwrite, _read_docs)
+        return
     doc_ids, texts = _read_docs(input_path)
     r = build_retriever(retriever, given)
     r.index(doc_ids, texts, show_progress=True)
@@ -305,22 +314,36 @@ def index_cmd(input_path: Path, output: Path, retriever: str, overwrite: bool, *
 @click.option("--query", "query_text", help="One query string (its id is 'q0' unless --query-id).")
 @click.option("--query-id", default="q0", show_default=True, help="Id of the --query string in the run.")
 @k_option(10)
+@click.option("--filter", "filter_json", default=None,
+              help='Collections: a metadata filter as JSON, e.g. \'{"lang": "en", "year": {"$gte": 2020}}\'.')
+@click.option("--format", "fmt", type=click.Choice(["trec", "jsonl"]), default="trec", show_default=True,
+              help="trec: a TREC run; jsonl: one object per hit (query_id, doc_id, rank, score, text, metadata).")
 @threads_option
 @run_output_option
 @tag_option
 @_friendly_errors
 def search_cmd(index_dir: Path, queries_file: Path | None, query_text: str | None, query_id: str, k: int,
-               threads: int, output: str, tag: str | None) -> None:
-    """Search INDEX_DIR and write a TREC run."""
+               filter_json: str | None, fmt: str, threads: int, output: str, tag: str | None) -> None:
+    """Search INDEX_DIR (a collection or a retriever directory) and write a TREC run or JSONL hits."""
+    from lsr.cli.collection import is_collection, search_collection, write_jsonl
     from lsr.io.readers import read_queries
     from lsr.retrievers.base import load_retriever
 
     if (queries_file is None) == (query_text is None):
         raise click.UsageError("give exactly one of --queries FILE or --query TEXT")
     queries = read_queries(queries_file) if queries_file else {query_id: query_text}
+    if is_collection(index_dir):
+        search_collection(index_dir, queries, k, threads, filter_json, fmt, output, tag)
+        return
+    if filter_json is not None:
+        raise click.BadParameter(f"{index_dir} is a retriever directory: filters need a collection",
+                                 param_hint="--filter")
     r = load_retriever(index_dir)
     qids = list(queries)
     res = r.search([queries[q] for q in qids], k=k, threads=threads, show_progress=queries_file is not None)
+    if fmt == "jsonl":
+        write_jsonl(res, qids, output)
+        return
     _write_run(res.to_run(qids), output, tag or r.name)
 
 

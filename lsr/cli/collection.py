@@ -1,2 +1,213 @@
-"""CLI commands of live collections (``lsr add``, ``lsr delete``): registered on :func:`lsr.cli.main`."""
+"""CLI commands of live collections (``lsr add``, ``lsr delete``) and the collection side of
+``lsr index`` / ``lsr search``: registered on :func:`lsr.cli.main`."""
 from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+
+from lsr.cli import _flag, _friendly_errors, main
+
+
+def is_collection(path: Path) -> bool:
+    """Whether ``path`` holds an lsr collection (its manifest says so)."""
+    try:
+        return json.loads((path / "manifest.json").read_text()).get("format") == "lsr.collection"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def collection_options(retriever: str, given: dict[str, Any]) -> Any:
+    """The typed options of ``retriever`` from the options given on the command line."""
+    from lsr.retrievers.options import OPTIONS
+
+    allowed = {f.name for f in dataclasses.fields(OPTIONS[retriever])}
+    if retriever == "hybrid" and set(given) - allowed:
+        raise click.BadParameter(f"{', '.join(sorted(set(given) - allowed))}: not an option of a hybrid collection "
+                                 f"(components take their model in --components NAME=MODEL)",
+                                 param_hint="--retriever")
+    wrong = [_flag(k) for k in given if k not in allowed]
+    if wrong:
+        raise click.BadParameter(f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to "
+                                 f"--retriever {retriever}", param_hint="--retriever")
+    try:
+        return OPTIONS[retriever](**given)
+    except (ValueError, TypeError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--retriever options") from exc
+
+
+def index_collection(source: Path, output: Path, retriever: str, given: dict[str, Any], overwrite: bool,
+                     read_docs: Any) -> None:
+    """``lsr index CORPUS COLLECTION``: a new collection holding the corpus (one segment)."""
+    from lsr.collection import Collection
+    from lsr.errors import ModelNotFoundError
+
+    options = collection_options(retriever, given)
+    doc_ids, texts = read_docs(source)  # the corpus readers' checks (duplicate ids, file:line errors)
+    t = time.perf_counter()
+    target = output
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        if not overwrite:
+            raise click.BadParameter(f"{output} already exists (use --overwrite to replace an lsr index)",
+                                     param_hint="OUTPUT")
+        try:
+            fmt = json.loads((output / "manifest.json").read_text()).get("format", "")
+        except (OSError, ValueError, AttributeError):
+            fmt = ""
+        if not str(fmt).startswith("lsr"):
+            raise click.BadParameter(f"{output} is not an lsr index or collection; refusing to replace it",
+                                     param_hint="OUTPUT")
+        target = output.parent / f".{output.name}.new-{uuid.uuid4().hex[:12]}"  # swapped in when complete
+    try:
+        try:
+            col = Collection.create(target, options, merge_policy=None)
+        except ModelNotFoundError as exc:
+            raise click.BadParameter(str(exc), param_hint="--model") from exc
+        except (ValueError, TypeError) as exc:
+            raise click.BadParameter(str(exc), param_hint="--retriever options") from exc
+        with col:
+            col.add([{"_id": i, "text": x} for i, x in zip(doc_ids, texts)], show_progress=True)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)  # ours: new, or a temporary sibling
+        raise
+    if target != output:
+        old = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:12]}"
+        real = Path(os.path.realpath(output))
+        os.rename(output, old)
+        os.rename(target, output)
+        if old.is_symlink():  # a versioned retriever directory: its version goes too
+            old.unlink()
+            shutil.rmtree(real, ignore_errors=True)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+    click.echo(f"indexed {len(doc_ids)} documents with {retriever} into collection {output} "
+               f"in {time.perf_counter() - t:.1f}s", err=True)
+
+
+def search_collection(path: Path, queries: dict[str, str], k: int, threads: int, filter_json: str | None,
+                      fmt: str, output: str, tag: str | None) -> None:
+    """``lsr search COLLECTION``: a TREC run, or one JSON object per hit."""
+    from lsr.collection import Collection
+
+    spec = None
+    if filter_json is not None:
+        try:
+            spec = json.loads(filter_json)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--filter") from exc
+    with Collection.open(path, readonly=True) as col:
+        qids = list(queries)
+        res = col.search([queries[q] for q in qids], k=k, filter=spec, threads=threads,
+                         fields=["text", "metadata"] if fmt == "jsonl" else None)
+        name = col.retriever
+    if fmt == "trec":
+        from lsr.cli import _write_run
+
+        _write_run(res.to_run(qids), output, tag or name)
+        return
+    write_jsonl(res, qids, output)
+
+
+def write_jsonl(res: Any, qids: list[str], output: str) -> None:
+    out = sys.stdout if output == "-" else open(output, "w")
+    try:
+        for i, q in enumerate(qids):
+            for doc in res.documents(i):
+                row = {"query_id": q, "doc_id": doc["_id"], "rank": doc["rank"], "score": doc["score"]}
+                for f in ("text", "metadata"):
+                    if f in doc:
+                        row[f] = doc[f]
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+def read_documents(path: Path) -> Iterator[dict[str, Any]]:
+    """Documents ``{_id, title, text, metadata}`` of a JSONL(.gz) or Parquet file; a bad line is a
+    DataFormatError naming the file, line and field."""
+    from lsr.errors import DataFormatError
+
+    if path.suffix == ".parquet":
+        from lsr.io.manifest import read_parquet
+
+        table = read_parquet(path)
+        if "_id" not in table.column_names or "text" not in table.column_names:
+            raise DataFormatError(path, None, "a documents file needs columns _id and text")
+        for n, row in enumerate(table.to_pylist(), 1):
+            meta = row.get("metadata")
+            if isinstance(meta, str):
+                try:
+                    meta = json.loads(meta)
+                except ValueError:
+                    raise DataFormatError(path, n, "metadata is not JSON text", "metadata") from None
+            yield _document(path, n, {**row, "metadata": meta})
+        return
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise DataFormatError(path, n, f"not JSON ({exc})") from None
+            yield _document(path, n, obj)
+
+
+def _document(path: Path, n: int, obj: Any) -> dict[str, Any]:
+    from lsr.errors import DataFormatError
+
+    if not isinstance(obj, dict):
+        raise DataFormatError(path, n, "expected a JSON object")
+    doc_id = obj.get("_id")
+    if isinstance(doc_id, int) and not isinstance(doc_id, bool):
+        doc_id = str(doc_id)
+    if not isinstance(doc_id, str) or not doc_id:
+        raise DataFormatError(path, n, "missing or empty id", "_id")
+    for name in ("title", "text"):
+        if obj.get(name) is not None and not isinstance(obj.get(name), str):
+            raise DataFormatError(path, n, "must be a string", name)
+    meta = obj.get("metadata")
+    if meta is not None and not isinstance(meta, dict):
+        raise DataFormatError(path, n, "must be an object", "metadata")
+    return {"_id": doc_id, "title": obj.get("title") or "", "text": obj.get("text") or "", "metadata": meta or {}}
+
+
+@main.command("add")
+@click.argument("collection", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("docs", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_friendly_errors
+def add_cmd(collection: Path, docs: Path) -> None:
+    """Add or replace the documents of DOCS (JSONL, JSONL.gz or Parquet: _id, title, text, metadata)."""
+    from lsr.collection import Collection
+
+    batch = list(read_documents(docs))
+    with Collection.open(collection) as col:
+        replaced = sum(d is not None for d in col.get([d["_id"] for d in batch]))
+        col.upsert(batch, show_progress=True)
+        total = len(col)
+    click.echo(f"{len(batch) - replaced} added, {replaced} replaced; {collection} holds {total} documents", err=True)
+
+
+@main.command("delete")
+@click.argument("collection", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("ids", nargs=-1, required=True)
+@_friendly_errors
+def delete_cmd(collection: Path, ids: tuple[str, ...]) -> None:
+    """Delete documents by id (ids not in the collection are reported, not an error)."""
+    from lsr.collection import Collection
+
+    with Collection.open(collection) as col:
+        n = col.delete(list(ids))
+        total = len(col)
+    click.echo(f"deleted {n} of {len(set(ids))} ids; {collection} holds {total} documents", err=True)
