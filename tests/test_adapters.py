@@ -328,3 +328,18 @@ def test_missing_framework_names_the_extra(monkeypatch, module, framework, extra
     monkeypatch.setitem(sys.modules, framework, None)  # import of it now raises ImportError
     with pytest.raises(ImportError, match=rf"pip install 'lsr\[{extra}\]'"):
         adapter._build()
+
+
+def test_docs_rag_examples(tmp_path, monkeypatch):
+    """docs/rag.md's Python blocks run, in order, as written."""
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parent.parent / "docs" / "rag.md").read_text()
+    blocks = list(re.finditer(r"```python\n(.*?)```", text, flags=re.S))
+    assert len(blocks) >= 4
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks:  # padded so that a traceback names the line of docs/rag.md
+        code = "\n" * text[:block.start(1)].count("\n") + block.group(1)
+        exec(compile(code, "docs/rag.md", "exec"), namespace)
