@@ -273,8 +273,9 @@ def test_haystack_filter_translation_matches_haystack():
         spec = random_filter(3)
         want = [document_matches_filter(spec, d) for d in documents]
         assert _lsr_mask(to_lsr_filter(spec), metadatas) == want, spec
-    ids = {"field": "id", "operator": "in", "value": ["x1", "x5"]}
-    assert _lsr_mask(to_lsr_filter(ids), metadatas) == [document_matches_filter(ids, d) for d in documents]
+    for spec in ({"field": "id", "operator": "in", "value": ["x1", "x5"]},
+                 *({"operator": op, "conditions": []} for op in ("AND", "OR", "NOT"))):
+        assert _lsr_mask(to_lsr_filter(spec), metadatas) == [document_matches_filter(spec, d) for d in documents]
     for bad in ({"field": "meta.a.b", "operator": "==", "value": 1}, {"field": "content", "operator": "==", "value": 1},
                 {"field": "meta.a", "operator": "like", "value": 1}, {"tenant": "a"},
                 {"operator": "XOR", "conditions": []}, {"field": "meta.a", "operator": "in", "value": "a"}):
@@ -313,6 +314,10 @@ def test_llamaindex_filter_translation_matches_llamaindex():
         spec = random_filters(2)
         want = [reference(spec, i) for i in range(len(metadatas))]
         assert _lsr_mask(to_lsr_filter(spec), metadatas) == want, spec
+    for condition in FilterCondition:  # no filters: everything, as llama-index's evaluator has it
+        empty = MetadataFilters(filters=[], condition=condition)
+        assert _lsr_mask(to_lsr_filter(empty), metadatas) == [
+            build_metadata_filter_fn(lambda _: metadatas[i], empty)(str(i)) for i in range(len(metadatas))]
     with pytest.raises(FilterError, match="contains"):
         to_lsr_filter(MetadataFilters(filters=[MetadataFilter(key="tags", value="x", operator="contains")]))
 

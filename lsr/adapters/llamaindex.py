@@ -49,12 +49,12 @@ def to_lsr_filter(filters: Any) -> Any:
     if hasattr(filters, "filters"):  # MetadataFilters
         children = [to_lsr_filter(child) for child in filters.filters]
         condition = _value(filters.condition) or "and"
-        if condition == "not":
-            return {"$not": {"$or": children}} if children else {}
-        if condition not in ("and", "or"):
+        if condition not in ("and", "or", "not"):
             raise FilterError(f"llama-index filter condition {condition!r} is not supported (and, or, not)")
-        if not children:  # llama-index: all([]) is True, any([]) is False
-            return {} if condition == "and" else {"_id": {"$in": []}}
+        if not children:  # no filters match everything, whatever the condition (as llama-index reads it)
+            return {}
+        if condition == "not":
+            return {"$not": {"$or": children}}
         return children[0] if len(children) == 1 else {f"${condition}": children}
     if hasattr(filters, "key") and hasattr(filters, "value"):  # MetadataFilter
         op = _value(getattr(filters, "operator", "=="))
