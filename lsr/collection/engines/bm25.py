@@ -34,7 +34,6 @@ from lsr.collection.engines.base import (
     mask_digest,
     merge_hits,
     parts_mask,
-    top_k_rows,
 )
 from lsr.encoders.bm25 import BM25Encoder, lucene_norm_decode, lucene_norm_encode
 from lsr.errors import IndexFormatError
@@ -221,40 +220,57 @@ class BM25Engine(Engine):
         queries, k, masks = check_search(queries, k, segments, allowed, search_options, self.name)
         nq = len(queries)
         snap = self._snapshot(segments)
-        if not snap.encoder.n_docs:  # no live document has a term: nothing matches
+        if not snap.encoder.n_docs or not segments:  # no live document has a term: nothing matches
             return merge_hits([], nq, k)
-        per_segment = [(np.full((nq, min(k, p.n_docs)), -1, np.int64), np.zeros((nq, min(k, p.n_docs)), np.float32))
-                       for p, _ in segments]
+        # each query's distinct terms (sorted: the order their weights are summed in) over one
+        # vocabulary of the batch's terms
+        vocab: dict[str, int] = {}
+        indptr = np.zeros(nq + 1, np.int64)
+        gids: list[int] = []
+        counts: list[int] = []
         for qi, text in enumerate(queries):
-            terms, counts = np.unique(np.asarray(self.encoder.analyzer(text), dtype=object).astype(str),
-                                      return_counts=True)
-            if not terms.size:
-                continue
-            # global df of each query term over the live documents, and its idf as a fresh fit gives it
-            tids = [[p.term_id(str(t)) for t in terms] for p, _ in segments]
-            df = np.zeros(terms.size, np.int64)
-            for s, ids in enumerate(tids):
-                for j, t in enumerate(ids):
-                    if t is not None:
-                        df[j] += snap.dfs[s][t]
-            idf = BM25Encoder.idf(SimpleNamespace(df=df, n_docs=snap.encoder.n_docs)).astype(np.float32)
-            for s, (part, _) in enumerate(segments):
-                acc = np.zeros(part.n_docs, np.float32)
-                touched = np.zeros(part.n_docs, bool)
-                inv_norm = snap.inv_norms[s]
-                for j, t in enumerate(tids[s]):
-                    if t is None or df[j] == 0:
-                        continue
-                    a, b = int(part.offsets[t]), int(part.offsets[t + 1])
-                    d = np.asarray(part.docs[a:b])
-                    freq = np.asarray(part.tf[a:b]).astype(np.float32)
-                    w = idf[j] - idf[j] / (np.float32(1.0) + freq * inv_norm[d])
-                    acc[d] += np.float32(counts[j]) * w  # positions are distinct within a term
-                    touched[d] = True
-                valid = touched if masks[s] is None else touched & masks[s]
-                pos, scores = per_segment[s]
-                pos[qi:qi + 1], scores[qi:qi + 1] = top_k_rows(acc[None, :], valid, pos.shape[1])
+            terms, n = np.unique(np.asarray(self.encoder.analyzer(text), dtype=object).astype(str),
+                                 return_counts=True)
+            gids.extend(vocab.setdefault(str(t), len(vocab)) for t in terms)
+            counts.extend(n.tolist())
+            indptr[qi + 1] = len(gids)
+        q_gid = np.asarray(gids, np.int64)
+        q_counts = np.asarray(counts, np.float32)
+        names = list(vocab)
+        # each batch term's id in every segment (-1: absent) and its df over the live documents
+        local = [np.fromiter((-1 if (t := p.term_id(w)) is None else t for w in names), np.int64, len(names))
+                 for p, _ in segments]
+        df = np.zeros(len(names), np.int64)
+        for s, ids in enumerate(local):
+            has = ids >= 0
+            df[has] += snap.dfs[s][ids[has]]
+        # the idf a fresh fit gives each term (terms no live document has are skipped)
+        idf = BM25Encoder.idf(SimpleNamespace(df=df, n_docs=snap.encoder.n_docs)).astype(np.float32)
+        q_idf = np.ascontiguousarray(idf[q_gid])
+        per_segment = []
+        for s, (part, _) in enumerate(segments):
+            kk = min(k, part.n_docs)
+            pos = np.full((nq, kk), -1, np.int64)
+            scores = np.zeros((nq, kk), np.float32)
+            mask = masks[s]
+            q_terms = np.where(df[q_gid] > 0, local[s][q_gid], -1)
+            if kk and (mask is None or mask.any()) and (q_terms >= 0).any():
+                rows = _NO_ROWS if mask is None else np.flatnonzero(mask)
+                _kernels().search_segment(indptr, q_terms, q_counts, q_idf, part.offsets, part.docs, part.tf,
+                                          snap.inv_norms[s], _NO_MASK if mask is None else mask.view(np.uint8),
+                                          mask is not None, rows, kk, pos, scores)
+            per_segment.append((pos, scores))
         return merge_hits(per_segment, nq, k)
+
+
+_NO_ROWS = np.zeros(0, np.int64)
+_NO_MASK = np.zeros(0, np.uint8)
+
+
+def _kernels() -> Any:
+    from lsr.collection import _bm25_kernels
+
+    return _bm25_kernels
 
 
 def _write(directory: Path, terms: list[str], term_of: np.ndarray, docs: np.ndarray, tf: np.ndarray,

@@ -1,0 +1,165 @@
+"""Numba kernel of the collection's BM25 engine: one segment, a batch of queries, term at a time.
+
+Private to :mod:`lsr.collection.engines.bm25`. A query's terms are scored in the order given,
+each posting's weight ``idf - idf / (1 + tf * inv_norm[doc])`` times the query count added to
+the document's float32 accumulator, exactly the float32 operations of the numpy engine (no fast
+math, so no fused multiply-add: scores are bit-identical). Only documents the mask allows are
+scored. A term whose posting list is long next to the allowed documents is not scanned: each
+allowed position is looked up in the (ascending) list by a galloping search instead, so a
+selective filter reads ``allowed x log(list)`` entries rather than the whole list. The top ``k``
+of the scored documents (score descending, ties to the lower position) come from a bounded heap.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__ = ["search_segment"]
+
+
+@njit(cache=True, nogil=True)
+def _worse(s1: float, p1: int, s2: float, p2: int) -> bool:
+    """Does (score s1, position p1) rank below (s2, p2)? Higher score first, then lower position."""
+    return s1 < s2 or (s1 == s2 and p1 > p2)
+
+
+@njit(cache=True, nogil=True)
+def _sift_down(hs: np.ndarray, hp: np.ndarray, m: int, i: int) -> None:
+    """Restore the min-heap (root = worst entry) of ``m`` entries below ``i``."""
+    while True:
+        left = 2 * i + 1
+        if left >= m:
+            return
+        w = left
+        right = left + 1
+        if right < m and _worse(hs[right], hp[right], hs[left], hp[left]):
+            w = right
+        if _worse(hs[w], hp[w], hs[i], hp[i]):
+            hs[i], hs[w] = hs[w], hs[i]
+            hp[i], hp[w] = hp[w], hp[i]
+            i = w
+        else:
+            return
+
+
+@njit(cache=True, nogil=True)
+def _push(hs: np.ndarray, hp: np.ndarray, m: int, k: int, s: float, p: int) -> int:
+    """Offer (s, p) to the heap of ``m`` entries (capacity ``k``); returns the new size."""
+    if m < k:
+        i = m
+        hs[i] = s
+        hp[i] = p
+        while i > 0:
+            parent = (i - 1) // 2
+            if _worse(hs[i], hp[i], hs[parent], hp[parent]):
+                hs[i], hs[parent] = hs[parent], hs[i]
+                hp[i], hp[parent] = hp[parent], hp[i]
+                i = parent
+            else:
+                break
+        return m + 1
+    if _worse(hs[0], hp[0], s, p):
+        hs[0] = s
+        hp[0] = p
+        _sift_down(hs, hp, m, 0)
+    return m
+
+
+@njit(cache=True, nogil=True)
+def _lower_bound(docs: np.ndarray, lo: int, hi: int, d: int) -> int:
+    """First index in ``docs[lo:hi]`` (ascending) holding a value >= ``d`` (``hi`` when none),
+    galloping from ``lo``: cheap when the answer is near ``lo``."""
+    step = 1
+    b = lo
+    while b < hi and docs[b] < d:
+        lo = b + 1
+        b = lo + step
+        step *= 2
+    if b > hi:
+        b = hi
+    while lo < b:
+        mid = (lo + b) // 2
+        if docs[mid] < d:
+            lo = mid + 1
+        else:
+            b = mid
+    return lo
+
+
+@njit(cache=True, nogil=True)
+def search_segment(q_indptr: np.ndarray, q_terms: np.ndarray, q_counts: np.ndarray, q_idf: np.ndarray,
+                   offsets: np.ndarray, docs: np.ndarray, tf: np.ndarray, inv_norm: np.ndarray,
+                   mask: np.ndarray, has_mask: bool, rows: np.ndarray, k: int,
+                   out_pos: np.ndarray, out_scores: np.ndarray) -> None:
+    """Top ``k`` per query of one segment into ``out_pos`` / ``out_scores`` ``(nq, k)`` (padded -1 / 0).
+
+    Query ``r``'s terms are ``q_terms[q_indptr[r]:q_indptr[r + 1]]`` (segment term ids, -1 =
+    skipped) with float32 counts and idf. ``mask`` (uint8, n_docs) and ``rows`` (its allowed
+    positions, ascending) apply when ``has_mask``."""
+    n_docs = inv_norm.size
+    acc = np.zeros(n_docs, np.float32)
+    seen = np.zeros(n_docs, np.bool_)
+    touched = np.empty(n_docs, np.int64)
+    hs = np.empty(max(k, 1), np.float32)
+    hp = np.empty(max(k, 1), np.int64)
+    one = np.float32(1.0)
+    n_rows = rows.size
+    for r in range(q_indptr.size - 1):
+        n_touched = 0
+        for j in range(q_indptr[r], q_indptr[r + 1]):
+            t = q_terms[j]
+            if t < 0:
+                continue
+            a = offsets[t]
+            b = offsets[t + 1]
+            c = q_counts[j]
+            idf = q_idf[j]
+            length = b - a
+            # galloping lookups of the allowed positions cost about n_rows * log2(length / n_rows)
+            gallop = has_mask and n_rows * (1.0 + np.log2(max(length / max(n_rows, 1), 1.0))) < length
+            if gallop:
+                lo = a
+                for i in range(n_rows):
+                    d = rows[i]
+                    lo = _lower_bound(docs, lo, b, d)
+                    if lo >= b:
+                        break
+                    if docs[lo] != d:
+                        continue
+                    w = idf - idf / (one + np.float32(tf[lo]) * inv_norm[d])
+                    acc[d] += c * w
+                    if not seen[d]:
+                        seen[d] = True
+                        touched[n_touched] = d
+                        n_touched += 1
+                    lo += 1
+            else:
+                for p in range(a, b):
+                    d = docs[p]
+                    if has_mask and mask[d] == 0:
+                        continue
+                    w = idf - idf / (one + np.float32(tf[p]) * inv_norm[d])
+                    acc[d] += c * w
+                    if not seen[d]:
+                        seen[d] = True
+                        touched[n_touched] = d
+                        n_touched += 1
+        m = 0
+        for i in range(n_touched):
+            d = touched[i]
+            s = acc[d]
+            acc[d] = 0.0
+            seen[d] = False
+            if np.isfinite(s):
+                m = _push(hs, hp, m, k, s, d)
+        for i in range(k):
+            out_pos[r, i] = -1
+            out_scores[r, i] = 0.0
+        # pop the worst first: the heap empties into the row from its end
+        while m > 0:
+            m -= 1
+            out_pos[r, m] = hp[0]
+            out_scores[r, m] = hs[0]
+            hs[0] = hs[m]
+            hp[0] = hp[m]
+            _sift_down(hs, hp, m, 0)
