@@ -9,7 +9,9 @@ exists, an independent reference figure), runs the commands, and checks the resu
     python scripts/reproduce.py --datasets scifact,nfcorpus --conditions bm25,splade
     python scripts/reproduce.py --list
 
-Outputs go to runs/<dataset>/<condition>/ (run.trec, metrics.json, ...); a markdown table is
+A condition with a `train` command (the trained inference-free models) runs it first; its model
+goes to runs/<dataset>/<condition>/model. Outputs go to runs/<dataset>/<condition>/ (run.trec,
+metrics.json, ...); a markdown table is
 printed and written to runs/REPRODUCE.md with `lsr report`'s chart beside it. The exit code is
 non-zero if any nDCG@10 is off its expected value by more than the condition's tolerance.
 """
@@ -80,6 +82,15 @@ def main() -> int:
             out = args.output / dataset / c["name"]
             cmd = c["command"].format(lsr=lsr, dataset=data, output=out, models=args.models, runs=args.output / dataset)
             t = time.perf_counter()
+            if c.get("train") and not (args.reuse and (out / "metrics.json").is_file()):
+                # a training step first (`lsr train`: resumes from its checkpoints, teacher scores cached)
+                train = c["train"].format(lsr=lsr, dataset=data, output=out, models=args.models,
+                                          runs=args.output / dataset)
+                print(f"\n$ {train}", file=sys.stderr, flush=True)
+                if subprocess.run(shlex.split(train), cwd=REPO).returncode != 0:
+                    rows.append((dataset, c, None, time.perf_counter() - t))
+                    failed += 1
+                    continue
             if not (args.reuse and (out / "metrics.json").is_file()):
                 print(f"\n$ {cmd}", file=sys.stderr, flush=True)
                 proc = subprocess.run(shlex.split(cmd), cwd=REPO)

@@ -228,6 +228,8 @@ def test_test_queries_and_test_qrels_are_never_read(beir, monkeypatch):
     tq = load_split(beir, corpus)
     assert tq.ids == ["q1", "q2", "q3"] and TEST_TEXT not in tq.texts
     assert [corpus.ids[i] for i in tq.forced[0]] == ["d1", "d5"]  # grade 0 is no positive
+    sample = load_split(beir, corpus, max_queries=2, seed=0)
+    assert len(sample.ids) == 2 and set(sample.ids) < set(tq.ids) and sample.ids == sorted(sample.ids)
     with pytest.raises(ValueError, match="never used for training"):
         load_split(beir, corpus, "test")
     pq = pseudo_split(corpus, 4, seed=1)

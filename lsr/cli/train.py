@@ -63,7 +63,10 @@ def _settings_options(fn: Any) -> Any:
               help="Candidates taken from each teacher per query.")
 @click.option("--pseudo-queries", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Pseudo-queries made from the corpus (--queries pseudo).")
-@click.option("--pseudo-seed", type=int, default=13, show_default=True, help="Seed of the pseudo-queries.")
+@click.option("--pseudo-seed", type=int, default=13, show_default=True,
+              help="Seed of the pseudo-queries (and of the --max-queries sample).")
+@click.option("--max-queries", type=click.IntRange(min=1), default=None,
+              help="Train on a seeded sample of this many of the split's queries (--queries train).")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Cache directory for teacher encodings and scores (default: ~/.cache/lsr); it is also the "
                    "dense and maxsim teachers' embedding cache (as lsr eval --embedding-cache).")
@@ -72,8 +75,8 @@ def _settings_options(fn: Any) -> Any:
 @_settings_options
 @_friendly_errors
 def train_cmd(source: Path, out: Path, init: str, idf: Path | None, teachers: str, queries: str, split: str,
-              depth: int, pseudo_queries: int, pseudo_seed: int, cache: Path | None, doc_vectors: Path | None,
-              **given: Any) -> None:
+              depth: int, pseudo_queries: int, pseudo_seed: int, max_queries: int | None, cache: Path | None,
+              doc_vectors: Path | None, **given: Any) -> None:
     """Train an inference-free sparse encoder on DATASET_OR_CORPUS into OUT.
 
     OUT gets the OpenSearch inference-free layout (model files, tokenizer, idf.json); evaluate it
@@ -87,7 +90,7 @@ def train_cmd(source: Path, out: Path, init: str, idf: Path | None, teachers: st
     cache = cache if cache is not None else Path.home() / ".cache" / "lsr"
     summary = train(source, out, init=init, idf=idf, teachers=teachers, queries=queries, depth=depth, cache=cache,
                     doc_vectors=doc_vectors, split=split, pseudo_queries=pseudo_queries, pseudo_seed=pseudo_seed,
-                    settings=settings, show_progress=True)
+                    max_queries=max_queries, settings=settings, show_progress=True)
     shown = {k: summary.get(k) for k in ("steps", "resumed_from", "loss", "rank_loss", "flops", "doc_nonzeros",
                                          "docs_per_s")}
     click.echo(json.dumps({**shown, "data": summary["data"]}, indent=2))

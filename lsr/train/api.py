@@ -27,12 +27,13 @@ DATA_FILE = "training_data.json"  # in OUT: where the training data came from
 def prepare(source: str | os.PathLike, queries: str = "train", teachers: str = DEFAULT_TEACHERS, depth: int = 50,
             cache: str | os.PathLike | None = None, doc_vectors: str | os.PathLike | None = None,
             split: str = "train", pseudo_queries: int = 2000, pseudo_seed: int = 13,
-            show_progress: bool = False) -> tuple[CandidateSet, list[float]]:
+            max_queries: int | None = None, show_progress: bool = False) -> tuple[CandidateSet, list[float]]:
     """The candidate set of ``source`` (a BEIR directory, or a corpus file for ``queries="pseudo"``)
     and the teachers' weights.
 
     ``queries="train"``: the BEIR split ``split`` (train, or dev) with its labelled positives;
-    ``"pseudo"``: ``pseudo_queries`` queries made from the corpus (:mod:`lsr.train.pseudo`)."""
+    ``"pseudo"``: ``pseudo_queries`` queries made from the corpus (:mod:`lsr.train.pseudo`).
+    ``max_queries``: train on a sample of the split's queries (seeded by ``pseudo_seed``)."""
     from lsr.io.shards import corpus_fingerprint
 
     if queries not in QUERY_MODES:
@@ -43,7 +44,7 @@ def prepare(source: str | os.PathLike, queries: str = "train", teachers: str = D
         if not Path(source).is_dir():
             raise ValueError(f"{source}: supervised training needs a BEIR directory (qrels/{split}.tsv); "
                              "for a corpus file use --queries pseudo")
-        tq = load_split(source, corpus, split)
+        tq = load_split(source, corpus, split, max_queries=max_queries, seed=pseudo_seed)
     else:
         tq = pseudo_split(corpus, pseudo_queries, pseudo_seed)
     texts = corpus.all_contents()
@@ -55,8 +56,8 @@ def prepare(source: str | os.PathLike, queries: str = "train", teachers: str = D
 def train(source: str | os.PathLike, out: str | os.PathLike, init: str | os.PathLike,
           idf: str | os.PathLike | None = None, teachers: str = DEFAULT_TEACHERS, queries: str = "train",
           depth: int = 50, cache: str | os.PathLike | None = None, doc_vectors: str | os.PathLike | None = None,
-          split: str = "train", pseudo_queries: int = 2000, pseudo_seed: int = 13, settings: Any = None,
-          show_progress: bool = False) -> dict[str, Any]:
+          split: str = "train", pseudo_queries: int = 2000, pseudo_seed: int = 13, max_queries: int | None = None,
+          settings: Any = None, show_progress: bool = False) -> dict[str, Any]:
     """Build the training data of ``source`` and train an inference-free encoder from ``init`` into
     ``out`` (resuming from ``out/checkpoints``); ``idf`` defaults to ``init``'s ``idf.json``.
     Returns the training summary plus ``data`` (where the data came from, also in
@@ -69,7 +70,7 @@ def train(source: str | os.PathLike, out: str | os.PathLike, init: str | os.Path
             raise ValueError(f"{init} has no idf.json: give the query IDF table (--idf)")
     settings = settings if settings is not None else TrainSettings()
     cands, weights = prepare(source, queries, teachers, depth, cache, doc_vectors, split, pseudo_queries,
-                             pseudo_seed, show_progress)
+                             pseudo_seed, max_queries, show_progress)
     data = cands.to_training_data(weights)
     described = {"source": str(source), "queries": cands.queries.description, "depth": depth,
                  "teachers": cands.teacher_names, "weights": weights, **cands.stats(),

@@ -122,12 +122,13 @@ def load_corpus(path: str | os.PathLike) -> Corpus:
     return read_corpus(_find(path, "corpus.jsonl") if path.is_dir() else path)
 
 
-def load_split(dataset: str | os.PathLike, corpus: Corpus, split: str = "train") -> TrainQueries:
+def load_split(dataset: str | os.PathLike, corpus: Corpus, split: str = "train", max_queries: int | None = None,
+               seed: int = 13) -> TrainQueries:
     """The queries of BEIR split ``split`` with their positives (grade > 0) as corpus positions.
 
     Reads only ``qrels/<split>.tsv`` and ``queries.jsonl`` (of which only the split's ids are
     kept); the test split is refused. Queries with no positive in the corpus are dropped
-    (counted in a log line)."""
+    (counted in a log line). ``max_queries``: a seeded sample of that many queries (in file order)."""
     if split == "test":
         raise ValueError("the test split is never used for training (use train, or dev for model selection)")
     root = Path(dataset)
@@ -155,7 +156,12 @@ def load_split(dataset: str | os.PathLike, corpus: Corpus, split: str = "train")
                     qrels_file, dropped, len(qrels))
     if not ids:
         raise ValueError(f"{qrels_file}: no query with a positive document in the corpus")
-    return TrainQueries(ids, texts, forced, True, {"mode": "train", "split": split, "dataset": root.name})
+    described: dict[str, Any] = {"mode": "train", "split": split, "dataset": root.name}
+    if max_queries is not None and max_queries < len(ids):
+        keep = np.sort(np.random.default_rng(seed).choice(len(ids), size=max_queries, replace=False))
+        ids, texts, forced = [ids[i] for i in keep], [texts[i] for i in keep], [forced[i] for i in keep]
+        described.update({"max_queries": max_queries, "seed": seed})
+    return TrainQueries(ids, texts, forced, True, described)
 
 
 def pseudo_split(corpus: Corpus, n: int, seed: int = 13) -> TrainQueries:
