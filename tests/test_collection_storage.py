@@ -220,7 +220,7 @@ def test_readers_in_threads_see_only_committed_states(tmp_path):
                 filtered = rng.random() < 0.5
                 res = c.search(QUERIES, k=5, filter=FILTER if filtered else None)
                 seen.append((int(filtered), [hits(res, i) for i in range(len(QUERIES))]))
-                time.sleep(0.002)  # let the writer run
+                time.sleep(0.02)  # let the writer run (2 cores)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
