@@ -1,0 +1,96 @@
+"""The collection CLI: lsr index CORPUS COLLECTION, lsr add, lsr delete, lsr search (trec, jsonl,
+--filter) against the Python API over the same documents; old retriever directories still search."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from lsr.cli import main
+from lsr.collection import Collection
+from lsr.io.runs import read_run
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def _jsonl(res_output: str) -> list[dict]:
+    return [json.loads(line) for line in res_output.splitlines() if line.startswith("{")]
+
+
+def test_index_add_delete_search(runner, tiny_beir, tmp_path):
+    col = tmp_path / "col"
+    res = runner.invoke(main, ["index", str(tiny_beir), str(col), "-r", "bm25"])
+    assert res.exit_code == 0, res.output
+    n0 = len(Collection.open(col, readonly=True))
+    docs = tmp_path / "docs.jsonl.gz"
+    rows = [{"_id": "n1", "title": "Heart", "text": "heart disease smoking risk", "metadata": {"lang": "en", "y": 2021}},
+            {"_id": "n2", "text": "smoking and heart disease in children", "metadata": {"lang": "de", "y": 2020}},
+            {"_id": "d1", "text": "replaced text about bananas", "metadata": {"lang": "en"}}]
+    docs.write_bytes(gzip.compress("\n".join(json.dumps(r) for r in rows).encode()))
+    res = runner.invoke(main, ["add", str(col), str(docs)])
+    assert res.exit_code == 0 and "2 added, 1 replaced" in res.output, res.output
+    res = runner.invoke(main, ["delete", str(col), "n2", "nope"])
+    assert res.exit_code == 0 and "deleted 1 of 2" in res.output, res.output
+    with Collection.open(col, readonly=True) as c:
+        assert len(c) == n0 + 1 and c.get(["d1"])[0]["text"] == "replaced text about bananas"
+        api = c.search("heart disease smoking", k=3, filter={"lang": "en"}, fields=["text", "metadata"])
+        api_all = c.search("heart disease smoking", k=3)
+    res = runner.invoke(main, ["search", str(col), "--query", "heart disease smoking", "-k", "3",
+                               "--filter", '{"lang": "en"}', "--format", "jsonl"])
+    assert res.exit_code == 0, res.output
+    got = _jsonl(res.output)
+    assert [(g["doc_id"], g["rank"]) for g in got] == [(d["_id"], d["rank"]) for d in api.documents(0)]
+    assert all(set(g) == {"query_id", "doc_id", "rank", "score", "text", "metadata"} for g in got)
+    assert got[0]["metadata"]["lang"] == "en" and got[0]["query_id"] == "q0"
+    out = tmp_path / "run.trec"
+    res = runner.invoke(main, ["search", str(col), "--queries", str(tiny_beir / "queries.jsonl"), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["search", str(col), "--query", "heart disease smoking", "-k", "3"])
+    trec = [line.split() for line in res.output.splitlines() if line.startswith("q0 ")]
+    assert [t[2] for t in trec] == [d for d, _ in api_all.hits(0)]
+    assert set(read_run(out)) == {"q1", "q2", "q3", "q4"}
+
+
+def test_errors_are_one_line(runner, tiny_beir, tmp_path):
+    col = tmp_path / "col"
+    assert runner.invoke(main, ["index", str(tiny_beir), str(col)]).exit_code == 0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"_id": "x", "text": "a"}\n{"_id": "y", "text": "b", "metadata": [1]}\n')
+    res = runner.invoke(main, ["add", str(col), str(bad)])
+    assert res.exit_code == 1 and "bad.jsonl:2" in res.output and "metadata" in res.output
+    res = runner.invoke(main, ["search", str(col), "--query", "x", "--filter", '{"_id": {"$regex": "e"}}'])
+    assert res.exit_code == 1 and "$regex" in res.output and "Traceback" not in res.output
+    with Collection.open(col):  # a writer holds the lock
+        res = runner.invoke(main, ["delete", str(col), "d1"])
+        assert res.exit_code == 1 and "write.lock" in res.output and "pid" in res.output
+    res = runner.invoke(main, ["index", str(tiny_beir), str(col)])
+    assert res.exit_code != 0 and "--overwrite" in res.output
+    res = runner.invoke(main, ["index", str(tiny_beir), str(col), "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_parquet_documents_and_old_retriever_directories(runner, tiny_beir, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    col = tmp_path / "col"
+    assert runner.invoke(main, ["index", str(tiny_beir), str(col)]).exit_code == 0
+    pq.write_table(pa.Table.from_pydict({"_id": ["p1"], "title": ["T"], "text": ["parquet heart"],
+                                         "metadata": [json.dumps({"src": "pq"})]}), tmp_path / "d.parquet")
+    assert runner.invoke(main, ["add", str(col), str(tmp_path / "d.parquet")]).exit_code == 0
+    assert Collection.open(col, readonly=True).get(["p1"])[0]["metadata"] == {"src": "pq"}
+    old = tmp_path / "old"
+    assert runner.invoke(main, ["index", str(tiny_beir), str(old), "--retriever-dir"]).exit_code == 0
+    new_hits = runner.invoke(main, ["search", str(tmp_path / "col"), "--query", "heart disease smoking", "-k", "2"])
+    res = runner.invoke(main, ["search", str(old), "--query", "heart disease smoking", "-k", "2"])
+    assert res.exit_code == 0, res.output
+    assert [l.split()[2] for l in res.output.splitlines() if l.startswith("q0 ")] == ["d1", "d3"]
+    assert new_hits.exit_code == 0
+    res = runner.invoke(main, ["search", str(old), "--query", "x", "--filter", "{}"])
+    assert res.exit_code == 2 and "filters need a collection" in res.output
