@@ -1,0 +1,232 @@
+"""Inference-free training core: losses against hand arithmetic, the FLOPS schedule, the pooled head
+against plain autograd, training = search scoring, overfitting a tiny set, kill-and-resume."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from conftest_splade import CORPUS, QRELS, QUERIES, TEXTS, reference_splade, tiny_mlm  # noqa: E402
+
+import lsr.encoders.sparse_training as st  # noqa: E402
+from lsr.encoders.sparse_losses import (flops_weight_at, idf_aware_flops, inference_free_scores,  # noqa: E402
+                                        kl_distillation, margin_mse)
+from lsr.encoders.sparse_training import TrainingData, TrainSettings, train_inference_free  # noqa: E402
+
+__all__ = ["tiny_mlm"]
+
+
+# ---------------------------------------------------------------------------- losses
+def test_kl_by_hand():
+    student = torch.tensor([[2.0, 1.0, 0.0], [0.5, -1.0, 9.0]])
+    teacher = torch.tensor([[1.0, 0.0, 0.5], [0.2, 0.8, 0.0]])
+    valid = torch.tensor([[True, True, True], [True, True, False]])  # second group has 2 documents
+    scale = 2.0
+
+    def softmax(xs):
+        e = [math.exp(x) for x in xs]
+        return [v / sum(e) for v in e]
+
+    want = 0.0
+    for s, t in (([2.0, 1.0, 0.0], [1.0, 0.0, 0.5]), ([0.5, -1.0], [0.2, 0.8])):
+        p, q = softmax([scale * x for x in t]), softmax(s)
+        want += sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q))
+    got = kl_distillation(student, teacher, valid, teacher_scale=scale)
+    assert got.item() == pytest.approx(want / 2, rel=1e-6)
+    assert kl_distillation(teacher * scale, teacher, valid, scale).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_margin_mse_by_hand():
+    student = torch.tensor([[3.0, 1.0, 2.0], [1.0, 4.0, 0.0]])
+    teacher = torch.tensor([[0.9, 0.1, 0.5], [0.5, 0.7, 0.0]])
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    scale = 10.0
+    terms = [((3 - 1) - scale * (0.9 - 0.1)) ** 2, ((3 - 2) - scale * (0.9 - 0.5)) ** 2,
+             ((1 - 4) - scale * (0.5 - 0.7)) ** 2]
+    assert margin_mse(student, teacher, valid, scale).item() == pytest.approx(sum(terms) / 3, rel=1e-6)
+
+
+def test_flops_by_hand_and_threshold():
+    w = torch.tensor([[1.0, 0.0, 2.0, 0.0], [3.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 4.0]])
+    # sum_j (mean_i w_ij)^2 = (4/3)^2 + (1/3)^2 + (2/3)^2 + (4/3)^2
+    assert idf_aware_flops(w).item() == pytest.approx((16 + 1 + 4 + 16) / 9, rel=1e-6)
+    # threshold 1: the third document (1 non-zero) is exempt, but still counts in N = 3
+    assert idf_aware_flops(w, threshold=1).item() == pytest.approx((16 + 1 + 4 + 0) / 9, rel=1e-6)
+    assert idf_aware_flops(w, threshold=2).item() == pytest.approx(0.0)
+
+
+def test_flops_schedule():
+    lam, T = 0.08, 100
+    assert flops_weight_at(1, lam, T) == pytest.approx(lam * (1 / 100) ** 2)
+    assert flops_weight_at(50, lam, T) == pytest.approx(lam * 0.25)
+    assert flops_weight_at(100, lam, T) == pytest.approx(lam)
+    assert flops_weight_at(5000, lam, T) == pytest.approx(lam)
+    assert flops_weight_at(3, lam, 0) == pytest.approx(lam)
+
+
+def test_scores_are_idf_times_doc_weight():
+    q = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    idf = torch.tensor([2.0, 3.0, 0.5])
+    d = torch.tensor([[[1.0, 5.0, 2.0], [0.0, 1.0, 4.0]], [[1.0, 5.0, 2.0], [7.0, 0.0, 1.0]]])
+    want = [[2 * 1 + 0.5 * 2, 0.5 * 4], [3 * 5, 0.0]]
+    np.testing.assert_allclose(inference_free_scores(q, idf, d).numpy(), want, rtol=1e-6)
+
+
+def test_pooled_head_matches_plain_autograd():
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 7, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    bias = (torch.randn(50) - 1.0).requires_grad_()
+    lengths = [7, 4, 1]
+    head = st._max_pool_head_function()
+    out = torch.log1p(torch.relu(head.apply(hidden, weight, bias, lengths)))
+    r = torch.randn(3, 50)
+    grads = torch.autograd.grad((out * r).sum() + (out.mean(0) ** 2).sum(), (hidden, weight, bias))
+    pad = torch.arange(7)[None, :] >= torch.tensor(lengths)[:, None]
+    ref = torch.log1p(torch.relu((hidden @ weight.T + bias).masked_fill(pad[:, :, None], float("-inf")).amax(1)))
+    ref_grads = torch.autograd.grad((ref * r).sum() + (ref.mean(0) ** 2).sum(), (hidden, weight, bias))
+    np.testing.assert_allclose(out.detach().numpy(), ref.detach().numpy(), atol=1e-5)
+    for g, rg in zip(grads, ref_grads):
+        np.testing.assert_allclose(g.numpy(), rg.numpy(), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- training = search
+def test_document_weights_and_queries_match_search_time(tiny_mlm):
+    from lsr.encoders.inference_free import InferenceFreeEncoder
+
+    model = st.SparseDocumentModel(tiny_mlm, doc_max_length=20)
+    model.mlm.eval()
+    with torch.no_grad():
+        w = model.forward(model.tokenize(TEXTS)).numpy()
+    np.testing.assert_allclose(w, reference_splade(tiny_mlm, TEXTS, 20), atol=1e-4)
+    enc = InferenceFreeEncoder(tiny_mlm, query_max_length=8)
+    queries = list(QUERIES.values()) + ["heart heart the Heart!", "unknownword", ""]
+    ids = st.query_token_ids(model.tokenizer, model.special_ids, queries, 8)
+    batch = enc.encode_queries(queries)
+    for i in range(len(queries)):
+        got_ids, got_w = batch.row(i)
+        keep = enc.idf[ids[i]] != 0  # the encoder drops tokens whose idf is 0
+        np.testing.assert_array_equal(got_ids, ids[i][keep])
+        np.testing.assert_array_equal(got_w, enc.idf[ids[i][keep]])
+
+
+# ---------------------------------------------------------------------------- training runs
+def _tiny_data(labelled: bool = True) -> TrainingData:
+    doc_ids = list(CORPUS)
+    texts = [f"{t} {x}".strip() for t, x in CORPUS.values()]
+    queries, groups, teacher, positives = [], [], [], []
+    for q, text in QUERIES.items():
+        queries.append(text)
+        groups.append(np.arange(len(doc_ids)))
+        rel = np.array([QRELS[q].get(d, 0) for d in doc_ids], dtype=np.float32)
+        teacher.append(rel / rel.max())
+        positives.append(rel > 0)
+    return TrainingData(queries, texts, groups, teacher, positives if labelled else None)
+
+
+@pytest.fixture(scope="module")
+def trainable_mlm(tmp_path_factory) -> Path:
+    """The tiny MLM with the usual init scale and a decoder bias of +1: every entry starts active.
+    (SPLADE's relu passes no gradient to an entry whose logit is negative for all of a document's
+    tokens, so the random x20 model of conftest_splade cannot learn the terms it lacks.)"""
+    from conftest_splade import build_tiny_mlm
+    from transformers import BertForMaskedLM
+
+    directory = build_tiny_mlm(tmp_path_factory.mktemp("trainable_mlm"))
+    model = BertForMaskedLM.from_pretrained(str(directory))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(1 / 20)
+        model.cls.predictions.bias.fill_(1.0)
+    model.save_pretrained(str(directory))
+    return directory
+
+
+def _top1(model_dir: Path, idf: Path, texts: list[str]) -> list[str]:
+    from lsr import InferenceFreeRetriever
+
+    retriever = InferenceFreeRetriever(str(model_dir), doc_max_length=32, idf=str(idf))
+    retriever.index(list(CORPUS), texts)
+    res = retriever.search(list(QUERIES.values()), k=1)
+    return [res.doc_ids[int(i)] for i in res.ids[:, 0]]
+
+
+def test_tiny_model_overfits_and_loads_as_a_retriever(trainable_mlm, tmp_path):
+    data = _tiny_data()
+    settings = TrainSettings(steps=30, batch_size=4, group_size=6, lr=1e-2, warmup_ratio=0.0, teacher_scale=10.0,
+                             flops_weight=1e-3, flops_warmup=10, doc_max_length=32, checkpoint_every=0, seed=3,
+                             torch_threads=1)
+    out = tmp_path / "out"
+    idf = trainable_mlm / "idf.json"
+    summary = train_inference_free(data, trainable_mlm, idf, out, settings)
+    hist = summary["loss_history"]
+    assert np.mean(hist[-5:]) < 0.2 * np.mean(hist[:5])
+    assert (out / "idf.json").read_bytes() == idf.read_bytes()  # frozen: the same table
+    best = [max(QRELS[q], key=QRELS[q].get) for q in QUERIES]
+    assert _top1(trainable_mlm, idf, data.doc_texts) != best  # untrained, some query misses
+    assert _top1(out, out / "idf.json", data.doc_texts) == best  # lsr's own retriever, built from OUT
+    from lsr.encoders.inference_free import InferenceFreeEncoder
+
+    enc = InferenceFreeEncoder(out, doc_max_length=32)  # plain transformers reads the same model
+    np.testing.assert_allclose(enc.encode_documents(data.doc_texts).to_scipy().toarray(),
+                               reference_splade(out, data.doc_texts, 32), atol=1e-4)
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_mlm, tmp_path, monkeypatch):
+    """Tolerance: exact (the resumed run repeats the same float operations); checked at atol 1e-7."""
+    data = _tiny_data(labelled=False)
+    settings = TrainSettings(steps=6, batch_size=3, group_size=3, lr=1e-3, idf_trainable=True, idf_lr=1e-2,
+                             doc_max_length=24, checkpoint_every=2, flops_threshold=2, seed=5,
+                             torch_threads=1)
+    full = tmp_path / "full"
+    train_inference_free(data, tiny_mlm, tiny_mlm / "idf.json", full, settings)
+
+    killed = tmp_path / "killed"
+    save = st._save_checkpoint
+
+    def save_then_die(out, step, state, meta):
+        save(out, step, state, meta)
+        if step == 4:
+            raise KeyboardInterrupt  # killed right after the step-4 checkpoint
+    monkeypatch.setattr(st, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_inference_free(data, tiny_mlm, tiny_mlm / "idf.json", killed, settings)
+    monkeypatch.setattr(st, "_save_checkpoint", save)
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["step_2", "step_4"]
+    summary = train_inference_free(data, tiny_mlm, tiny_mlm / "idf.json", killed, settings)
+    assert summary["resumed_from"] == 4
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["step_4", "step_6"]
+
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(killed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=1e-7, rtol=0, err_msg=k)
+    assert json.loads((full / "idf.json").read_text()) == json.loads((killed / "idf.json").read_text())
+    # trained idf differs from the initial table
+    assert json.loads((full / "idf.json").read_text()) != json.loads((tiny_mlm / "idf.json").read_text())
+
+
+def test_resume_refuses_other_settings_and_bad_data(tiny_mlm, tmp_path):
+    data = _tiny_data()
+    out = tmp_path / "out"
+    train_inference_free(data, tiny_mlm, tiny_mlm / "idf.json", out,
+                         TrainSettings(steps=1, batch_size=2, group_size=2, doc_max_length=16, checkpoint_every=1,
+                                       torch_threads=1))
+    with pytest.raises(ValueError, match="settings differs"):
+        train_inference_free(data, tiny_mlm, tiny_mlm / "idf.json", out,
+                             TrainSettings(steps=1, batch_size=2, group_size=3, doc_max_length=16))
+    bad = _tiny_data()
+    bad.groups[2] = np.array([0, 99])
+    with pytest.raises(ValueError, match=r"groups\[2\]"):
+        train_inference_free(bad, tiny_mlm, tiny_mlm / "idf.json", tmp_path / "bad", TrainSettings(steps=1))
+    with pytest.raises(ValueError, match="TrainSettings.loss"):
+        TrainSettings(loss="mse")
