@@ -148,13 +148,21 @@ def rehash(root: Path, rel: str, manifest: str = "manifest.json") -> None:
     f = (root / manifest).parent / rel
     m["files"][rel] = {"bytes": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
     (root / manifest).write_text(json.dumps(m))
+    _rehash_nested(root, manifest)
 
 
 def edit_manifest(root: Path, fn, manifest: str = "manifest.json") -> None:
-    """Apply ``fn`` to the parsed manifest and write it back."""
+    """Apply ``fn`` to the parsed manifest and write it back (a nested manifest's new size and
+    hash recorded in the top one, which lists it, so that only the edit itself is wrong)."""
     m = json.loads((root / manifest).read_text())
     fn(m)
     (root / manifest).write_text(json.dumps(m))
+    _rehash_nested(root, manifest)
+
+
+def _rehash_nested(root: Path, manifest: str) -> None:
+    if manifest != "manifest.json" and manifest in json.loads((root / "manifest.json").read_text())["files"]:
+        rehash(root, manifest)
 
 
 def faiss_of(kind: str, dim: int, n: int):

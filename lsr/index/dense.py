@@ -30,9 +30,13 @@ import numpy as np
 from lsr.io.manifest import (
     IndexFormatError,
     atomic_directory,
+    field_dict,
+    field_int,
+    field_str,
     load_ids,
     positive_int,
     read_manifest,
+    resolve_dir,
     save_ids,
     write_manifest,
 )
@@ -283,13 +287,12 @@ class DenseIndex:
              use_gpu: bool | None = None) -> "DenseIndex":
         """Open an index directory; ``mmap`` memory-maps flat and IVF data (FAISS ``IO_FLAG_MMAP``)."""
         faiss = import_faiss()
-        path = Path(path)
-        m = read_manifest(path, cls.FORMAT, cls.VERSION, verify=verify)
-        try:
-            n, dim, index_type = int(m["n_vectors"]), int(m["dim"]), str(m["index_type"])
-            params = dict(m.get("params") or {})
-        except (KeyError, TypeError, ValueError) as exc:
-            raise IndexFormatError(f"{path}/manifest.json: missing or bad field ({exc})") from exc
+        path = resolve_dir(path)
+        m = read_manifest(path, cls.FORMAT, cls.VERSION, verify=verify, required=(FAISS_FILE, "doc_ids.parquet"))
+        where = path / "manifest.json"
+        n, dim, index_type = field_int(m, "n_vectors", where), field_int(m, "dim", where), field_str(m, "index_type", where)
+        params = dict(field_dict(m, "params", where))
+        field_dict(m, "metadata", where)
         if index_type not in INDEX_TYPES:
             raise IndexFormatError(f"{path}/manifest.json: unknown index_type {index_type!r}")
         flags = faiss.IO_FLAG_MMAP if (mmap and index_type != "hnsw") else 0

@@ -22,8 +22,14 @@ from lsr.io.manifest import (
     atomic_directory,
     load_array,
     load_ids,
+    field_bool,
+    field_dict,
+    field_float,
+    field_int,
     positive_int,
     read_manifest,
+    require_files,
+    resolve_dir,
     save_array,
     save_ids,
     write_manifest,
@@ -628,32 +634,40 @@ class InvertedIndex:
         (the same tables and the same checks as the compiled kernels), so opening one needs no
         Numba at all.
         """
-        path = Path(path)
+        path = resolve_dir(path)
         version = cls.VERSION
         try:
             import json
 
             found = json.loads((path / "manifest.json").read_text()).get("format_version")
-            if found in (1, 2):
+            if found in (1, 2) and not isinstance(found, bool):
                 version = found
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             pass  # read_manifest reports it
         m = read_manifest(path, cls.FORMAT, version, verify=verify)
-        try:
-            n_docs, vocab_size, nnz = int(m["n_docs"]), int(m["vocab_size"]), int(m["n_postings"])
-            quant = m.get("quantization") if version >= 2 else None
-            if quant is not None:
-                quant = {key: float(quant[key]) if "scale" in key else int(quant[key])
-                         for key in ("bits", "scale", "fine_bits", "fine_scale")}
-                if quant["bits"] != 8 or quant["fine_bits"] != 16:
-                    raise ValueError(f"unsupported quantization {quant}")
-            if version == 3:
-                n_blocks, n_words = int(m["n_blocks"]), int(m["n_words"])
-                has_fwd = bool(m["forward"])
-                if int(m["block_size"]) != 128:
-                    raise ValueError(f"unsupported block_size {m['block_size']}")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise IndexFormatError(f"{path}/manifest.json: missing or bad field ({exc})") from exc
+        where = path / "manifest.json"
+        n_docs, vocab_size, nnz = (field_int(m, key, where) for key in ("n_docs", "vocab_size", "n_postings"))
+        quant = m.get("quantization") if version >= 2 else None
+        if quant is not None:
+            quant = {key: (field_float if "scale" in key else field_int)(m, f"quantization.{key}", where)
+                     for key in ("bits", "scale", "fine_bits", "fine_scale")}
+            if quant["bits"] != 8 or quant["fine_bits"] != 16:
+                raise IndexFormatError(f"{where}: field 'quantization' gives {quant['bits']} and "
+                                       f"{quant['fine_bits']} bits (this lsr reads 8 and 16)")
+        has_fwd = version == 2
+        if version == 3:
+            n_blocks, n_words = field_int(m, "n_blocks", where), field_int(m, "n_words", where)
+            has_fwd = field_bool(m, "forward", where)
+            if field_int(m, "block_size", where) != 128:
+                raise IndexFormatError(f"{where}: field 'block_size' must be 128, got {m['block_size']!r}")
+        field_dict(m, "metadata", where)
+        if version == 3:
+            names = ["words.npy"] + ([] if quant else ["weights.npy"])
+        else:
+            names = ["postings_docs.npy", "postings_weights.npy"]
+        if has_fwd:
+            names += ["forward_indptr.npy", "forward_terms.npy", "forward_weights.npy"]
+        require_files(path, m, ["offsets.npy", "doc_ids.parquet", *names])
         doc_ids = load_ids(path, "doc_ids.parquet", n_docs)
         tdtype = np.uint16 if vocab_size <= 65536 else np.int32
         fdtype = np.uint16 if quant else np.float32

@@ -43,10 +43,13 @@ import numpy as np
 from lsr.errors import IndexFormatError
 from lsr.io.manifest import (
     atomic_directory,
+    field_dict,
+    field_int,
     load_ids,
     load_multivectors,
     positive_int,
     read_manifest,
+    resolve_dir,
     save_ids,
     save_multivectors,
     write_manifest,
@@ -309,6 +312,11 @@ class FDEEncoder:
         sums[nonempty[rows], cols] = proj[nearest[rows, cols]]
 
 
+#: the files every lsr.fde directory's manifest must checksum (its own and its FDE index's)
+REQUIRED_FILES = ("multivectors.npy", "multivectors_offsets.npy", "doc_ids.parquet", "fde/faiss.index",
+                  "fde/doc_ids.parquet")
+
+
 class FDEIndex:
     """FAISS over document FDEs, candidates re-ranked by exact MaxSim on stored multi-vectors.
 
@@ -392,19 +400,21 @@ class FDEIndex:
     def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> "FDEIndex":
         from lsr.index.dense import DenseIndex
 
-        path = Path(path)
-        m = read_manifest(path, cls.FORMAT, cls.VERSION, verify=verify)
+        path = resolve_dir(path)
+        m = read_manifest(path, cls.FORMAT, cls.VERSION, verify=verify, required=REQUIRED_FILES)
+        where = path / "manifest.json"
+        n_docs = field_int(m, "n_docs", where)
         try:
-            config = FDEConfig.from_dict(m["fde"])
-            n_docs = int(m["n_docs"])
+            config = FDEConfig.from_dict(field_dict(m, "fde", where, optional=False))
             candidates = positive_int(m.get("candidates", DEFAULT_CANDIDATES), "candidates")
         except (KeyError, TypeError, ValueError) as exc:
-            raise IndexFormatError(f"{path}/manifest.json: bad FDE fields ({exc})") from exc
+            raise IndexFormatError(f"{where}: bad FDE fields ({exc})") from exc
+        # this manifest checked (and with ``verify`` hashed) every file below it, fde/ included
         dense = DenseIndex.load(path / "fde", mmap=mmap, verify=False)
         if dense.dim != config.output_dim or len(dense) != n_docs:
             raise IndexFormatError(f"{path}/fde: {len(dense)} x {dense.dim} FDEs, manifest says "
                                    f"{n_docs} x {config.output_dim}")
-        docs = load_multivectors(path, m.get("multivectors") or {}, "multivectors", mmap)
+        docs = load_multivectors(path, field_dict(m, "multivectors", where, optional=False), "multivectors", mmap)
         if len(docs) != n_docs or docs.dim != config.dim:
             raise IndexFormatError(f"{path}/multivectors.npy: {len(docs)} documents of dimension {docs.dim}, "
                                    f"expected {n_docs} of dimension {config.dim}")

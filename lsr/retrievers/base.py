@@ -24,7 +24,7 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 import numpy as np
 
 from lsr.errors import IndexFormatError
-from lsr.io.manifest import atomic_directory, positive_int, read_manifest, write_manifest
+from lsr.io.manifest import atomic_directory, field_dict, positive_int, read_manifest, resolve_dir, write_manifest
 from lsr.types import SearchResults
 
 __all__ = ["SearchResults", "Retriever", "RETRIEVERS", "retriever_class", "load_retriever"]
@@ -234,12 +234,12 @@ def retriever_class(name: str) -> type[Retriever]:
 
 def load_retriever(path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> Retriever:
     """Open any saved retriever directory (the manifest says which kind)."""
-    path = Path(path)
+    path = resolve_dir(path)  # once: a save swapping in a new version meanwhile cannot mix two
     manifest = read_manifest(path, RETRIEVER_FORMAT, RETRIEVER_FORMAT_VERSION, verify=verify)
     name = manifest.get("retriever")
-    if name not in RETRIEVERS:
-        raise IndexFormatError(f"{path}: unknown retriever kind {name!r}")
-    return retriever_class(name)._read(path, manifest.get("config") or {}, mmap)
+    if not isinstance(name, str) or name not in RETRIEVERS:
+        raise IndexFormatError(f"{path}: unknown retriever kind {name!r:.60}")
+    return retriever_class(name)._read(path, field_dict(manifest, "config", path / "manifest.json"), mmap)
 
 
 def read_json(path: Path) -> dict[str, Any]:

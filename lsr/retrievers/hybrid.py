@@ -30,8 +30,18 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lsr.retrievers.base import Retriever, SearchResults, as_queries, load_retriever, make_options, retriever_class
-from lsr.io.manifest import positive_int
+from lsr.errors import IndexFormatError
+from lsr.retrievers.base import (
+    RETRIEVER_FORMAT,
+    RETRIEVER_FORMAT_VERSION,
+    Retriever,
+    SearchResults,
+    as_queries,
+    load_retriever,
+    make_options,
+    retriever_class,
+)
+from lsr.io.manifest import inside, positive_int, write_manifest
 from lsr.retrievers.options import PRF_MODES, HybridOptions, parse_weights
 from lsr.types import DocIds
 from lsr.fusion.combine import canonical_fusion, fuse_arrays
@@ -265,19 +275,34 @@ class HybridRetriever(Retriever):
                 "prf_params": self.prf_params, "prf_target": self.prf_target, "tuning": self.tuning}
 
     def _write(self, directory: Path) -> dict[str, Any]:
+        """Each component as a retriever directory ``components/I-NAME`` inside this one (plain
+        directories: this whole directory is swapped in atomically, and its manifest lists and
+        hashes every file of every component)."""
         (directory / "components").mkdir()
         dirs = []
         for i, c in enumerate(self.components):
             sub = f"components/{i}-{c.name}"
-            c.save(directory / sub)
+            (directory / sub).mkdir()
+            write_manifest(directory / sub, RETRIEVER_FORMAT, RETRIEVER_FORMAT_VERSION,
+                           {"retriever": c.name, "config": c._write(directory / sub)})
             dirs.append(sub)
         return {**self.config(), "component_dirs": dirs}
 
     @classmethod
     def _read(cls, directory: Path, config: dict[str, Any], mmap: bool) -> "HybridRetriever":
-        dirs = config.get("component_dirs") or []
-        # the hybrid manifest already verified every file below it
-        comps = [load_retriever(directory / d, mmap=mmap, verify=False) for d in dirs]
+        where = directory / "manifest.json"
+        dirs, names = config.get("component_dirs"), config.get("components")
+        if not isinstance(dirs, list) or not dirs:
+            raise IndexFormatError(f"{where}: field 'config.component_dirs' must be a non-empty list of "
+                                   f"directories inside {directory}, got {dirs!r:.60}")
+        comps = []
+        for i, d in enumerate(dirs):
+            # inside this directory, no links: the hybrid's manifest lists (and, unless loaded with
+            # verify=False, hashed) every file below it, so these components' files were verified
+            sub = inside(directory, d, where, f"config.component_dirs[{i}]")
+            comps.append(load_retriever(sub, mmap=mmap, verify=False))
+            if isinstance(names, list) and len(names) == len(dirs) and names[i] != comps[-1].name:
+                raise IndexFormatError(f"{sub}: holds a {comps[-1].name!r} retriever, {where} says {names[i]!r}")
         keep = {k: config[k] for k in ("norm", "fusion", "weights", "depth", "floor", "norm_params",
                                        "fusion_params", "prf", "prf_params", "prf_target", "tuning") if k in config}
         return cls(comps, **keep)
