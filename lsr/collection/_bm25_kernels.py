@@ -1,4 +1,4 @@
-"""Numba kernel of the collection's BM25 engine: one segment, a batch of queries, term at a time.
+"""Numba kernel of the collection's BM25 engine: a snapshot's segments, a batch of queries, term at a time.
 
 Private to :mod:`lsr.collection.engines.bm25`. A query's terms are scored in the order given,
 each posting's weight ``idf - idf / (1 + tf * inv_norm[doc])`` times the query count added to
@@ -7,14 +7,17 @@ math, so no fused multiply-add: scores are bit-identical). Only documents the ma
 scored. A term whose posting list is long next to the allowed documents is not scanned: each
 allowed position is looked up in the (ascending) list by a galloping search instead, so a
 selective filter reads ``allowed x log(list)`` entries rather than the whole list. The top ``k``
-of the scored documents (score descending, ties to the lower position) come from a bounded heap.
+of the scored documents of all segments (score descending, ties by segment ordinal then
+position) come from one bounded heap per query: one call searches the whole snapshot.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from numba import njit
 
-__all__ = ["search_segment"]
+__all__ = ["search_snapshot", "segment_lists"]
 
 
 @njit(cache=True, nogil=True)
@@ -86,79 +89,99 @@ def _lower_bound(docs: np.ndarray, lo: int, hi: int, d: int) -> int:
     return lo
 
 
-@njit(cache=True, nogil=True)
-def search_segment(q_indptr: np.ndarray, q_terms: np.ndarray, q_counts: np.ndarray, q_idf: np.ndarray,
-                   offsets: np.ndarray, docs: np.ndarray, tf: np.ndarray, inv_norm: np.ndarray,
-                   mask: np.ndarray, has_mask: bool, rows: np.ndarray, k: int,
-                   out_pos: np.ndarray, out_scores: np.ndarray) -> None:
-    """Top ``k`` per query of one segment into ``out_pos`` / ``out_scores`` ``(nq, k)`` (padded -1 / 0).
+def segment_lists(offsets: list, docs: list, tf: list) -> tuple:
+    """The segments' arrays as Numba typed lists (made once per snapshot; no copy of the arrays)."""
+    from numba.typed import List
 
-    Query ``r``'s terms are ``q_terms[q_indptr[r]:q_indptr[r + 1]]`` (segment term ids, -1 =
-    skipped) with float32 counts and idf. ``mask`` (uint8, n_docs) and ``rows`` (its allowed
-    positions, ascending) apply when ``has_mask``."""
-    n_docs = inv_norm.size
-    acc = np.zeros(n_docs, np.float32)
-    seen = np.zeros(n_docs, np.bool_)
-    touched = np.empty(n_docs, np.int64)
+    out = (List(), List(), List())
+    for lst, arrays, dtype in zip(out, (offsets, docs, tf), (np.int64, np.int32, np.int32)):
+        for a in arrays:
+            lst.append(np.asarray(a, dtype=dtype))
+    return out
+
+
+@njit(cache=True, nogil=True)
+def search_snapshot(q_indptr: np.ndarray, q_terms: np.ndarray, q_counts: np.ndarray, q_idf: np.ndarray,
+                    offsets_l: Any, docs_l: Any, tf_l: Any, inv_norm: np.ndarray, bases: np.ndarray,
+                    mask: np.ndarray, has_mask: bool, rows: np.ndarray, row_bounds: np.ndarray, k: int,
+                    acc: np.ndarray, seen: np.ndarray, touched: np.ndarray,
+                    out_glob: np.ndarray, out_scores: np.ndarray) -> None:
+    """Top ``k`` per query over every segment of a snapshot into ``out_glob`` (collection-wide
+    positions ``bases[s] + position``) / ``out_scores`` ``(nq, k)``, padded -1 / 0; ties to the
+    lower collection-wide position, i.e. by (segment ordinal, position).
+
+    Query ``r``'s terms are columns ``q_indptr[r]:q_indptr[r + 1]`` of ``q_terms`` ``(S, nnz)``
+    (segment term ids, -1 = skipped), with float32 counts and idf. ``inv_norm`` and ``mask``
+    (uint8) are collection-wide; ``rows`` the allowed collection-wide positions (ascending),
+    segment ``s``'s being ``rows[row_bounds[s]:row_bounds[s + 1]]``; both apply when ``has_mask``.
+    ``acc`` / ``seen`` (zeros, as large as the largest segment) are left as found."""
     hs = np.empty(max(k, 1), np.float32)
     hp = np.empty(max(k, 1), np.int64)
     one = np.float32(1.0)
-    n_rows = rows.size
+    n_seg = bases.size - 1
     for r in range(q_indptr.size - 1):
-        n_touched = 0
-        for j in range(q_indptr[r], q_indptr[r + 1]):
-            t = q_terms[j]
-            if t < 0:
-                continue
-            a = offsets[t]
-            b = offsets[t + 1]
-            c = q_counts[j]
-            idf = q_idf[j]
-            length = b - a
-            # galloping lookups of the allowed positions cost about n_rows * log2(length / n_rows)
-            gallop = has_mask and n_rows * (1.0 + np.log2(max(length / max(n_rows, 1), 1.0))) < length
-            if gallop:
-                lo = a
-                for i in range(n_rows):
-                    d = rows[i]
-                    lo = _lower_bound(docs, lo, b, d)
-                    if lo >= b:
-                        break
-                    if docs[lo] != d:
-                        continue
-                    w = idf - idf / (one + np.float32(tf[lo]) * inv_norm[d])
-                    acc[d] += c * w
-                    if not seen[d]:
-                        seen[d] = True
-                        touched[n_touched] = d
-                        n_touched += 1
-                    lo += 1
-            else:
-                for p in range(a, b):
-                    d = docs[p]
-                    if has_mask and mask[d] == 0:
-                        continue
-                    w = idf - idf / (one + np.float32(tf[p]) * inv_norm[d])
-                    acc[d] += c * w
-                    if not seen[d]:
-                        seen[d] = True
-                        touched[n_touched] = d
-                        n_touched += 1
         m = 0
-        for i in range(n_touched):
-            d = touched[i]
-            s = acc[d]
-            acc[d] = 0.0
-            seen[d] = False
-            if np.isfinite(s):
-                m = _push(hs, hp, m, k, s, d)
+        for s in range(n_seg):
+            base = bases[s]
+            offsets = offsets_l[s]
+            docs = docs_l[s]
+            tf = tf_l[s]
+            r0 = row_bounds[s]
+            n_rows = row_bounds[s + 1] - r0
+            if has_mask and n_rows == 0:
+                continue
+            n_touched = 0
+            for j in range(q_indptr[r], q_indptr[r + 1]):
+                t = q_terms[s, j]
+                if t < 0:
+                    continue
+                a = offsets[t]
+                b = offsets[t + 1]
+                c = q_counts[j]
+                idf = q_idf[j]
+                length = b - a
+                # galloping lookups of the allowed positions cost about n_rows * log2(length / n_rows)
+                if has_mask and n_rows * (1.0 + np.log2(max(length / n_rows, 1.0))) < length:
+                    lo = a
+                    for i in range(r0, r0 + n_rows):
+                        d = rows[i] - base
+                        lo = _lower_bound(docs, lo, b, d)
+                        if lo >= b:
+                            break
+                        if docs[lo] != d:
+                            continue
+                        w = idf - idf / (one + np.float32(tf[lo]) * inv_norm[base + d])
+                        acc[d] += c * w
+                        if not seen[d]:
+                            seen[d] = True
+                            touched[n_touched] = d
+                            n_touched += 1
+                        lo += 1
+                else:
+                    for p in range(a, b):
+                        d = docs[p]
+                        if has_mask and mask[base + d] == 0:
+                            continue
+                        w = idf - idf / (one + np.float32(tf[p]) * inv_norm[base + d])
+                        acc[d] += c * w
+                        if not seen[d]:
+                            seen[d] = True
+                            touched[n_touched] = d
+                            n_touched += 1
+            for i in range(n_touched):
+                d = touched[i]
+                sc = acc[d]
+                acc[d] = 0.0
+                seen[d] = False
+                if np.isfinite(sc):
+                    m = _push(hs, hp, m, k, sc, base + d)
         for i in range(k):
-            out_pos[r, i] = -1
+            out_glob[r, i] = -1
             out_scores[r, i] = 0.0
         # pop the worst first: the heap empties into the row from its end
         while m > 0:
             m -= 1
-            out_pos[r, m] = hp[0]
+            out_glob[r, m] = hp[0]
             out_scores[r, m] = hs[0]
             hs[0] = hs[m]
             hp[0] = hp[m]

@@ -87,10 +87,46 @@ class BM25Part:
 
 class _Snapshot:
     """Global statistics of one snapshot: a BM25Encoder holding N and the total length (its
-    ``idf``/``avgdl`` are what a fresh fit computes), each segment's live df and inv_norm."""
+    ``idf``/``avgdl`` are what a fresh fit computes), each segment's live df and inv_norm, and
+    (on first search) the kernel's view of the segments and each queried term's ids and idf."""
 
-    def __init__(self, encoder: BM25Encoder, dfs: list[np.ndarray], inv_norms: list[np.ndarray]) -> None:
-        self.encoder, self.dfs, self.inv_norms = encoder, dfs, inv_norms
+    def __init__(self, encoder: BM25Encoder, parts: list[BM25Part], dfs: list[np.ndarray],
+                 inv_norms: list[np.ndarray]) -> None:
+        self.encoder, self.parts, self.dfs, self.inv_norms = encoder, parts, dfs, inv_norms
+        self.bases = np.zeros(len(parts) + 1, np.int64)
+        np.cumsum([p.n_docs for p in parts], out=self.bases[1:])
+        self._kernel_args: tuple | None = None
+        self._terms: dict[str, tuple[np.ndarray, np.float32]] = {}
+        self._lock = threading.Lock()
+
+    def kernel_args(self) -> tuple:
+        """(typed lists of offsets, docs, tf; the collection-wide inv_norm), made once."""
+        with self._lock:
+            if self._kernel_args is None:
+                lists = _kernels().segment_lists([p.offsets for p in self.parts], [p.docs for p in self.parts],
+                                                 [p.tf for p in self.parts])
+                inv = np.concatenate(self.inv_norms) if self.inv_norms else np.zeros(0, np.float32)
+                self._kernel_args = (*lists, np.ascontiguousarray(inv, np.float32))
+            return self._kernel_args
+
+    def terms(self, words: list[str]) -> list[tuple[np.ndarray, np.float32]]:
+        """Each word's term id in every segment (-1: absent, or no live document has it) and its
+        idf over the live documents (as a fresh fit computes it); cached per snapshot."""
+        missing = [w for w in dict.fromkeys(words) if w not in self._terms]
+        if missing:
+            local = np.full((len(self.parts), len(missing)), -1, np.int64)
+            df = np.zeros(len(missing), np.int64)
+            for s, part in enumerate(self.parts):
+                ids = np.fromiter((-1 if (t := part.term_id(w)) is None else t for w in missing), np.int64,
+                                  len(missing))
+                has = ids >= 0
+                local[s] = ids
+                df[has] += self.dfs[s][ids[has]]
+            local[:, df == 0] = -1
+            idf = BM25Encoder.idf(SimpleNamespace(df=df, n_docs=self.encoder.n_docs)).astype(np.float32)
+            for j, w in enumerate(missing):
+                self._terms[w] = (local[:, j].copy(), idf[j])
+        return [self._terms[w] for w in words]
 
 
 class BM25Engine(Engine):
@@ -107,6 +143,7 @@ class BM25Engine(Engine):
         self.encoder: BM25Encoder = BM25Retriever.from_options(options).encoder
         self._snapshots: OrderedDict[tuple, _Snapshot] = OrderedDict()
         self._lock = threading.Lock()
+        self._local = threading.local()
 
     def state(self) -> dict[str, Any]:
         e = self.encoder
@@ -200,7 +237,7 @@ class BM25Engine(Engine):
         enc.n_docs = sum(s[1] for s in stats)
         enc.sum_lengths = sum(s[2] for s in stats)
         inv_norms = [self._inv_norm(enc, p.lengths) for p, _ in segments] if enc.n_docs else []
-        snap = _Snapshot(enc, [s[0] for s in stats], inv_norms)
+        snap = _Snapshot(enc, [p for p, _ in segments], [s[0] for s in stats], inv_norms)
         with self._lock:
             self._snapshots[key] = snap
             while len(self._snapshots) > SNAPSHOTS_CACHED:
@@ -222,45 +259,47 @@ class BM25Engine(Engine):
         snap = self._snapshot(segments)
         if not snap.encoder.n_docs or not segments:  # no live document has a term: nothing matches
             return merge_hits([], nq, k)
-        # each query's distinct terms (sorted: the order their weights are summed in) over one
-        # vocabulary of the batch's terms
-        vocab: dict[str, int] = {}
+        # each query's distinct terms, sorted (the order their weights are summed in)
         indptr = np.zeros(nq + 1, np.int64)
-        gids: list[int] = []
+        words: list[str] = []
         counts: list[int] = []
         for qi, text in enumerate(queries):
             terms, n = np.unique(np.asarray(self.encoder.analyzer(text), dtype=object).astype(str),
                                  return_counts=True)
-            gids.extend(vocab.setdefault(str(t), len(vocab)) for t in terms)
+            words.extend(terms.tolist())
             counts.extend(n.tolist())
-            indptr[qi + 1] = len(gids)
-        q_gid = np.asarray(gids, np.int64)
+            indptr[qi + 1] = len(words)
+        info = snap.terms(words)
+        n_seg = len(segments)
+        q_terms = np.stack([t for t, _ in info], axis=1) if info else np.zeros((n_seg, 0), np.int64)
+        q_idf = np.asarray([f for _, f in info], np.float32)
         q_counts = np.asarray(counts, np.float32)
-        names = list(vocab)
-        # each batch term's id in every segment (-1: absent) and its df over the live documents
-        local = [np.fromiter((-1 if (t := p.term_id(w)) is None else t for w in names), np.int64, len(names))
-                 for p, _ in segments]
-        df = np.zeros(len(names), np.int64)
-        for s, ids in enumerate(local):
-            has = ids >= 0
-            df[has] += snap.dfs[s][ids[has]]
-        # the idf a fresh fit gives each term (terms no live document has are skipped)
-        idf = BM25Encoder.idf(SimpleNamespace(df=df, n_docs=snap.encoder.n_docs)).astype(np.float32)
-        q_idf = np.ascontiguousarray(idf[q_gid])
-        per_segment = []
-        for s, (part, _) in enumerate(segments):
-            kk = min(k, part.n_docs)
-            pos = np.full((nq, kk), -1, np.int64)
-            scores = np.zeros((nq, kk), np.float32)
-            mask = masks[s]
-            q_terms = np.where(df[q_gid] > 0, local[s][q_gid], -1)
-            if kk and (mask is None or mask.any()) and (q_terms >= 0).any():
-                rows = _NO_ROWS if mask is None else np.flatnonzero(mask)
-                _kernels().search_segment(indptr, q_terms, q_counts, q_idf, part.offsets, part.docs, part.tf,
-                                          snap.inv_norms[s], _NO_MASK if mask is None else mask.view(np.uint8),
-                                          mask is not None, rows, kk, pos, scores)
-            per_segment.append((pos, scores))
-        return merge_hits(per_segment, nq, k)
+        bases = snap.bases
+        if all(m is None for m in masks):
+            mask, rows, row_bounds = _NO_MASK, _NO_ROWS, np.zeros(n_seg + 1, np.int64)
+        else:
+            mask = np.concatenate([np.ones(p.n_docs, bool) if m is None else m for (p, _), m in zip(segments, masks)])
+            rows = np.flatnonzero(mask)
+            row_bounds = np.searchsorted(rows, bases)
+            mask = mask.view(np.uint8)
+        offsets_l, docs_l, tf_l, inv_norm = snap.kernel_args()
+        acc, seen, touched = self._scratch(max(p.n_docs for p, _ in segments))
+        glob = np.empty((nq, k), np.int64)
+        scores = np.empty((nq, k), np.float32)
+        _kernels().search_snapshot(indptr, q_terms, q_counts, q_idf, offsets_l, docs_l, tf_l, inv_norm, bases,
+                                   mask, mask is not _NO_MASK, rows, row_bounds, k, acc, seen, touched, glob, scores)
+        found = glob >= 0
+        seg = np.where(found, np.searchsorted(bases, glob, side="right") - 1, -1)
+        pos = np.where(found, glob - bases[np.maximum(seg, 0)], -1)
+        return seg, pos, scores
+
+    def _scratch(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """This thread's kernel accumulators (the kernel leaves them zero), at least ``n`` long."""
+        got = getattr(self._local, "scratch", None)
+        if got is None or got[0].size < n:
+            got = (np.zeros(n, np.float32), np.zeros(n, np.bool_), np.empty(n, np.int64))
+            self._local.scratch = got
+        return got
 
 
 _NO_ROWS = np.zeros(0, np.int64)
