@@ -148,7 +148,7 @@ def test_model_engines_interleavings_equal_a_fresh_build(tmp_path, kind):
         "dense": lambda: DenseOptions(model=str(shared_model("all-MiniLM-L6-v2"))),
         "hybrid": lambda: HybridOptions(components=f"bm25,splade={shared_model('splade-tiny')}", depth=8),
     }[kind]()
-    run_interleaving(tmp_path, options, seed=3, steps=7, batch=4)
+    run_interleaving(tmp_path, options, seed=3, steps=4, batch=4)  # each fresh build loads the model
 
 
 def test_add_upsert_delete_get_and_errors(tmp_path):
