@@ -27,6 +27,13 @@ QueryBatch = namedtuple("QueryBatch", ["indptr", "indices", "data"])
 #: ``hd`` (float32 / int64, k) and one decoded block ``dbuf`` / ``ibuf`` (int64, 128).
 TaatScratch = namedtuple("TaatScratch", ["acc", "seen", "touched", "hs", "hd", "dbuf", "ibuf"])
 
+#: The documents a search may return: ``allowed`` (uint8, n_docs: 1 = allowed) and ``rows``
+#: (int64, the allowed positions ascending); both empty = every document.
+Mask = namedtuple("Mask", ["allowed", "rows"])
+
+#: :data:`Mask` of every document (what a search without ``allowed`` passes).
+NO_MASK = Mask(np.zeros(0, np.uint8), np.zeros(0, np.int64))
+
 
 @njit(nogil=True, cache=True)
 def taat_scratch(n_docs, k):
@@ -79,6 +86,110 @@ def _add_list(t, w, lists, buf, nt, track):
                 acc[d] += w * post_w[p0 + i]
         hi = dbuf[n - 1]
     return nt, lo, hi
+
+
+@njit(inline="always")
+def _add_list_masked(t, w, lists, buf, nt, track, allowed):
+    """:func:`_add_list` over the documents with ``allowed[d] != 0`` only (the others are not
+    accumulated, tracked or flagged). A copy rather than a flag of :func:`_add_list`, whose
+    unfiltered loop stays as measured."""
+    acc, seen, touched, dbuf, ibuf = buf.acc, buf.seen, buf.touched, buf.dbuf, buf.ibuf
+    offsets, term_blocks, raw_docs, raw_imps, post_w, quant = (lists.offsets, lists.term_blocks, lists.raw_docs,
+                                                               lists.raw_imps, lists.post_w, lists.quant)
+    if raw_docs.size > 0:
+        a, e = offsets[t], offsets[t + 1]
+        for p in range(a, e):
+            d = raw_docs[p]
+            if allowed[d] == 0:
+                continue
+            if track and seen[d] == 0:
+                seen[d] = 1
+                touched[nt] = d
+                nt += 1
+            if quant:
+                acc[d] += w * np.float32(raw_imps[p])
+            else:
+                acc[d] += w * post_w[p]
+        return nt, np.int64(raw_docs[a]), np.int64(raw_docs[e - 1])
+    lo = np.int64(acc.size)
+    hi = np.int64(-1)
+    for b in range(term_blocks[t], term_blocks[t + 1]):
+        n = block_size(offsets, term_blocks, t, b)
+        decode_block(lists, t, b, n, dbuf, ibuf)
+        p0 = offsets[t] + (b - term_blocks[t]) * BLOCK
+        if b == term_blocks[t]:
+            lo = dbuf[0]
+        for i in range(n):
+            d = dbuf[i]
+            if allowed[d] == 0:
+                continue
+            if track and seen[d] == 0:
+                seen[d] = 1
+                touched[nt] = d
+                nt += 1
+            if quant:
+                acc[d] += w * np.float32(ibuf[i])
+            else:
+                acc[d] += w * post_w[p0 + i]
+        hi = dbuf[n - 1]
+    return nt, lo, hi
+
+
+@njit(nogil=True, cache=True)
+def _one_query_masked(qi, qw, lists, positive_index, k, buf, mask, out_ids, out_scores):
+    """:func:`_one_query` over the documents the :data:`Mask` ``mask`` allows: only they are
+    accumulated, and the candidates are read from the allowed positions inside the touched range
+    when they are fewer than the range (so a selective mask also skips most of the scan)."""
+    acc, seen, touched, hs, hd = buf.acc, buf.seen, buf.touched, buf.hs, buf.hd
+    allowed, rows = mask.allowed, mask.rows
+    offsets = lists.offsets
+    vocab_size = offsets.size - 1
+    positive = positive_index
+    for j in range(qi.size):
+        if qw[j] < 0.0 and qi[j] >= 0 and qi[j] < vocab_size:
+            positive = False
+    lo = np.int64(acc.size)
+    hi = np.int64(-1)
+    nt = 0
+    for j in range(qi.size):
+        t = qi[j]
+        w = qw[j]
+        if t < 0 or t >= vocab_size or w == 0.0 or offsets[t + 1] == offsets[t]:
+            continue
+        nt, a, b = _add_list_masked(t, w, lists, buf, nt, not positive, allowed)
+        lo = min(lo, a)
+        hi = max(hi, b)
+    n = 0
+    if positive:
+        threshold = np.float32(0.0)
+        if hi >= lo:
+            r0 = np.searchsorted(rows, lo)
+            r1 = np.searchsorted(rows, hi, side="right")
+            if r1 - r0 < hi + 1 - lo:  # fewer allowed positions than the range: visit only them
+                for r in range(r0, r1):
+                    d = rows[r]
+                    s = acc[d]
+                    if s > threshold:
+                        n = _push(hs, hd, n, k, s, d)
+                        if n == k:
+                            threshold = hs[0]
+                    acc[d] = 0.0
+            else:
+                for d in range(lo, hi + 1):
+                    s = acc[d]
+                    if s > threshold:
+                        n = _push(hs, hd, n, k, s, d)
+                        if n == k:
+                            threshold = hs[0]
+                acc[lo : hi + 1] = 0.0
+    else:
+        for i in range(nt):
+            d = touched[i]
+            s = acc[d]
+            acc[d] = 0.0
+            seen[d] = 0
+            n = _push(hs, hd, n, k, s, d)
+    _drain(hs, hd, n, k, out_ids, out_scores)
 
 
 @njit(nogil=True, cache=True)
@@ -135,37 +246,42 @@ def _one_query(qi, qw, lists, positive_index, k, buf, out_ids, out_scores):
 
 
 @njit(nogil=True, cache=True)
-def _run(queries, lists, n_docs, positive, k, q_start, q_stop, q_step, out_ids, out_scores):
+def _run(queries, lists, n_docs, positive, k, mask, q_start, q_stop, q_step, out_ids, out_scores):
     """Exhaustive top ``k`` of queries ``q_start, q_start + q_step, ... < q_stop`` of the
-    :data:`QueryBatch` ``queries`` into rows of ``out_ids`` / ``out_scores``, with one set of
-    scratch buffers."""
+    :data:`QueryBatch` ``queries`` among the documents the :data:`Mask` ``mask`` allows into rows
+    of ``out_ids`` / ``out_scores``, with one set of scratch buffers."""
     buf = taat_scratch(n_docs, k)
     indptr, indices, data = queries.indptr, queries.indices, queries.data
+    masked = mask.allowed.size > 0
     for q in range(q_start, q_stop, q_step):
         a, b = indptr[q], indptr[q + 1]
-        _one_query(indices[a:b], data[a:b], lists, positive, k, buf, out_ids[q], out_scores[q])
+        if masked:
+            _one_query_masked(indices[a:b], data[a:b], lists, positive, k, buf, mask, out_ids[q], out_scores[q])
+        else:
+            _one_query(indices[a:b], data[a:b], lists, positive, k, buf, out_ids[q], out_scores[q])
 
 
 @njit(nogil=True, cache=True)
-def search_serial(queries, lists, n_docs, positive, k, out_ids, out_scores):
+def search_serial(queries, lists, n_docs, positive, k, mask, out_ids, out_scores):
     """Exhaustive top ``k`` of every query of the :data:`QueryBatch` ``queries`` over the
     :data:`PostingLists` ``lists`` (``n_docs`` documents; ``positive``: all index weights > 0)
-    into ``out_ids`` (int64) / ``out_scores`` (float32), both (nq, k), on the calling thread.
+    among the documents the :data:`Mask` ``mask`` allows into ``out_ids`` (int64) /
+    ``out_scores`` (float32), both (nq, k), on the calling thread.
 
-    ``queries`` and ``lists`` may come as plain tuples of the same fields (see
+    ``queries``, ``lists`` and ``mask`` may come as plain tuples of the same fields (see
     :meth:`lsr.InvertedIndex._call`: Numba types a plain tuple argument in C, a named one in
     Python, field by field)."""
-    queries, lists = QueryBatch(*queries), PostingLists(*lists)
-    _run(queries, lists, n_docs, positive, k, 0, queries.indptr.size - 1, 1, out_ids, out_scores)
+    queries, lists, mask = QueryBatch(*queries), PostingLists(*lists), Mask(*mask)
+    _run(queries, lists, n_docs, positive, k, mask, 0, queries.indptr.size - 1, 1, out_ids, out_scores)
 
 
 @njit(nogil=True, parallel=True, cache=True)
-def search_parallel(queries, lists, n_docs, positive, k, n_chunks, out_ids, out_scores):
+def search_parallel(queries, lists, n_docs, positive, k, mask, n_chunks, out_ids, out_scores):
     """:func:`search_serial` with the queries dealt round-robin to ``n_chunks`` parallel workers."""
-    queries, lists = QueryBatch(*queries), PostingLists(*lists)
+    queries, lists, mask = QueryBatch(*queries), PostingLists(*lists), Mask(*mask)
     nq = queries.indptr.size - 1
     for c in prange(n_chunks):
-        _run(queries, lists, n_docs, positive, k, c, nq, n_chunks, out_ids, out_scores)
+        _run(queries, lists, n_docs, positive, k, mask, c, nq, n_chunks, out_ids, out_scores)
 
 
 @njit(nogil=True, cache=True)

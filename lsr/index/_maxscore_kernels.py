@@ -35,7 +35,7 @@ import numpy as np
 from numba import njit, prange
 
 from lsr.index._codec_kernels import BLOCK, PostingLists, block_size, decode_block
-from lsr.index._exhaustive_kernels import QueryBatch, TaatScratch, _one_query
+from lsr.index._exhaustive_kernels import Mask, QueryBatch, TaatScratch, _one_query, _one_query_masked
 from lsr.index._heap_kernels import _drain, _push, _sift_down
 
 _SLACK = 1e-4  # relative slack on upper bounds (float32 sums of <= thousands of terms)
@@ -195,10 +195,11 @@ def _intersect(t, w, lists, cand, cs, nc, dbuf, ibuf):
 
 
 @njit(nogil=True, cache=True)
-def _approx_query(m, lists, fwd, pruned, cfg, buf, out_ids, out_scores):
+def _approx_query(m, lists, fwd, pruned, cfg, buf, allowed, out_ids, out_scores):
     """Approximate top ``cfg.k`` of one query whose ``m`` unique positive terms ``buf.ut`` /
     ``buf.uw`` are sorted by decreasing bound: candidates from the :data:`Pruned` lists of the
-    first ``cfg.query_cut`` terms, re-scored over all terms on the :data:`Forward` copy ``fwd``
+    first ``cfg.query_cut`` terms (only documents with ``allowed[d] != 0`` when ``allowed`` is
+    not empty), re-scored over all terms on the :data:`Forward` copy ``fwd``
     (fine weights) or by intersecting them with the :data:`PostingLists` ``lists``; into the
     output rows ``out_ids`` / ``out_scores``."""
     acc, qmap, touched, cand, cw = buf.acc, buf.qmap, buf.touched, buf.cand, buf.cw
@@ -207,12 +208,15 @@ def _approx_query(m, lists, fwd, pruned, cfg, buf, out_ids, out_scores):
     p_offsets, p_docs, p_w = pruned.offsets, pruned.docs, pruned.weights
     k, query_cut = cfg.k, cfg.query_cut
     cut = m if query_cut <= 0 else min(query_cut, m)
+    masked = allowed.size > 0
     nt = 0
     for j in range(cut):  # partial scores of the touched documents (all contributions > 0)
         t = ut[j]
         w = uw[j]
         for p in range(p_offsets[t], p_offsets[t + 1]):
             d = p_docs[p]
+            if masked and allowed[d] == 0:
+                continue
             v = acc[d]
             if v == 0.0:
                 touched[nt] = d
@@ -259,13 +263,15 @@ def _approx_query(m, lists, fwd, pruned, cfg, buf, out_ids, out_scores):
 
 
 @njit(nogil=True, cache=True)
-def _query(qi, qw, lists, bounds, fwd, pruned, cfg, buf, out_ids, out_scores):
+def _query(qi, qw, lists, bounds, fwd, pruned, cfg, buf, mask, out_ids, out_scores):
     """Top ``cfg.k`` of one query (term ids ``qi``, weights ``qw``) into the output rows
     ``out_ids`` / ``out_scores`` (padded with -1 / 0): exact MaxScore over the
     :data:`PostingLists` ``lists`` with the :data:`Bounds` ``bounds`` (finishing candidates on the
     :data:`Forward` copy ``fwd`` when ``cfg.has_forward``), or approximate search
     (:func:`_approx_query`) when ``cfg.approx``; a query with a negative weight is searched
-    exhaustively. ``buf`` is the thread's :data:`Scratch`, left as it was found."""
+    exhaustively. Only documents the :data:`Mask` ``mask`` allows are accumulated (so they alone
+    set the thresholds: removing documents keeps every bound valid) and returned. ``buf`` is the
+    thread's :data:`Scratch`, left as it was found."""
     offsets, term_blocks, block_last, block_max = lists.offsets, lists.term_blocks, lists.block_last, lists.block_max
     raw_docs, raw_imps, post_w, quant = lists.raw_docs, lists.raw_imps, lists.post_w, lists.quant
     bm_offsets, bm_values = bounds.bm_offsets, bounds.bm_values
@@ -274,13 +280,18 @@ def _query(qi, qw, lists, bounds, fwd, pruned, cfg, buf, out_ids, out_scores):
     cur, tdb, tib, rsuf = buf.cur, buf.tdb, buf.tib, buf.rsuf
     n_docs, k, out_scale, q16 = cfg.n_docs, cfg.k, cfg.out_scale, cfg.codes16
     vocab_size = offsets.size - 1
+    allowed = mask.allowed
+    masked = allowed.size > 0
     m, positive = _unique_terms(qi, qw, vocab_size, buf.qpos, ut, uw)
     if m == 0:
         _drain(fs, fd, 0, k, out_ids, out_scores)
         return
     if not positive:
-        _one_query(qi, qw, lists, False, k, TaatScratch(acc, buf.seen, buf.touched, hs, hd, dbuf, ibuf), out_ids,
-                   out_scores)
+        taat = TaatScratch(acc, buf.seen, buf.touched, hs, hd, dbuf, ibuf)
+        if masked:
+            _one_query_masked(qi, qw, lists, False, k, taat, mask, out_ids, out_scores)
+        else:
+            _one_query(qi, qw, lists, False, k, taat, out_ids, out_scores)
         for i in range(k):
             if out_ids[i] >= 0:
                 out_scores[i] *= out_scale
@@ -289,7 +300,7 @@ def _query(qi, qw, lists, bounds, fwd, pruned, cfg, buf, out_ids, out_scores):
         ub[j] = uw[j] * bounds.term_max[ut[j]]
     _sort_desc(ub, ut, uw, m)
     if cfg.approx:
-        _approx_query(m, lists, fwd, pruned, cfg, buf, out_ids, out_scores)
+        _approx_query(m, lists, fwd, pruned, cfg, buf, allowed, out_ids, out_scores)
         return
     factor = np.float32(1.0 + _SLACK)
     # ---- phase 1: essential terms, OR mode, while the remaining bounds can reach the threshold
@@ -310,6 +321,8 @@ def _query(qi, qw, lists, bounds, fwd, pruned, cfg, buf, out_ids, out_scores):
             hd[i] = -1
         if raw_docs.size > 0:  # decoded in memory: read the list directly
             for p in range(offsets[t], offsets[t + 1]):
+                if masked and allowed[raw_docs[p]] == 0:
+                    continue
                 c = w * np.float32(raw_imps[p]) if quant else w * post_w[p]
                 _add_essential(raw_docs[p], c, buf, k)
         else:
@@ -318,6 +331,8 @@ def _query(qi, qw, lists, bounds, fwd, pruned, cfg, buf, out_ids, out_scores):
                 decode_block(lists, t, b, n, dbuf, ibuf)
                 p0 = offsets[t] + (b - term_blocks[t]) * BLOCK
                 for i in range(n):
+                    if masked and allowed[dbuf[i]] == 0:
+                        continue
                     c = w * np.float32(ibuf[i]) if quant else w * post_w[p0 + i]
                     _add_essential(dbuf[i], c, buf, k)
         theta = hs[0]
@@ -368,7 +383,7 @@ def _query(qi, qw, lists, bounds, fwd, pruned, cfg, buf, out_ids, out_scores):
             cut = thr / factor - bb  # partial scores below this cannot reach the top k
             for d in range(lo, hi):
                 s = acc[d]
-                if s >= cut:
+                if s >= cut and not (masked and allowed[d] == 0):
                     s += _rescore(d, fwd, qmap, q16, False)
                     if s > 0.0:
                         n = _push(fs, fd, n, k, s, d)
@@ -483,10 +498,12 @@ def scratch(n_docs, vocab_size, max_terms, k, candidates):
 
 
 @njit(nogil=True, cache=True)
-def _run(queries, lists, bounds, fwd, pruned, cfg, q_start, q_stop, q_step, out_ids, out_scores):
+def _run(queries, lists, bounds, fwd, pruned, cfg, mask, q_start, q_stop, q_step, out_ids, out_scores):
     """Search queries ``q_start, q_start + q_step, ... < q_stop`` of the :data:`QueryBatch`
     ``queries`` (:func:`_query`) into rows of ``out_ids`` / ``out_scores``, with one set of
-    scratch buffers."""
+    scratch buffers. ``mask`` may be a plain tuple of the :data:`Mask` fields (named here: a
+    named tuple made in the parallel entry point does not lower inside its prange)."""
+    mask = Mask(*mask)
     indptr, indices, data = queries.indptr, queries.indices, queries.data
     max_terms = 1
     for q in range(q_start, q_stop, q_step):
@@ -494,29 +511,89 @@ def _run(queries, lists, bounds, fwd, pruned, cfg, q_start, q_stop, q_step, out_
     buf = scratch(cfg.n_docs, lists.offsets.size - 1, max_terms, cfg.k, cfg.candidates)
     for q in range(q_start, q_stop, q_step):
         a, b = indptr[q], indptr[q + 1]
-        _query(indices[a:b], data[a:b], lists, bounds, fwd, pruned, cfg, buf, out_ids[q], out_scores[q])
+        _query(indices[a:b], data[a:b], lists, bounds, fwd, pruned, cfg, buf, mask, out_ids[q], out_scores[q])
 
 
 @njit(nogil=True, cache=True)
-def search_serial(queries, lists, bounds, fwd, pruned, cfg, out_ids, out_scores):
+def search_serial(queries, lists, bounds, fwd, pruned, cfg, mask, out_ids, out_scores):
     """Top ``cfg.k`` of every query of the :data:`QueryBatch` ``queries`` (exact MaxScore or
     approximate, by the :data:`Settings` ``cfg``) over the :data:`PostingLists` ``lists`` with the
-    :data:`Bounds`, :data:`Forward` and :data:`Pruned` tables into ``out_ids`` (int64) /
+    :data:`Bounds`, :data:`Forward` and :data:`Pruned` tables, among the documents the
+    :data:`~lsr.index._exhaustive_kernels.Mask` ``mask`` allows, into ``out_ids`` (int64) /
     ``out_scores`` (float32), both (nq, k), on the calling thread. The named tuples may come as
     plain tuples of the same fields (cheaper to pass: see :meth:`lsr.InvertedIndex._call`)."""
     queries, lists, bounds = QueryBatch(*queries), PostingLists(*lists), Bounds(*bounds)
     fwd, pruned, cfg = Forward(*fwd), Pruned(*pruned), Settings(*cfg)
-    _run(queries, lists, bounds, fwd, pruned, cfg, 0, queries.indptr.size - 1, 1, out_ids, out_scores)
+    _run(queries, lists, bounds, fwd, pruned, cfg, mask, 0, queries.indptr.size - 1, 1, out_ids, out_scores)
 
 
 @njit(nogil=True, parallel=True, cache=True)
-def search_parallel(queries, lists, bounds, fwd, pruned, cfg, n_chunks, out_ids, out_scores):
+def search_parallel(queries, lists, bounds, fwd, pruned, cfg, mask, n_chunks, out_ids, out_scores):
     """:func:`search_serial` with the queries dealt round-robin to ``n_chunks`` parallel workers."""
     queries, lists, bounds = QueryBatch(*queries), PostingLists(*lists), Bounds(*bounds)
     fwd, pruned, cfg = Forward(*fwd), Pruned(*pruned), Settings(*cfg)
     nq = queries.indptr.size - 1
     for c in prange(n_chunks):
-        _run(queries, lists, bounds, fwd, pruned, cfg, c, nq, n_chunks, out_ids, out_scores)
+        _run(queries, lists, bounds, fwd, pruned, cfg, mask, c, nq, n_chunks, out_ids, out_scores)
+
+
+# ---------------------------------------------------------------------------- few allowed documents
+@njit(nogil=True, cache=True)
+def _direct_run(queries, fwd, rows, vocab_size, k, q16, out_scale, q_start, q_stop, q_step, out_ids, out_scores):
+    """Exact top ``k`` of queries ``q_start, q_start + q_step, ... < q_stop`` among the documents
+    ``rows`` only, each scored on its row of the :data:`Forward` copy ``fwd`` (the 8-bit impacts
+    or float weights the posting lists hold, times ``out_scale``): a document matches when one of
+    its terms has a non-zero (summed) query weight; ties to the lower position."""
+    indptr, indices, data = queries.indptr, queries.indices, queries.data
+    f_indptr, f_terms, f_w = fwd.indptr, fwd.terms, fwd.weights
+    qmap = np.zeros(vocab_size, np.float32)
+    hs = np.empty(k, np.float32)
+    hd = np.empty(k, np.int64)
+    for q in range(q_start, q_stop, q_step):
+        a, b = indptr[q], indptr[q + 1]
+        for j in range(a, b):
+            t = indices[j]
+            if t >= 0 and t < vocab_size and data[j] != 0.0:
+                qmap[t] += data[j]
+        n = 0
+        for r in range(rows.size):
+            d = rows[r]
+            s = np.float32(0.0)
+            hit = False
+            for p in range(f_indptr[d], f_indptr[d + 1]):
+                wq = qmap[f_terms[p]]
+                if wq != 0.0:
+                    hit = True
+                    s += wq * _coarse(f_w[p], q16)
+            if hit:
+                n = _push(hs, hd, n, k, s, d)
+        for j in range(a, b):
+            t = indices[j]
+            if t >= 0 and t < vocab_size:
+                qmap[t] = 0.0
+        _drain(hs, hd, n, k, out_ids[q], out_scores[q])
+        for i in range(min(n, k)):
+            out_scores[q, i] *= out_scale
+
+
+@njit(nogil=True, cache=True)
+def direct_serial(queries, fwd, rows, vocab_size, k, q16, out_scale, out_ids, out_scores):
+    """Exact top ``k`` of every query of the :data:`QueryBatch` ``queries`` among the allowed
+    positions ``rows`` (int64), scored on the :data:`Forward` copy ``fwd`` (``q16``: its weights
+    are 16-bit codes, read as the 8-bit impacts of the lists), into ``out_ids`` / ``out_scores``
+    (nq, k). Cost: ``rows.size`` document rows per query, whatever the posting lists' lengths."""
+    queries, fwd = QueryBatch(*queries), Forward(*fwd)
+    _direct_run(queries, fwd, rows, vocab_size, k, q16, out_scale, 0, queries.indptr.size - 1, 1, out_ids,
+                out_scores)
+
+
+@njit(nogil=True, parallel=True, cache=True)
+def direct_parallel(queries, fwd, rows, vocab_size, k, q16, out_scale, n_chunks, out_ids, out_scores):
+    """:func:`direct_serial` with the queries dealt round-robin to ``n_chunks`` parallel workers."""
+    queries, fwd = QueryBatch(*queries), Forward(*fwd)
+    nq = queries.indptr.size - 1
+    for c in prange(n_chunks):
+        _direct_run(queries, fwd, rows, vocab_size, k, q16, out_scale, c, nq, n_chunks, out_ids, out_scores)
 
 
 # ---------------------------------------------------------------------------- build helpers

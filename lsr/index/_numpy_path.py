@@ -162,11 +162,12 @@ def check_forward(indptr: np.ndarray, terms: np.ndarray, vocab_size: int) -> int
 
 def exhaustive_search(q_indptr: np.ndarray, q_indices: np.ndarray, q_data: np.ndarray, offsets: np.ndarray,
                       docs: np.ndarray, weights: np.ndarray, n_docs: int, positive: bool, k: int,
-                      out_ids: np.ndarray, out_scores: np.ndarray) -> None:
+                      out_ids: np.ndarray, out_scores: np.ndarray, allowed: np.ndarray | None = None) -> None:
     """:func:`lsr.index._exhaustive_kernels.search_serial` over lists held decoded (``docs``
     int32 positions, ``weights`` float32 or uint8 impacts, both in posting order): the same
     float32 sums in the same order, matches (score > 0 when every weight is positive, else every
-    document a query term reaches), ties to the lower position, ``-1`` / ``0.0`` padding."""
+    document a query term reaches), ties to the lower position, ``-1`` / ``0.0`` padding.
+    ``allowed`` (bool, n_docs; None = all): only those documents are returned."""
     # plain arrays: slicing a memory map goes through Python code (most of the time otherwise)
     offsets, docs, weights = np.asarray(offsets), np.asarray(docs), np.asarray(weights)
     as_f32 = weights.dtype != np.float32
@@ -187,7 +188,8 @@ def exhaustive_search(q_indptr: np.ndarray, q_indices: np.ndarray, q_data: np.nd
             if not pos:
                 reached[d] = True
         hit = np.flatnonzero(acc if pos else reached)  # positive: a reached score is > 0 or never counts
-        cand, s = hit, acc[hit]
+        cand = hit if allowed is None else hit[allowed[hit]]  # a document's sum is the same either way
+        s = acc[cand]
         if cand.size > k:  # keep the k best (and every tie of the k-th) before the exact sort
             keep = s >= -np.partition(-s, k - 1)[k - 1]
             cand, s = cand[keep], s[keep]

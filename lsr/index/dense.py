@@ -40,6 +40,7 @@ from lsr.io.manifest import (
     save_ids,
     write_manifest,
 )
+from lsr.index._allowed import check_allowed
 from lsr.types import SearchResults
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,9 @@ class DenseIndex:
 
     FORMAT = "lsr.dense"
     VERSION = 1
+    #: a filtered search with fewer than this fraction of the vectors allowed scores the
+    #: allowed vectors exactly instead of searching the index with a selector
+    FILTER_EXACT_BELOW = 0.05
 
     def __init__(self, faiss_index: Any, index_type: str, params: dict[str, Any],
                  doc_ids: Sequence[str] | np.ndarray | None = None, use_gpu: bool | None = None,
@@ -237,9 +241,20 @@ class DenseIndex:
             return np.zeros((0, self.dim), np.float32)
         return np.stack([self._cpu.reconstruct(int(i)) for i in positions])
 
-    def search(self, queries: np.ndarray, k: int = 10, threads: int = 1) -> SearchResults:
+    def search(self, queries: np.ndarray, k: int = 10, threads: int = 1,
+               allowed: np.ndarray | None = None) -> SearchResults:
         """Top-``k`` by inner product: :class:`~lsr.types.SearchResults` of shape ``(nq, min(k, n))``,
-        best first, padded with ``-1`` / ``0.0`` where an approximate index finds fewer."""
+        best first, padded with ``-1`` / ``0.0`` where an approximate index finds fewer.
+
+        ``allowed`` (bool, or uint8 with non-zero = allowed, one per vector; ``None``: all)
+        restricts the results to those positions. A flat index returns the exact top-``k`` among
+        them; HNSW and IVF search with a FAISS ``IDSelectorBitmap``. With fewer than
+        ``FILTER_EXACT_BELOW x n`` vectors allowed, on the GPU (GPU FAISS has no selectors) and
+        for every query the selector search leaves with fewer than ``min(k, allowed count)``
+        results, the allowed vectors are scored exactly instead (on the CPU, with one matrix
+        product; HNSW and IVF vectors as ``reconstruct`` gives them, IVF-PQ's decoded), ties to
+        the lower position; so ``k`` results come back whenever ``k`` vectors are allowed.
+        """
         faiss = import_faiss()
         k = positive_int(k, "k")
         threads = positive_int(threads, "threads")
@@ -248,11 +263,15 @@ class DenseIndex:
             raise ValueError(f"queries must have shape (nq, {self.dim}), got {q.shape}")
         if not np.isfinite(q).all():
             raise ValueError("queries must be finite (found NaN or inf)")
+        mask = check_allowed(allowed, len(self))
         nq = q.shape[0]
         k = kk = min(k, len(self))  # k beyond the corpus is capped, not allocated
         ids = np.full((nq, k), -1, dtype=np.int64)
         scores = np.zeros((nq, k), dtype=np.float32)
         if nq == 0 or kk == 0:
+            return SearchResults(ids, scores, self.doc_ids)
+        if mask is not None and not mask.all():
+            self._search_allowed(q, mask, k, threads, ids, scores)
             return SearchResults(ids, scores, self.doc_ids)
         if self.on_gpu:
             kk = min(kk, 2048)  # FAISS GPU limit on k
@@ -267,6 +286,91 @@ class DenseIndex:
         ids[:, :kk] = np.where(valid, i, -1)
         scores[:, :kk] = np.where(valid, d, 0.0)
         return SearchResults(ids, scores, self.doc_ids)
+
+    def _search_allowed(self, q: np.ndarray, mask: np.ndarray, k: int, threads: int, ids: np.ndarray,
+                        scores: np.ndarray) -> None:
+        """:meth:`search` restricted to ``mask`` (see there) into ``ids`` / ``scores`` (padded)."""
+        rows = np.flatnonzero(mask)
+        if rows.size == 0:
+            return
+        if self.on_gpu or rows.size < self.FILTER_EXACT_BELOW * len(self):
+            self._exact_over(q, rows, k, ids, scores)
+            return
+        faiss = import_faiss()
+        bitmap = np.packbits(mask, bitorder="little")  # IDSelectorBitmap: bit i & 7 of byte i >> 3
+        sel = faiss.IDSelectorBitmap(len(self), faiss.swig_ptr(bitmap))
+        if self.index_type == "hnsw":
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=int(self.params.get("ef_search",
+                                                                                  DEFAULTS["ef_search"])))
+        elif self.index_type == "flat":
+            params = faiss.SearchParameters(sel=sel)
+        else:
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=int(self.params["nprobe"]))
+        with _THREADS_LOCK:
+            before = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(int(threads))
+            try:
+                d, i = self._cpu.search(q, k, params=params)
+            finally:
+                faiss.omp_set_num_threads(before)
+        valid = i >= 0
+        ids[:] = np.where(valid, i, -1)
+        scores[:] = np.where(valid, d, 0.0)
+        short = np.flatnonzero(valid.sum(axis=1) < min(k, rows.size))
+        if short.size:  # the graph or the probed lists held too few allowed vectors
+            self._exact_over(q[short], rows, k, ids, scores, out_rows=short)
+
+    def _exact_over(self, q: np.ndarray, rows: np.ndarray, k: int, ids: np.ndarray, scores: np.ndarray,
+                    out_rows: np.ndarray | None = None) -> None:
+        """Exact top-``k`` of ``q`` among the vectors at ``rows`` (ascending; ties to the lower
+        position) into ``ids`` / ``scores`` (their rows ``out_rows``, default all)."""
+        out_rows = np.arange(q.shape[0]) if out_rows is None else out_rows
+        kk = min(k, rows.size)
+        step = max(1, (1 << 24) // rows.size)  # about 64 MB of scores at a time
+        x = self._vectors_at(rows)
+        for a in range(0, q.shape[0], step):
+            s = q[a:a + step] @ x.T
+            for j in range(s.shape[0]):
+                row = s[j]
+                kth = -np.partition(-row, kk - 1)[kk - 1] if kk < row.size else -np.inf
+                cand = np.flatnonzero(row >= kth)
+                top = cand[np.lexsort((cand, -row[cand]))][:kk]
+                o = out_rows[a + j]
+                ids[o, :kk], scores[o, :kk] = rows[top], row[top]
+                ids[o, kk:], scores[o, kk:] = -1, 0.0
+
+    def _vectors_at(self, rows: np.ndarray) -> np.ndarray:
+        """The stored vectors of the positions ``rows`` (float32 ``(len(rows), dim)``): a gather
+        from a flat index's data, else FAISS ``reconstruct`` (IVF lists read by offset, so the
+        index needs no direct map and is not modified)."""
+        faiss = import_faiss()
+        if self.index_type == "flat":
+            index = self._cpu
+            flat = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+            return flat[rows]
+        if self.index_type == "hnsw":
+            return self._cpu.reconstruct_batch(np.ascontiguousarray(rows, dtype=np.int64))
+        ivf = faiss.extract_index_ivf(self._cpu)
+        where = self._ivf_positions(ivf)
+        out = np.empty((rows.size, self.dim), np.float32)
+        for i, r in enumerate(rows.tolist()):
+            ivf.reconstruct_from_offset(int(where[0, r]), int(where[1, r]), faiss.swig_ptr(out[i]))
+        return out
+
+    def _ivf_positions(self, ivf: Any) -> np.ndarray:
+        """``(2, n)`` int64: the inverted list and offset of every vector (made once, cached)."""
+        with _THREADS_LOCK:
+            if getattr(self, "_ivf_where", None) is None:
+                faiss = import_faiss()
+                where = np.full((2, len(self)), -1, dtype=np.int64)
+                lists = ivf.invlists
+                for li in range(ivf.nlist):
+                    size = lists.list_size(li)
+                    if size:
+                        got = faiss.rev_swig_ptr(lists.get_ids(li), size).copy()
+                        where[0, got], where[1, got] = li, np.arange(size)
+                self._ivf_where = where
+            return self._ivf_where
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, overwrite: bool = True) -> None:

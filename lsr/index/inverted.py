@@ -34,6 +34,7 @@ from lsr.io.manifest import (
     save_ids,
     write_manifest,
 )
+from lsr.index._allowed import check_allowed
 from lsr.types import SearchResults, SparseBatch
 
 logger = logging.getLogger(__name__)
@@ -223,6 +224,13 @@ class InvertedIndex:
     NUMPY_LOAD_POSTINGS = 1 << 19
     #: exhaustive searches of at most this many (queries x documents) run in numpy, not Numba
     NUMPY_SEARCH_WORK = 1 << 22
+    #: a filtered exact search scores each allowed document on the doc-major copy instead of
+    #: reading posting lists when ``allowed count x postings per document`` is at most this many
+    #: times the query's postings (a row costs more per entry than a posting: random access)
+    DIRECT_RATIO = 0.3
+    #: approximate mode with fewer than this fraction of the documents allowed runs exact mode
+    #: (its candidates would be too few; exact search over few documents is fast)
+    FILTER_EXACT_BELOW = 0.05
 
     def __init__(
         self,
@@ -430,7 +438,7 @@ class InvertedIndex:
     # ------------------------------------------------------------------ search
     def search(self, queries: Any, k: int = 10, threads: int = 1, mode: str = "exact",
                n_postings: int | None = None, query_cut: int | None = None, heap_factor: float = 0.0,
-               candidates: int | None = None) -> SearchResults:
+               candidates: int | None = None, allowed: np.ndarray | None = None) -> SearchResults:
         """Top-``k`` by inner product for a batch of sparse queries, as
         :class:`~lsr.types.SearchResults` of shape ``(nq, min(k, n_docs))``: row positions best
         first (ties to the lower position), padded with ``-1`` / ``0.0`` when fewer documents
@@ -440,7 +448,8 @@ class InvertedIndex:
         if k == 0:
             nq = _as_csr_parts(queries)[0].size - 1
             return SearchResults(np.empty((nq, 0), np.int64), np.empty((nq, 0), np.float32), self.doc_ids)
-        ids, scores = self.search_arrays(queries, k, threads, mode, n_postings, query_cut, heap_factor, candidates)
+        ids, scores = self.search_arrays(queries, k, threads, mode, n_postings, query_cut, heap_factor, candidates,
+                                         allowed)
         return SearchResults(ids, scores, self.doc_ids)
 
     def search_arrays(
@@ -453,6 +462,7 @@ class InvertedIndex:
         query_cut: int | None = None,
         heap_factor: float = 0.0,
         candidates: int | None = None,
+        allowed: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` by inner product for a batch of sparse queries.
 
@@ -474,11 +484,23 @@ class InvertedIndex:
                 least ``heap_factor`` times the ``k``-th best partial score (0: all candidates).
             candidates: approximate mode: re-score at most this many documents, those of best
                 partial score (``None``: ``10 * k``).
+            allowed: the documents that may be returned (bool, or uint8 with non-zero = allowed,
+                of length ``n_docs``; ``None``: all). Exact and exhaustive modes return exactly
+                the top ``k`` among the allowed documents (``k`` results whenever ``k`` of them
+                share a term with the query): disallowed documents never enter the heaps, so
+                MaxScore's bounds stay valid. When scoring each allowed document on the
+                doc-major copy costs less than the query's posting lists (``allowed count x
+                postings per document <= DIRECT_RATIO x the query's postings``, on average over
+                the batch), exact mode does that instead (same result, faster for selective
+                masks). Approximate mode draws its candidates from the allowed documents of the
+                (pruned) lists only, so it may return fewer than ``k`` or miss some; with fewer
+                than ``FILTER_EXACT_BELOW x n_docs`` documents allowed it runs exact mode instead
+                (its scores are then the exact 8-bit ones, not the forward copy's finer ones).
 
         Returns:
             ``(ids, scores)``: ``int64`` row positions and ``float32`` scores, both of shape
             ``(nq, k)``, best first, ties broken by lower position; rows are padded with
-            ``-1`` / ``0.0`` when fewer than ``k`` documents share a term with the query.
+            ``-1`` / ``0.0`` when fewer than ``k`` (allowed) documents share a term with the query.
         """
         k = positive_int(k, "k")
         threads = positive_int(threads, "threads")
@@ -492,6 +514,7 @@ class InvertedIndex:
             raise ValueError(f"candidates must be a positive integer or None, got {candidates!r}")
         if not np.isfinite(heap_factor) or heap_factor < 0:
             raise ValueError(f"heap_factor must be >= 0, got {heap_factor!r}")
+        mask = check_allowed(allowed, self.n_docs)
         indptr, indices, data, _ = _as_csr_parts(queries)
         nq = indptr.size - 1
         k = int(k)
@@ -499,6 +522,17 @@ class InvertedIndex:
         scores = np.empty((nq, k), dtype=np.float32)
         if nq == 0:
             return ids, scores
+        rows = None
+        if mask is not None:
+            rows = np.flatnonzero(mask)
+            if rows.size == 0:  # nothing allowed: nothing to search
+                ids.fill(-1)
+                scores.fill(0.0)
+                return ids, scores
+            if rows.size == self.n_docs:
+                mask = rows = None  # everything allowed: the unfiltered search
+            elif mode == "approximate" and rows.size < self.FILTER_EXACT_BELOW * self.n_docs:
+                mode = "exact"
         threads = min(int(threads), nq)
         if threads > 1:
             from lsr.index._heap_kernels import max_threads
@@ -515,16 +549,20 @@ class InvertedIndex:
 
             _numpy_path.exhaustive_search(indptr, indices, data, self.offsets, p.raw_docs,
                                           p.raw_imps if p.quantized else p.weights, self.n_docs, self.positive, k,
-                                          ids, scores)
+                                          ids, scores, mask)
             if q:
                 scores[ids >= 0] *= np.float32(out_scale)
             return ids, scores
         from lsr.index import _exhaustive_kernels as _kernels
 
         batch = _kernels.QueryBatch(indptr, indices, data)
+        if rows is not None and mode == "exact" and self._direct_pays(indices, nq, rows.size):
+            self._search_direct(batch, rows, k, threads, ids, scores)
+            return ids, scores
         lists = self.postings.kernel_args()
+        kmask = _kernels.NO_MASK if mask is None else _kernels.Mask(mask.view(np.uint8), rows)
         if scan:
-            args = (batch, lists, self.n_docs, self.positive, k)
+            args = (batch, lists, self.n_docs, self.positive, k, kmask)
             self._call(_kernels.search_serial, _kernels.search_parallel, args, threads, ids, scores)
             if q:
                 scores[ids >= 0] *= np.float32(out_scale)
@@ -549,9 +587,29 @@ class InvertedIndex:
                                      out_scale=out_scale, fine_scale=float(q["fine_scale"]) if q else 1.0,
                                      has_forward=has_fwd, codes16=bool(q))
         args = (batch, lists, _pruning.Bounds(self.term_max, *self._bm), _pruning.Forward(*fwd),
-                _pruning.Pruned(p_off, p_docs, p_w), settings)
+                _pruning.Pruned(p_off, p_docs, p_w), settings, kmask)
         self._call(_pruning.search_serial, _pruning.search_parallel, args, threads, ids, scores)
         return ids, scores
+
+    def _direct_pays(self, indices: np.ndarray, nq: int, n_allowed: int) -> bool:
+        """Is scoring the ``n_allowed`` documents on a doc-major copy (stored, or derived from the
+        decoded lists) cheaper than the queries' posting lists (see :attr:`DIRECT_RATIO`)?"""
+        if not (self.has_forward or self.postings.decoded) or self.nnz == 0:
+            return False
+        inside = indices[(indices >= 0) & (indices < self.vocab_size)].astype(np.int64)
+        postings = int((self.offsets[inside + 1] - self.offsets[inside]).sum())
+        return nq * n_allowed * (self.nnz / self.n_docs) <= self.DIRECT_RATIO * postings
+
+    def _search_direct(self, batch: tuple, rows: np.ndarray, k: int, threads: int, ids: np.ndarray,
+                       scores: np.ndarray) -> None:
+        """Exact top ``k`` among the positions ``rows``, each scored on its doc-major row."""
+        from lsr.index import _maxscore_kernels as _pruning
+
+        fwd = (self.fwd_indptr, self.fwd_terms, self.fwd_weights) if self.has_forward else self._mem_forward
+        q = self.quantization
+        args = (batch, _pruning.Forward(*fwd), np.ascontiguousarray(rows, dtype=np.int64), self.vocab_size, k,
+                bool(q), float(q["scale"]) if q else 1.0)
+        self._call(_pruning.direct_serial, _pruning.direct_parallel, args, threads, ids, scores)
 
     @staticmethod
     def _call(serial: Any, parallel: Any, args: tuple, threads: int, ids: np.ndarray, scores: np.ndarray) -> None:

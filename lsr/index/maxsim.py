@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from lsr.index._allowed import check_allowed
 from lsr.io.manifest import positive_int
 from lsr.index._heap_kernels import PARALLEL_LOCK, set_threads
 from lsr.index._maxsim_kernels import _block_max, _rerank_groups, _segment_max_sum, _top_k_rows, _widen_f16  # noqa: F401
@@ -122,18 +123,45 @@ def _doc_ids(docs: MultiVectors, doc_ids: Sequence[str] | np.ndarray | DocIds | 
     return doc_ids
 
 
+def select(docs: MultiVectors, rows: np.ndarray) -> MultiVectors:
+    """The documents at positions ``rows`` (in that order) as a new :class:`MultiVectors` (a copy)."""
+    lens = np.diff(docs.offsets)[rows]
+    offsets = np.zeros(rows.size + 1, np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    tokens = np.repeat(docs.offsets[rows] - offsets[:-1], lens) + np.arange(int(offsets[-1]))
+    return MultiVectors(np.asarray(docs.vectors[tokens]), offsets)
+
+
 def maxsim_search(queries: MultiVectors, docs: MultiVectors, k: int = 10, block_tokens: int = BLOCK_TOKENS,
-                  doc_ids: Sequence[str] | np.ndarray | DocIds | None = None) -> SearchResults:
+                  doc_ids: Sequence[str] | np.ndarray | DocIds | None = None,
+                  allowed: np.ndarray | None = None) -> SearchResults:
     """Exact brute-force MaxSim top-``k`` (``k`` capped at the number of documents), padded with
-    -1 where documents have no vectors; ``doc_ids`` default to the positions."""
+    -1 where documents have no vectors; ``doc_ids`` default to the positions.
+
+    ``allowed`` (bool, or uint8 with non-zero = allowed, one per document; ``None``: all): the
+    exact top-``k`` among those documents only; when at most half are allowed only they are
+    scored (their vectors gathered first), else all are scored and the others dropped."""
     k = min(positive_int(k, "k"), len(docs))
-    ids, scores = _top_k(maxsim_scores(queries, docs, block_tokens), k)
+    mask = check_allowed(allowed, len(docs))
+    if mask is None:
+        ids, scores = _top_k(maxsim_scores(queries, docs, block_tokens), k)
+        return SearchResults(ids, scores, _doc_ids(docs, doc_ids))
+    rows = np.flatnonzero(mask)
+    if 2 * rows.size > len(docs):
+        all_scores = maxsim_scores(queries, docs, block_tokens)
+        all_scores[:, ~mask] = -np.inf  # non-finite scores are never returned
+        ids, scores = _top_k(all_scores, k)
+    else:
+        sub, scores = _top_k(maxsim_scores(queries, select(docs, rows), block_tokens), k)
+        ids = np.where(sub >= 0, rows[np.maximum(sub, 0)] if rows.size else -1, -1)  # rows ascend: ties kept
     return SearchResults(ids, scores, _doc_ids(docs, doc_ids))
 
 
 def maxsim_rerank(queries: MultiVectors, docs: MultiVectors, candidates: np.ndarray, k: int = 10,
-                  threads: int = 1, doc_ids: Sequence[str] | np.ndarray | DocIds | None = None) -> SearchResults:
+                  threads: int = 1, doc_ids: Sequence[str] | np.ndarray | DocIds | None = None,
+                  allowed: np.ndarray | None = None) -> SearchResults:
     """Re-rank candidate positions (``(nq, c)``, ``-1`` = none) by exact MaxSim; keep the top ``k``.
+    Candidates that ``allowed`` (bool or uint8 per document; ``None``: all) excludes are dropped.
 
     The (query, candidate) pairs of the batch are grouped by document, so a Numba kernel reads
     (and widens, for a float16 store) each candidate document once for all the queries that
@@ -151,6 +179,9 @@ def maxsim_rerank(queries: MultiVectors, docs: MultiVectors, candidates: np.ndar
     if candidates.size and (int(candidates.max()) >= len(docs) or int(candidates.min()) < -1):
         bad = int(candidates.max()) if int(candidates.max()) >= len(docs) else int(candidates.min())
         raise ValueError(f"candidate position {bad} out of range for {len(docs)} documents (-1 = none)")
+    mask = check_allowed(allowed, len(docs))
+    if mask is not None:
+        candidates = np.where(mask[np.maximum(candidates, 0)], candidates, -1)
     nq = len(queries)
     ids = np.full((nq, k), -1, dtype=np.int64)
     scores = np.zeros((nq, k), dtype=np.float32)

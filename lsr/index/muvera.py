@@ -56,6 +56,7 @@ from lsr.io.manifest import (
 )
 from lsr.index._fde_kernels import _ams_project, _scatter_sum
 from lsr.index._heap_kernels import PARALLEL_LOCK
+from lsr.index._allowed import check_allowed
 from lsr.index.maxsim import _top_k, maxsim_rerank
 from lsr.types import MultiVectors, SearchResults
 
@@ -361,26 +362,48 @@ class FDEIndex:
     def __repr__(self) -> str:
         return f"FDEIndex(n_docs={len(self)}, fde={self.encoder.config.to_dict()}, candidates={self.candidates})"
 
-    def search_fde(self, queries: MultiVectors, k: int, threads: int = 1) -> SearchResults:
-        """Top-``k`` by FDE inner product only (no re-ranking).
+    def search_fde(self, queries: MultiVectors, k: int, threads: int = 1,
+                   allowed: np.ndarray | None = None) -> SearchResults:
+        """Top-``k`` by FDE inner product only (no re-ranking), among the ``allowed`` documents
+        (see :meth:`search`).
 
         A CPU flat index is scored with one float32 matrix product for the whole query batch
-        (faster than FAISS's per-query scan for a batch); other index types go through FAISS.
+        (faster than FAISS's per-query scan for a batch; with at most a quarter of the documents
+        allowed, over their FDEs only); other index types go through FAISS
+        (:meth:`DenseIndex.search`, which handles ``allowed``).
         """
+        mask = check_allowed(allowed, len(self))
         qf = self.encoder.encode_queries(queries)
         flat = self.dense.flat_vectors()
         if flat is None:
-            return self.dense.search(qf, k=k, threads=threads)
+            return self.dense.search(qf, k=k, threads=threads, allowed=mask)
         k = min(positive_int(k, "k"), len(self))
-        return SearchResults(*_top_k(qf @ flat.T, k), self.doc_ids)
+        if mask is None:
+            return SearchResults(*_top_k(qf @ flat.T, k), self.doc_ids)
+        rows = np.flatnonzero(mask)
+        if 4 * rows.size > len(self):
+            s = qf @ flat.T
+            s[:, ~mask] = -np.inf  # never returned
+            return SearchResults(*_top_k(s, k), self.doc_ids)
+        sub, scores = _top_k(qf @ flat[rows].T, k)
+        ids = np.where(sub >= 0, rows[np.maximum(sub, 0)] if rows.size else -1, -1)  # rows ascend: ties kept
+        return SearchResults(ids, scores, self.doc_ids)
 
     def search(self, queries: MultiVectors, k: int = 10, threads: int = 1,
-               candidates: int | None = None) -> SearchResults:
-        """FDE top-``max(candidates, k)`` re-ranked by exact MaxSim; ``(ids, scores)`` ``(nq, k)``."""
+               candidates: int | None = None, allowed: np.ndarray | None = None) -> SearchResults:
+        """FDE top-``max(candidates, k)`` re-ranked by exact MaxSim; ``(ids, scores)`` ``(nq, k)``.
+
+        ``allowed`` (bool, or uint8 with non-zero = allowed, one per document; ``None``: all)
+        holds in both stages: the FDE candidates are drawn from the allowed documents only (so
+        there are ``min(candidates, allowed)`` of them; HNSW/IVF FDE indexes switch to exact FDE
+        scoring when few are allowed, see :meth:`DenseIndex.search`), and re-ranking drops any
+        other. Like the unfiltered search, the result is exact MaxSim over the candidates, not
+        over all allowed documents."""
         k = positive_int(k, "k")
+        mask = check_allowed(allowed, len(self))
         c = max(self.candidates if candidates is None else positive_int(candidates, "candidates"), k)
-        cand, _ = self.search_fde(queries, c, threads)
-        return maxsim_rerank(queries, self.docs, cand, k, threads=threads, doc_ids=self.doc_ids)
+        cand, _ = self.search_fde(queries, c, threads, allowed=mask)
+        return maxsim_rerank(queries, self.docs, cand, k, threads=threads, doc_ids=self.doc_ids, allowed=mask)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, overwrite: bool = True) -> None:
