@@ -477,8 +477,10 @@ def train_inference_free(data: TrainingData, init: str | os.PathLike, idf: str |
             optimizer.step()
             scheduler.step()
             nnz = float((weights > 0).sum(dim=1).float().mean())
-            history.append({"loss": loss.item(), "rank": rank.item(), "flops": flops.item(), "nnz": nnz})
-            t_train += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            history.append({"loss": loss.item(), "rank": rank.item(), "flops": flops.item(), "nnz": nnz,
+                            "docs": int(len(docs)), "seconds": round(seconds, 6)})
+            t_train += seconds
             n_docs_seen += len(docs)
             bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", flops=f"{history[-1]['flops']:.2f}", nnz=f"{nnz:.0f}")
             bar.update(1)
@@ -495,7 +497,7 @@ def train_inference_free(data: TrainingData, init: str | os.PathLike, idf: str |
     summary = {"steps": total, "resumed_from": start, "loss": last["loss"], "rank_loss": last["rank"],
                "flops": last["flops"], "doc_nonzeros": last["nnz"],
                "docs_per_s": n_docs_seen / t_train if t_train else None,
-               "loss_history": [h["loss"] for h in history], "settings": asdict(settings)}
+               "loss_history": [h["loss"] for h in history], "history": history, "settings": asdict(settings)}
     model.mlm.eval()
     _write_output(out, model, idf_param, None if settings.idf_trainable else idf_path, summary)
     return summary
