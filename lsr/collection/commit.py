@@ -81,7 +81,8 @@ def fsync_tree(root: Path) -> None:
     fsync_path(root.parent, directory=True)
 
 
-def write_atomic(path: Path, data: bytes, before_rename: str | None = None) -> None:
+def write_atomic(path: Path, data: bytes, before_rename: str | None = None,
+                 after_rename: str | None = None) -> None:
     """Write ``data`` to a temporary sibling, fsync it, rename it to ``path``, fsync the directory."""
     tmp = path.with_name(f"{path.name}{TEMP_MARK}{uuid.uuid4().hex[:12]}")
     try:
@@ -97,6 +98,9 @@ def write_atomic(path: Path, data: bytes, before_rename: str | None = None) -> N
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+    if after_rename:
+        crash_point(after_rename)
+    fsync_path(path.parent, directory=True)  # the new name itself survives a power loss
 
 
 def sha256_file(path: Path) -> str:
@@ -157,9 +161,8 @@ def write_commit(directory: Path, commit: Commit) -> Path:
             "segments": [s.to_dict() for s in commit.segments], "next_segment": commit.next_segment}
     body["checksum"] = hashlib.sha256(_canonical(body)).hexdigest()
     path = directory / commit_name(commit.generation)
-    write_atomic(path, (json.dumps(body, indent=1) + "\n").encode(), before_rename="commit-written")
-    crash_point("commit-renamed")
-    fsync_path(directory, directory=True)
+    write_atomic(path, (json.dumps(body, indent=1) + "\n").encode(), before_rename="commit-written",
+                 after_rename="commit-renamed")
     return path
 
 
