@@ -72,3 +72,82 @@ def test_every_renamed_file_has_its_directory_fsynced_before_the_commit(tmp_path
         assert synced, f"{events[i][1]}: its directory is never fsynced after the rename"
         if i < commit_at:
             assert synced[0] < commit_at, f"{events[i][1]}: directory fsynced only after the commit"
+
+
+# ---------------------------------------------------------------------- refresh racing commits
+def test_concurrent_refreshes_never_move_a_reader_back(tmp_path, no_fsync):
+    """Two threads refreshing one readonly collection: the one that loaded an older commit must
+    not overwrite the newer snapshot the other installed."""
+    path = tmp_path / "c"
+    writer = Collection.create(path, "bm25", merge_policy=None)
+    writer.add(_docs("a", 3))
+    reader = Collection.open(path, readonly=True)
+    writer.add(_docs("b", 2))
+    gate, entered = threading.Event(), threading.Event()
+    build = reader._build_snapshot
+
+    def slow_build(commit, verify):
+        snap = build(commit, verify)
+        if commit.generation == 2 and not entered.is_set():
+            entered.set()
+            gate.wait(20)
+        return snap
+
+    reader._build_snapshot = slow_build
+    first = threading.Thread(target=reader.refresh)
+    first.start()
+    assert entered.wait(20)
+    writer.add(_docs("c", 2))
+    second = threading.Thread(target=reader.refresh)
+    second.start()
+    second.join(2.0)  # before the fix it finishes at generation 3; after it waits for the first
+    gate.set()
+    first.join(20)
+    second.join(20)
+    assert reader.generation == writer.generation == 3
+    assert reader.ids() == writer.ids()
+    reader.close()
+    writer.close()
+
+
+def test_refresh_of_the_writer_racing_its_own_commit_loses_nothing(tmp_path, no_fsync, monkeypatch):
+    """A writer's refresh() in another thread that reads the commit being written, then installs
+    it after the writer's next commit, set the writer back one generation: its next commit then
+    replaced the newer commit file (documents lost)."""
+    import lsr.collection.collection as module
+
+    path = tmp_path / "c"
+    col = Collection.create(path, "bm25", merge_policy=None)
+    col.add(_docs("a", 3))
+    gate, entered = threading.Event(), threading.Event()
+    build = col._build_snapshot
+    racer: list[threading.Thread] = []
+
+    def gated_build(commit, verify):
+        if racer and threading.current_thread() is racer[0]:
+            entered.set()
+            gate.wait(20)
+        return build(commit, verify)
+
+    col._build_snapshot = gated_build
+    real_point = module.crash_point
+
+    def point(name):
+        real_point(name)
+        if name == "committed" and not racer:
+            racer.append(threading.Thread(target=col.refresh))
+            racer[0].start()
+            while not entered.is_set() and racer[0].is_alive():
+                racer[0].join(0.01)
+
+    monkeypatch.setattr(module, "crash_point", point)
+    col.add(_docs("b", 2))     # generation 2, the racer loads it
+    col.add(_docs("c", 2))     # generation 3
+    gate.set()
+    racer[0].join(20)
+    col.add(_docs("d", 2))     # must be generation 4, not a second generation 3
+    want = [d["_id"] for p in "abcd" for d in _docs(p, 3 if p == "a" else 2)]
+    assert col.ids() == want
+    col.close()
+    with Collection.open(path, readonly=True) as again:
+        assert again.ids() == want

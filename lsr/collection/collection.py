@@ -71,6 +71,7 @@ class Collection:
         self.readonly, self.merge_policy, self.verify = readonly, merge_policy, verify
         self._lock: WriteLock | None = None if readonly else WriteLock(path)
         self._write = threading.Lock()
+        self._refreshing = threading.Lock()  # one refresh at a time: snapshots never go back
         self._masks = MaskCache()
         self._open_segments: dict[str, Any] = {}
         self._closed = False
@@ -191,12 +192,20 @@ class Collection:
         return self._snapshot.generation
 
     def refresh(self) -> bool:
-        """See the newest commit (a reader; a writer always does). True when it changed."""
+        """See the newest commit (a reader; a writer always does). True when it changed.
+
+        Refreshes are serialised, so one that loaded an older commit never replaces the newer
+        snapshot another thread installed. A writer's refresh does nothing: it holds
+        ``write.lock``, so its own snapshot is the newest commit, and reloading one it is just
+        writing could set it back a generation (its next commit would then replace a newer one)."""
         self._check_open()
-        generations = commit_generations(self.path)
-        if generations and generations[0] != self._snapshot.generation:
-            self._snapshot = self._load_latest()
-            return True
+        if not self.readonly:
+            return False
+        with self._refreshing:
+            generations = commit_generations(self.path)
+            if generations and generations[0] != self._snapshot.generation:
+                self._snapshot = self._load_latest()
+                return True
         return False
 
     def __len__(self) -> int:
