@@ -151,3 +151,29 @@ def test_refresh_of_the_writer_racing_its_own_commit_loses_nothing(tmp_path, no_
     col.close()
     with Collection.open(path, readonly=True) as again:
         assert again.ids() == want
+
+
+# ---------------------------------------------------------------------- a collection replaced under a reader
+def test_reader_of_a_replaced_collection_reopens_segments_of_the_same_name(tmp_path, no_fsync):
+    """A readonly reader reused its open segments by name alone: after the collection at its path
+    was replaced (``lsr index --overwrite``, or removed and created again) a refresh searched the
+    old collection's seg_00000000 as part of the new one (wrong documents, wrong scores, stale
+    filter masks). The commit's manifest SHA-256 now decides."""
+    path = tmp_path / "c"
+    old = _fresh(path, _docs("a", 6))
+    reader = Collection.open(path, readonly=True)
+    reader.search("heart", k=3, filter={"n": 1})  # caches seg_00000000's filter mask
+    old.close()
+    shutil.rmtree(path)
+    new = _fresh(path, _docs("b", 4, "heart attack"))
+    new.add(_docs("c", 3, "heart"))
+    assert reader.refresh()
+    docs = [d for p, n, w in (("b", 4, "heart attack"), ("c", 3, "heart")) for d in _docs(p, n, w)]
+    ref = _fresh(tmp_path / "ref", docs)
+    assert reader.ids() == ref.ids() == new.ids()
+    for flt in (None, {"n": 1}):
+        got, want = reader.search("heart", k=5, filter=flt), ref.search("heart", k=5, filter=flt)
+        assert _same(got.hits(0), want.hits(0)), (flt, got.hits(0), want.hits(0))
+    assert reader.get(["b1", "a1"]) == ref.get(["b1", "a1"])
+    for col in (reader, new, ref):
+        col.close()

@@ -162,7 +162,7 @@ class Collection:
         segments, lives = [], []
         for entry in commit.segments:
             seg = self._open_segments.get(entry.name)
-            if seg is None:
+            if seg is None or seg.manifest_sha256 != entry.manifest_sha256:  # same name, other content
                 seg = open_segment(self.path, entry, self.engine, verify=verify)
             segments.append(seg)
             lives.append(load_live(self.path, entry))

@@ -48,6 +48,9 @@ class OpenSegment:
     part: Any
     table: Any
     ids: np.ndarray
+    #: the commit's SHA-256 of the segment manifest: what identifies its content (a name alone does
+    #: not, once a collection is replaced at its path)
+    manifest_sha256: str = ""
     _index: dict[str, int] | None = None
 
     def position(self, doc_id: str) -> int | None:
@@ -150,7 +153,7 @@ def open_segment(root: Path, entry: SegmentEntry, engine: Any, verify: bool = Tr
     _check_tree(directory, entry, verify)
     part = engine.open_segment(directory / "engine", entry.n_docs)
     table, ids = read_docs(directory, entry.n_docs)
-    return OpenSegment(entry.name, entry.n_docs, part, table, ids)
+    return OpenSegment(entry.name, entry.n_docs, part, table, ids, entry.manifest_sha256)
 
 
 def write_deletes(root: Path, name: str, generation: int, deleted: np.ndarray) -> tuple[str, str]:

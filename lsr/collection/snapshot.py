@@ -59,15 +59,16 @@ class Snapshot:
 
 
 class MaskCache:
-    """Filter masks per (segment name, canonical filter JSON), least recently used dropped."""
+    """Filter masks per (segment name, manifest SHA-256, canonical filter JSON), least recently
+    used dropped."""
 
     def __init__(self, size: int = 256) -> None:
-        self._items: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._items: OrderedDict[tuple[str, str, str], np.ndarray] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
 
     def get(self, seg: OpenSegment, compiled: Any) -> np.ndarray:
-        key = (seg.name, compiled.to_json())
+        key = (seg.name, seg.manifest_sha256, compiled.to_json())
         with self._lock:
             hit = self._items.get(key)
             if hit is not None:
