@@ -414,10 +414,10 @@ def table(title: str, rows: list[list[str]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--docs", type=int, default=100_000, help="documents before the add (the add is 10%% more)")
-    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--docs", type=int, help="documents before the add (the add is 10%% more; default 100000)")
+    ap.add_argument("--queries", type=int, help="default 1000")
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int)
     ap.add_argument("--doc-nnz", type=int, default=250, help="mean terms per synthetic SPLADE document")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a small size for a smoke test")
@@ -429,8 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.rss_worker:
         rss_worker(*args.rss_worker)
         return 0
-    if args.quick:
-        args.docs, args.queries, args.repeat = 300, 20, 1
+    quick = (300, 20, 1) if args.quick else (100_000, 1000, 3)  # --quick: a small size (seconds)
+    args.docs, args.queries, args.repeat = (given or default for given, default in
+                                           zip((args.docs, args.queries, args.repeat), quick))
     n, n_add = args.docs, args.docs // 10
     command = "python scripts/bench_collection.py " + " ".join(argv if argv is not None else sys.argv[1:])
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_collection_"))
