@@ -177,3 +177,40 @@ def test_reader_of_a_replaced_collection_reopens_segments_of_the_same_name(tmp_p
     assert reader.get(["b1", "a1"]) == ref.get(["b1", "a1"])
     for col in (reader, new, ref):
         col.close()
+
+
+# ---------------------------------------------------------------------- bad documents
+@pytest.mark.parametrize("doc,field,message", [
+    ({"_id": "a b", "text": "x"}, "_id", "whitespace"),
+    ({"_id": "a\nb", "text": "x"}, "_id", "whitespace"),
+    ({"_id": "a\ud800", "text": "x"}, "_id", "surrogate"),
+    ({"_id": "s", "text": "bad \ud800 text"}, "text", "surrogate"),
+    ({"_id": "s", "title": "\udfff", "text": "x"}, "title", "surrogate"),
+    ({"_id": "s", "text": "x", "metadata": {"k\ud800": 1}}, "metadata", "surrogate"),
+    ({"_id": "s", "text": "x", "metadata": {"k": ["\ud800"]}}, "metadata", "surrogate"),
+    ({"_id": "s", "title": 0, "text": "x"}, "title", "string"),
+    ({"_id": "s", "title": ["t"], "text": "x"}, "title", "string"),
+])
+def test_bad_documents_are_refused_naming_the_field_and_nothing_is_written(tmp_path, no_fsync, doc, field, message):
+    """Ids a TREC run cannot hold (the corpus readers refuse them too), text that UTF-8 cannot
+    encode (was a UnicodeEncodeError from pyarrow) and non-string titles (were silently
+    emptied) are refused as DataFormatError naming the field; the collection is unchanged."""
+    col = _fresh(tmp_path / "c", _docs("a", 2))
+    before = (col.generation, sorted(os.listdir(tmp_path / "c" / "segments")))
+    with pytest.raises(DataFormatError, match=message) as info:
+        col.add([{"_id": "ok", "text": "fine"}, doc])
+    assert info.value.field == field and "\n" not in str(info.value)
+    assert (col.generation, sorted(os.listdir(tmp_path / "c" / "segments"))) == before
+    assert col.ids() == ["a0", "a1"]
+    col.close()
+
+
+def test_deeply_nested_metadata_is_a_data_format_error(tmp_path, no_fsync):
+    deep: dict = {}
+    for _ in range(5000):
+        deep = {"a": deep}
+    col = _fresh(tmp_path / "c", _docs("a", 1))
+    with pytest.raises(DataFormatError, match="nested"):
+        col.add([{"_id": "d", "text": "x", "metadata": deep}])
+    assert col.ids() == ["a0"]
+    col.close()

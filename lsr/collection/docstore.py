@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -16,60 +17,97 @@ import numpy as np
 
 from lsr.errors import DataFormatError, IndexFormatError
 
-__all__ = ["DOCS_FILE", "check_documents", "write_docs", "read_docs", "merged_docs", "row_dict", "contents"]
+__all__ = ["DOCS_FILE", "check_document", "check_documents", "write_docs", "read_docs", "merged_docs", "row_dict", "contents"]
 
 DOCS_FILE = "docs.parquet"
 _BASE_COLUMNS = ("_id", "title", "text", "metadata")
 
 
-def _finite_json(value: Any, where: str) -> None:
+_FIELDS = ("_id", "title", "text", "metadata")
+
+
+def _finite_json(value: Any, bad: Any) -> None:
     if isinstance(value, float) and not math.isfinite(value):
-        raise DataFormatError("documents", None, f"{where}: metadata value {value!r} is not finite", "metadata")
+        raise bad(f"metadata value {value!r} is not finite", "metadata")
     if isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str):
-                raise DataFormatError("documents", None, f"{where}: metadata keys must be strings", "metadata")
-            _finite_json(v, where)
+                raise bad("metadata keys must be strings", "metadata")
+            _finite_json(v, bad)
     elif isinstance(value, list):
         for v in value:
-            _finite_json(v, where)
+            _finite_json(v, bad)
     elif value is not None and not isinstance(value, (str, int, float, bool)):
-        raise DataFormatError("documents", None, f"{where}: metadata value of type {type(value).__name__} "
-                                                 f"is not JSON", "metadata")
+        raise bad(f"metadata value of type {type(value).__name__} is not JSON", "metadata")
+
+
+def _unencodable(text: str) -> str | None:
+    """Why UTF-8 (Parquet, JSON files) cannot hold ``text``, or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"holds a lone surrogate ({ascii(exc.object[exc.start])}) at {exc.start}, which UTF-8 cannot encode"
+    return None
+
+
+def check_document(doc: Any, path: str | os.PathLike = "documents", line: int | None = None,
+                   where: str | None = None) -> dict[str, Any]:
+    """One document as a plain dict ``{_id, title, text, metadata}``, checked; a bad one is a
+    one-line :class:`DataFormatError` naming ``path``, ``line`` and the field. ``where`` (e.g.
+    ``"document 3"``) prefixes the message until the id is known."""
+    from lsr.io.readers import check_id
+
+    def bad(message: str, field: str | None = None) -> DataFormatError:
+        return DataFormatError(path, line, f"{where}: {message}" if where else message, field)
+
+    if not isinstance(doc, Mapping):
+        raise bad(f"expected a dict, got {type(doc).__name__}")
+    doc_id = doc.get("_id")
+    if not isinstance(doc_id, str) or not doc_id:
+        raise bad(f"'_id' must be a non-empty string, got {doc_id!r}", "_id")
+    why = check_id(doc_id)
+    if why is not None:  # the corpus readers' rule: a TREC run could not hold it
+        raise bad(f"'_id' {ascii(doc_id)} {why}", "_id")
+    where = f"document {doc_id!r}"
+    title, text = doc.get("title"), doc.get("text", "")
+    title = "" if title is None else title
+    for name, value in (("title", title), ("text", text)):
+        if not isinstance(value, str):
+            raise bad(f"{name!r} must be a string, got {type(value).__name__}", name)
+        why = _unencodable(value)
+        if why is not None:
+            raise bad(f"{name!r} {why}", name)
+    metadata = doc.get("metadata")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise bad("'metadata' must be an object", "metadata")
+    metadata = dict(metadata or {})
+    try:
+        _finite_json(metadata, bad)
+        why = _unencodable(json.dumps(metadata, ensure_ascii=False))
+    except RecursionError:
+        raise bad("'metadata' is nested too deeply", "metadata") from None
+    if why is not None:
+        raise bad(f"'metadata' {why}", "metadata")
+    unknown = set(doc) - set(_FIELDS)
+    if unknown:
+        raise bad(f"unknown field(s) {', '.join(sorted(map(str, unknown)))} (put them in 'metadata')",
+                  str(sorted(map(str, unknown))[0]))
+    return {"_id": doc_id, "title": title, "text": text, "metadata": metadata}
 
 
 def check_documents(docs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Documents as plain dicts ``{_id, title, text, metadata}``, checked; a repeated id in the
-    batch is refused naming it."""
+    """Documents as plain dicts ``{_id, title, text, metadata}``, checked (:func:`check_document`);
+    a repeated id in the batch is refused naming it."""
     out: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     dups: list[str] = []
     for i, doc in enumerate(docs):
-        where = f"document {i}"
-        if not isinstance(doc, Mapping):
-            raise DataFormatError("documents", None, f"{where}: expected a dict, got {type(doc).__name__}")
-        doc_id = doc.get("_id")
-        if not isinstance(doc_id, str) or not doc_id:
-            raise DataFormatError("documents", None, f"{where}: '_id' must be a non-empty string, got {doc_id!r}",
-                                  "_id")
-        where = f"document {doc_id!r}"
-        title, text = doc.get("title") or "", doc.get("text", "")
-        for name, value in (("title", title), ("text", text)):
-            if not isinstance(value, str):
-                raise DataFormatError("documents", None, f"{where}: {name!r} must be a string", name)
-        metadata = doc.get("metadata")
-        if metadata is not None and not isinstance(metadata, Mapping):
-            raise DataFormatError("documents", None, f"{where}: 'metadata' must be an object", "metadata")
-        metadata = dict(metadata or {})
-        _finite_json(metadata, where)
-        unknown = set(doc) - {"_id", "title", "text", "metadata"}
-        if unknown:
-            raise DataFormatError("documents", None, f"{where}: unknown field(s) {', '.join(sorted(unknown))} "
-                                                     f"(put them in 'metadata')", sorted(unknown)[0])
+        checked = check_document(doc, where=f"document {i}")
+        doc_id = checked["_id"]
         if doc_id in seen:
             dups.append(doc_id)
         seen[doc_id] = i
-        out.append({"_id": doc_id, "title": title, "text": text, "metadata": metadata})
+        out.append(checked)
     if dups:
         shown = ", ".join(repr(d) for d in sorted(set(dups))[:5])
         raise ValueError(f"{len(set(dups))} id(s) appear more than once in this batch: {shown}")
