@@ -214,3 +214,38 @@ def test_deeply_nested_metadata_is_a_data_format_error(tmp_path, no_fsync):
         col.add([{"_id": "d", "text": "x", "metadata": deep}])
     assert col.ids() == ["a0"]
     col.close()
+
+
+# ---------------------------------------------------------------------- lsr add
+GOOD = json.dumps({"_id": "g1", "text": "fine words"})
+
+
+@pytest.mark.parametrize("name,content,field", [
+    ("dup.jsonl", f"{GOOD}\n{GOOD}\n", "_id"),                                          # no file:line before
+    ("nan.jsonl", GOOD + '\n{"_id": "n1", "text": "x", "metadata": {"v": NaN}}\n', "metadata"),
+    ("typo.jsonl", GOOD + '\n{"_id": "u1", "txt": "a typo"}\n', "txt"),                  # was an empty document
+    ("utf8.jsonl", GOOD.encode() + b'\n{"_id": "u2", "text": "\xff"}\n', None),
+    ("surrogate.jsonl", GOOD + '\n{"_id": "s1", "text": "\\ud800"}\n', "text"),
+    ("space.jsonl", GOOD + '\n{"_id": "a b", "text": "x"}\n', "_id"),
+    ("deep.jsonl", GOOD + '\n{"_id": "d", "text": "x", "metadata": ' + '{"a":' * 3000 + "1" + "}" * 3001 + "\n", None),
+])
+def test_lsr_add_names_the_file_and_line_and_writes_nothing(tmp_path, no_fsync, name, content, field):
+    from click.testing import CliRunner
+
+    from lsr.cli import main
+
+    path = tmp_path / "c"
+    _fresh(path, _docs("a", 2)).close()
+    docs = tmp_path / name
+    if isinstance(content, bytes):
+        docs.write_bytes(content)
+    else:
+        docs.write_text(content)
+    res = CliRunner().invoke(main, ["add", str(path), str(docs)])
+    assert res.exit_code == 1, res.output
+    error = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and f"{docs}:2:" in error[0], res.output
+    if field is not None:
+        assert f"field {field!r}" in error[0], error
+    with Collection.open(path, readonly=True) as col:
+        assert col.generation == 1 and col.ids() == ["a0", "a1"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import os
 import shutil
@@ -133,8 +132,22 @@ def write_jsonl(res: Any, qids: list[str], output: str) -> None:
 
 
 def read_documents(path: Path) -> Iterator[dict[str, Any]]:
-    """Documents ``{_id, title, text, metadata}`` of a JSONL(.gz) or Parquet file; a bad line is a
-    DataFormatError naming the file, line and field."""
+    """Documents ``{_id, title, text, metadata}`` of a JSONL(.gz) or Parquet file, each checked as
+    ``Collection.add`` checks it; a bad line (not UTF-8, not JSON, an unknown or mistyped field,
+    an id seen on an earlier line) is a DataFormatError naming the file, line and field."""
+    from lsr.errors import DataFormatError
+
+    seen: dict[str, int] = {}
+    for n, obj in _records(path):
+        doc = _document(path, n, obj)
+        first = seen.setdefault(doc["_id"], n)
+        if first != n:
+            where = "row" if path.suffix == ".parquet" else "line"
+            raise DataFormatError(path, n, f"duplicate document id {doc['_id']!r} (first at {where} {first})", "_id")
+        yield doc
+
+
+def _records(path: Path) -> Iterator[tuple[int, Any]]:
     from lsr.errors import DataFormatError
 
     if path.suffix == ".parquet":
@@ -148,39 +161,36 @@ def read_documents(path: Path) -> Iterator[dict[str, Any]]:
             if isinstance(meta, str):
                 try:
                     meta = json.loads(meta)
-                except ValueError:
+                except (ValueError, RecursionError):
                     raise DataFormatError(path, n, "metadata is not JSON text", "metadata") from None
-            yield _document(path, n, {**row, "metadata": meta})
+            yield n, {**row, "metadata": meta} if "metadata" in row else row
         return
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise DataFormatError(path, n, f"not JSON ({exc})") from None
-            yield _document(path, n, obj)
+    from lsr.io.readers import _lines  # per-line UTF-8 decoding (errors name the line), .gz, BOM
+
+    for n, line in _lines(path):
+        try:
+            obj = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            raise DataFormatError(path, n, f"not JSON ({exc})") from None
+        yield n, obj
 
 
 def _document(path: Path, n: int, obj: Any) -> dict[str, Any]:
+    from lsr.collection.docstore import check_document
     from lsr.errors import DataFormatError
 
     if not isinstance(obj, dict):
         raise DataFormatError(path, n, "expected a JSON object")
-    doc_id = obj.get("_id")
+    doc = dict(obj)
+    doc_id = doc.get("_id")
     if isinstance(doc_id, int) and not isinstance(doc_id, bool):
-        doc_id = str(doc_id)
-    if not isinstance(doc_id, str) or not doc_id:
+        doc["_id"] = str(doc_id)
+    elif not isinstance(doc_id, str) or not doc_id:
         raise DataFormatError(path, n, "missing or empty id", "_id")
-    for name in ("title", "text"):
-        if obj.get(name) is not None and not isinstance(obj.get(name), str):
-            raise DataFormatError(path, n, "must be a string", name)
-    meta = obj.get("metadata")
-    if meta is not None and not isinstance(meta, dict):
-        raise DataFormatError(path, n, "must be an object", "metadata")
-    return {"_id": doc_id, "title": obj.get("title") or "", "text": obj.get("text") or "", "metadata": meta or {}}
+    for name in ("title", "text"):  # JSON null (or a missing field) is an empty string
+        if doc.get(name) is None:
+            doc[name] = ""
+    return check_document(doc, path, n)
 
 
 @main.command("add")
