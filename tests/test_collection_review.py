@@ -249,3 +249,22 @@ def test_lsr_add_names_the_file_and_line_and_writes_nothing(tmp_path, no_fsync, 
         assert f"field {field!r}" in error[0], error
     with Collection.open(path, readonly=True) as col:
         assert col.generation == 1 and col.ids() == ["a0", "a1"]
+
+
+# ---------------------------------------------------------------------- hostile segment manifests
+@pytest.mark.parametrize("raw", [b"[1, 2]", b"{not json", b'"text"'])
+def test_hostile_segment_manifest_with_a_matching_commit_is_refused(tmp_path, no_fsync, raw):
+    """A segment manifest that is not a JSON object (its SHA-256 written into a re-checksummed
+    commit) raised AttributeError / JSONDecodeError instead of IndexFormatError naming it."""
+    path = tmp_path / "c"
+    _fresh(path, _docs("a", 3)).close()
+    commit = sorted(path.glob("commit_*.json"))[-1]
+    body = json.loads(commit.read_text())
+    body.pop("checksum")
+    seg = path / "segments" / body["segments"][0]["name"] / "manifest.json"
+    seg.write_bytes(raw)
+    body["segments"][0]["manifest_sha256"] = hashlib.sha256(raw).hexdigest()
+    body["checksum"] = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    commit.write_text(json.dumps(body))
+    with pytest.raises(IndexFormatError, match="manifest.json"):
+        Collection.open(path, readonly=True)

@@ -17,7 +17,8 @@ import numpy as np
 
 from lsr.errors import DataFormatError, IndexFormatError
 
-__all__ = ["DOCS_FILE", "check_document", "check_documents", "write_docs", "read_docs", "merged_docs", "row_dict", "contents"]
+__all__ = ["DOCS_FILE", "check_document", "check_documents", "write_docs", "read_docs", "merged_docs", "row_dict",
+           "contents"]
 
 DOCS_FILE = "docs.parquet"
 _BASE_COLUMNS = ("_id", "title", "text", "metadata")

@@ -120,8 +120,11 @@ def _check_tree(directory: Path, entry: SegmentEntry, verify: bool) -> None:
 
     if hashlib.sha256(raw).hexdigest() != entry.manifest_sha256:
         raise IndexFormatError(f"{mpath}: checksum differs from the commit's (edited or corrupted)")
-    manifest = json.loads(raw)
-    if manifest.get("format") != FORMAT or manifest.get("n_docs") != entry.n_docs:
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise IndexFormatError(f"{mpath}: unreadable segment manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("n_docs") != entry.n_docs:
         raise IndexFormatError(f"{mpath}: not the {FORMAT} of {entry.n_docs} documents the commit names")
     files = manifest.get("files")
     if not isinstance(files, dict):
