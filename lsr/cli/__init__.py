@@ -410,9 +410,14 @@ def eval_cmd(dataset: Path, retriever: str, output: Path, split: str, k: int, th
 @click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True,
               help="jsonvector: integer impact = round(weight * scale).")
 @click.option("--restart", is_flag=True, help="Discard a partial run in OUTPUT instead of resuming it.")
+@click.option("--ray", "use_ray", is_flag=True, help="Encode on Ray actors (needs lsr[ray]; docs/scale.md); "
+              "the same shards as without it.")
+@click.option("--ray-address", default=None, help="--ray: the cluster's address (default: start a local Ray).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="--ray: encoder actors [default: one per GPU of the cluster, else one per CPU].")
 @_friendly_errors
 def encode_cmd(input_path: Path, output: Path, retriever: str, fmt: str, scale: float, shard_size: int,
-               restart: bool, **options: Any) -> None:
+               restart: bool, use_ray: bool, ray_address: str | None, workers: int | None, **options: Any) -> None:
     """Encode a corpus (BEIR directory, JSONL or Parquet) into resumable shards in OUTPUT.
 
     A killed run resumes at the first unfinished shard when rerun with the same arguments.
@@ -423,13 +428,28 @@ def encode_cmd(input_path: Path, output: Path, retriever: str, fmt: str, scale: 
     given = _given(click.get_current_context(), set(options), options)
     if not given.get("model"):
         raise click.BadParameter("encoding needs --model (a model directory or hub id)", param_hint="--model")
+    if not use_ray and (ray_address is not None or workers is not None):
+        raise click.BadParameter("--ray-address and --workers need --ray", param_hint="--ray")
+    if use_ray:
+        from lsr.distributed.cluster import require_ray
+
+        try:
+            require_ray()
+        except ImportError as exc:
+            raise click.ClickException(str(exc)) from None
     doc_ids, texts = _read_docs(input_path)
     encoder = build_retriever(retriever, given).encoder
-    encoder.load_model()
     shards = output if fmt == "shards" else output / "shards"
     t = time.perf_counter()
-    encode_corpus_to_shards(encoder, doc_ids, texts, shards, shard_size=shard_size, show_progress=True,
-                            restart=restart)
+    if use_ray:  # the model loads in each actor, not here
+        from lsr.distributed.encode import encode_corpus_distributed
+
+        encode_corpus_distributed(encoder, doc_ids, texts, shards, shard_size=shard_size, workers=workers,
+                                  address=ray_address, show_progress=True, restart=restart)
+    else:
+        encoder.load_model()
+        encode_corpus_to_shards(encoder, doc_ids, texts, shards, shard_size=shard_size, show_progress=True,
+                                restart=restart)
     seconds = time.perf_counter() - t
     if fmt != "shards":
         ids, vectors = load_shards(shards)
