@@ -268,3 +268,17 @@ def test_hostile_segment_manifest_with_a_matching_commit_is_refused(tmp_path, no
     commit.write_text(json.dumps(body))
     with pytest.raises(IndexFormatError, match="manifest.json"):
         Collection.open(path, readonly=True)
+
+
+def test_delete_and_get_refuse_ids_that_are_not_strings(tmp_path, no_fsync):
+    """delete/get turned every id into str(): delete([None]) deleted the document 'None',
+    delete([b'a0']) silently matched nothing (b'a0' -> "b'a0'")."""
+    col = _fresh(tmp_path / "c", [{"_id": "None", "text": "x"}, {"_id": "a0", "text": "y"}])
+    for bad in ([None], [b"a0"], ["a0", 3]):
+        with pytest.raises(TypeError, match="id"):
+            col.delete(bad)
+        with pytest.raises(TypeError, match="id"):
+            col.get(bad)
+    assert col.ids() == ["None", "a0"] and col.generation == 1
+    assert col.delete(iter(["a0", "a0", "zz"])) == 1 and col.get(["a0", "None"])[0] is None
+    col.close()

@@ -62,6 +62,17 @@ def _options_for(retriever: Any, fields: dict[str, Any]) -> tuple[str, Any]:
     return name, dataclasses.replace(retriever, **fields) if fields else retriever
 
 
+def _id_list(ids: Iterable[str], what: str) -> list[str]:
+    """Document ids as a list, each a string (no str() of other values: None would name 'None')."""
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"{what} takes a list of ids, not one {type(ids).__name__}")
+    out = list(ids)
+    for i, doc_id in enumerate(out):
+        if not isinstance(doc_id, str):
+            raise TypeError(f"{what}: id {i} is a {type(doc_id).__name__} ({doc_id!r}), not a string")
+    return out
+
+
 class Collection:
     """Use :meth:`create` or :meth:`open`; close it (or use ``with``) to release the write lock."""
 
@@ -250,11 +261,10 @@ class Collection:
     def delete(self, ids: Iterable[str]) -> int:
         """Delete documents by id in one commit; returns how many were live (unknown ids are ignored)."""
         self._check_open(write=True)
-        if isinstance(ids, str):
-            raise TypeError("delete takes a list of ids, not one string")
+        ids = _id_list(ids, "delete")
         with self._write:
             snap = self._snapshot
-            hits = {snap.locate(str(i)) for i in ids} - {None}
+            hits = {snap.locate(i) for i in ids} - {None}
             if not hits:
                 return 0
             self._commit(self._with_deletes(snap, list(hits)), snap.commit.next_segment)
@@ -368,12 +378,11 @@ class Collection:
         """The live documents ``{_id, title, text, metadata}`` with these ids, in order; None for
         an id that is not in the collection."""
         self._check_open()
-        if isinstance(ids, str):
-            raise TypeError("get takes a list of ids, not one string")
+        ids = _id_list(ids, "get")
         snap = self._snapshot
         out: list[dict[str, Any] | None] = []
         for doc_id in ids:
-            hit = snap.locate(str(doc_id))
+            hit = snap.locate(doc_id)
             out.append(None if hit is None else row_dict(snap.segments[hit[0]].table, hit[1]))
         return out
 
