@@ -52,8 +52,6 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = ap.parse_args()
 
-    import ray
-
     from lsr.distributed import EncoderPool, connect, disconnect, encode_corpus_distributed
     from lsr.encoders.splade import SpladeEncoder
     from lsr.io.readers import read_corpus
@@ -75,8 +73,11 @@ def main() -> None:
         rows.append({"run": f"in-process ({args.threads} torch threads)", "workers": 0, "startup_s": load,
                      "encode_s": secs, "docs_per_s": n / secs, "equal": True})
         t = time.perf_counter()
-        started = connect(None, num_cpus=args.ray_cpus)
+        started = connect(None, num_cpus=args.ray_cpus)  # imports ray, loopback only
         ray_start = time.perf_counter() - t
+        import ray
+
+        assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}, ray.nodes()
         try:
             for w in (int(x) for x in args.workers.split(",")):
                 out = Path(tmp) / f"ray-{w}"

@@ -7,7 +7,8 @@ A local instance (no address given) binds every Ray process to 127.0.0.1 with th
 a one-machine run needs no other address. Ray replaces a requested ``127.0.0.1`` by the
 machine's outward address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is set before ``ray`` is
 imported (``ray._private.services.resolve_ip_for_localhost``, Ray 2.60), so
-:func:`start_local` sets it (only when unset) for the processes it starts.
+:func:`start_local` sets it (only when unset) for the processes it starts, and applies it to
+Ray's constant when ``ray`` was imported earlier.
 
 >>> from lsr.distributed.cluster import connect, disconnect       # doctest: +SKIP
 >>> started = connect(None, num_cpus=2)                           # doctest: +SKIP
@@ -41,9 +42,14 @@ def require_ray() -> Any:
 
 def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> None:
     """Start a Ray instance on this machine, every process on 127.0.0.1, no dashboard."""
-    if "ray" not in sys.modules:
-        os.environ.setdefault(_LOCAL_ONLY_ENV, "0")
+    os.environ.setdefault(_LOCAL_ONLY_ENV, "0")  # read by ray at import, and inherited by its processes
+    imported = "ray" in sys.modules
     ray = require_ray()
+    if imported and os.environ[_LOCAL_ONLY_ENV] == "0":
+        # ray was imported before the variable was set: apply the same setting to the constant it read
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
     ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address=LOOPBACK, include_dashboard=False,
              logging_level=logging.WARNING, log_to_driver=False)
     logger.info("started a local Ray instance on %s: %s", LOOPBACK, ray.cluster_resources())
