@@ -68,12 +68,15 @@ def sparse_case(n, v, nq, density, qdensity, seed, quantize=None, forward=False,
     return index, queries, full, match
 
 
-def run_sparse(case, mode, k, seed=5, threads=1, fractions=FRACTIONS, **kw):
+def run_sparse(case, mode, k, seed=5, threads=1, fractions=FRACTIONS, checked=150, **kw):
+    """Search the whole batch (its size picks the path); compare the first ``checked`` queries."""
     index, queries, full, match = case
+    full, match = full[:checked], match[:checked]
     for j, frac in enumerate(fractions):
         allowed = make_mask(index.n_docs, frac, seed + j)
         ids, scores = index.search(queries, k=k, mode=mode, threads=threads, allowed=allowed, **kw)
-        check(ids, scores, full, ref_topk(full, match, allowed, k), allowed, k, rtol=1e-4, atol=1e-4)
+        check(ids[:checked], scores[:checked], full, ref_topk(full, match, allowed, k), allowed, k, rtol=1e-4,
+              atol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +134,22 @@ def test_signed_queries(where):
     n, nq = {"small": (800, 30), "scan": (3000, 1500), "large": (33000, 10)}[where]
     case = sparse_case(n, 100, nq, 0.05, 0.05, 4, signed=True)
     run_sparse(case, "exact", k=20, fractions=[0.5, 0.1, "few"])
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_signed_documents(direct, monkeypatch):
+    # negative document weights (no upper bounds: the scan) and the direct rows alike
+    rng = np.random.default_rng(12)
+    case = sparse_case(3000, 100, 1500, 0.05, 0.05, 6)
+    index, queries = case[0], case[1]
+    docs = index.to_csr()
+    docs.data = (docs.data * rng.choice([-1.0, 1.0], docs.data.size)).astype(np.float32)
+    index = InvertedIndex.from_csr(docs)
+    assert not index.positive
+    monkeypatch.setattr(index, "DIRECT_RATIO", 1e12 if direct else 0.0)
+    full = (queries.astype(np.float64) @ docs.astype(np.float64).T).toarray()
+    match = ((abs(queries) > 0).astype(np.int64) @ (abs(docs) > 0).astype(np.int64).T).toarray() > 0
+    run_sparse((index, queries, full, match), "exact", k=10, fractions=[0.1, 0.01, "few"])
 
 
 def test_approximate_mode(large):
@@ -197,7 +216,8 @@ def dense_ref(x, q, allowed, k):
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
 def test_dense_filtered(vectors, kind):
     x, q = vectors
-    index = DenseIndex.build(x, index_type=kind, use_gpu=False)
+    params = dict(ef_construction=40) if kind == "hnsw" else {}
+    index = DenseIndex.build(x, index_type=kind, use_gpu=False, **params)
     for j, frac in enumerate(FRACTIONS):
         allowed = make_mask(len(x), frac, 60 + j)
         ids, scores = index.search(q, k=10, allowed=allowed)
@@ -217,7 +237,7 @@ def test_dense_selector_shortfall_falls_back_to_exact(vectors, monkeypatch):
     # a tiny ef_search with 20 allowed of 4000 and the exact switch off: the graph search finds
     # fewer than k allowed vectors for some queries, which are then answered exactly
     x, q = vectors
-    index = DenseIndex.build(x, index_type="hnsw", ef_search=4, use_gpu=False)
+    index = DenseIndex.build(x, index_type="hnsw", ef_search=4, ef_construction=40, use_gpu=False)
     monkeypatch.setattr(index, "FILTER_EXACT_BELOW", 0.0)
     allowed = np.zeros(len(x), bool)
     allowed[np.random.default_rng(3).choice(len(x), 20, replace=False)] = True
@@ -227,7 +247,7 @@ def test_dense_selector_shortfall_falls_back_to_exact(vectors, monkeypatch):
 
 def test_ivfpq_few_allowed_scores_reconstructed_vectors(vectors):
     x, q = vectors
-    index = DenseIndex.build(x, index_type="ivfpq", pq_m=4, use_gpu=False)
+    index = DenseIndex.build(x, index_type="ivfpq", pq_m=4, pq_bits=4, use_gpu=False)
     allowed = make_mask(len(x), 0.01, 70)
     ids, scores = index.search(q, k=10, allowed=allowed)
     rows = np.flatnonzero(allowed)
