@@ -282,3 +282,47 @@ def test_delete_and_get_refuse_ids_that_are_not_strings(tmp_path, no_fsync):
     assert col.ids() == ["None", "a0"] and col.generation == 1
     assert col.delete(iter(["a0", "a0", "zz"])) == 1 and col.get(["a0", "None"])[0] is None
     col.close()
+
+
+# ---------------------------------------------------------------------- a collection replaced under a writer
+def test_lsr_index_overwrite_refuses_a_collection_open_for_writing(tmp_path, no_fsync):
+    """``lsr index --overwrite`` swapped the collection away under a live writer, whose next
+    commit then went into the new collection (naming its own segments by number: the new
+    collection no longer opened)."""
+    from click.testing import CliRunner
+
+    from lsr.cli import main
+
+    path, corpus = tmp_path / "c", tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"n{i}", "text": f"new doc {i}"}) + "\n" for i in range(4)))
+    writer = _fresh(path, _docs("o", 3))
+    res = CliRunner().invoke(main, ["index", str(corpus), str(path), "--overwrite"])
+    assert res.exit_code == 1 and "open for writing" in res.output, res.output
+    writer.add(_docs("p", 1))
+    writer.close()
+    with Collection.open(path, readonly=True) as col:
+        assert col.ids() == ["o0", "o1", "o2", "p0"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no half-swapped leftovers
+    res = CliRunner().invoke(main, ["index", str(corpus), str(path), "--overwrite"])
+    assert res.exit_code == 0, res.output
+    with Collection.open(path, readonly=True) as col:
+        assert col.ids() == [f"n{i}" for i in range(4)]
+
+
+def test_a_writer_whose_directory_was_replaced_stops_writing(tmp_path, no_fsync):
+    """A writer whose collection was removed and created again at its path kept committing into
+    the new one (its commit named its own segments, the new collection's cleaning then removed
+    the new segments): it now refuses with CollectionLockedError and leaves the new one intact."""
+    from lsr.errors import CollectionLockedError
+
+    path = tmp_path / "c"
+    old = _fresh(path, _docs("o", 3))
+    shutil.rmtree(path)
+    new = _fresh(path, _docs("n", 2))
+    new.close()
+    for op in (lambda: old.add(_docs("p", 1)), lambda: old.delete(["o1"]), old.optimize):
+        with pytest.raises(CollectionLockedError, match="replaced"):
+            op()
+    with Collection.open(path) as col:
+        assert col.ids() == ["n0", "n1"] and col.generation == 1
+        assert sorted(os.listdir(path / "segments")) == ["seg_00000000"]

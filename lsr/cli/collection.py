@@ -53,7 +53,7 @@ def index_collection(source: Path, output: Path, retriever: str, given: dict[str
     options = collection_options(retriever, given)
     doc_ids, texts = read_docs(source)  # the corpus readers' checks (duplicate ids, file:line errors)
     t = time.perf_counter()
-    target = output
+    target, lock = output, None
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         if not overwrite:
             raise click.BadParameter(f"{output} already exists (use --overwrite to replace an lsr index)",
@@ -66,6 +66,10 @@ def index_collection(source: Path, output: Path, retriever: str, given: dict[str
             raise click.BadParameter(f"{output} is not an lsr index or collection; refusing to replace it",
                                      param_hint="OUTPUT")
         target = output.parent / f".{output.name}.new-{uuid.uuid4().hex[:12]}"  # swapped in when complete
+        if is_collection(output):  # held until swapped: a live writer of it would write into the new one
+            from lsr.collection.lock import WriteLock
+
+            lock = WriteLock(output)
     try:
         try:
             col = Collection.create(target, options, merge_policy=None)
@@ -77,12 +81,18 @@ def index_collection(source: Path, output: Path, retriever: str, given: dict[str
             col.add([{"_id": i, "text": x} for i, x in zip(doc_ids, texts)], show_progress=True)
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)  # ours: new, or a temporary sibling
+        if lock is not None:
+            lock.release()
         raise
     if target != output:
         old = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:12]}"
         real = Path(os.path.realpath(output))
-        os.rename(output, old)
-        os.rename(target, output)
+        try:
+            os.rename(output, old)
+            os.rename(target, output)
+        finally:
+            if lock is not None:
+                lock.release()
         if old.is_symlink():  # a versioned retriever directory: its version goes too
             old.unlink()
             shutil.rmtree(real, ignore_errors=True)

@@ -228,6 +228,8 @@ class Collection:
             raise ValueError(f"{self.path}: the collection is closed")
         if write and self.readonly:
             raise ValueError(f"{self.path}: opened readonly; open it without readonly=True to change it")
+        if write and self._lock is not None:
+            self._lock.check()
 
     def add(self, docs: Iterable[Mapping[str, Any]], show_progress: bool = False) -> int:
         """Add new documents (``{_id, title?, text, metadata?}``) in one commit; an id already in
@@ -298,6 +300,8 @@ class Collection:
 
     def _commit(self, entries: list[SegmentEntry], next_segment: int) -> None:
         commit = Commit(self._snapshot.generation + 1, tuple(entries), next_segment)
+        if self._lock is not None:
+            self._lock.check()  # the directory is still the one this writer opened
         write_commit(self.path, commit)
         crash_point("committed")
         self._snapshot = self._build_snapshot(commit, verify=False)  # our own files, just written

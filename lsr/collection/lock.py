@@ -71,6 +71,21 @@ class WriteLock:
     def held(self) -> bool:
         return self._fd is not None
 
+    def check(self) -> None:
+        """:class:`CollectionLockedError` unless ``write.lock`` at the path is still the file this
+        writer locked: a collection removed, or replaced at its path (``lsr index --overwrite``,
+        removed and created again), is no longer this writer's to change."""
+        if self._fd is None:
+            raise CollectionLockedError(f"{self.path}: this writer released the lock (the collection is closed)")
+        own = os.fstat(self._fd)
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (own.st_dev, own.st_ino):
+            raise CollectionLockedError(f"{self.path}: the collection was replaced or removed since this writer "
+                                        f"opened it; this writer no longer owns it (open the collection again)")
+
     def release(self) -> None:
         """Clear the holder record and unlock (idempotent)."""
         if self._fd is None:
