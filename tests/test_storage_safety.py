@@ -168,12 +168,27 @@ def test_save_follows_to_the_current_version_and_failed_save_keeps_it(tmp_path, 
     assert same(state(path), states[1])
 
 
-# ---------------------------------------------------------------------------- manifests: paths and coverage
-@pytest.fixture
-def saved(tmp_path):
+def test_remove_index_removes_the_link_and_every_version(tmp_path):
+    from lsr.io.manifest import remove_index
+
     path = tmp_path / "idx"
     build(40, 1).save(path)
-    return path.resolve()
+    (tmp_path / f".idx.v-{'0' * 12}").mkdir()  # a leftover of a killed save
+    (tmp_path / "idx2").mkdir()  # a neighbour whose name starts alike stays
+    remove_index(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx2"]
+    build(40, 1).save(path)
+    make_legacy(path)
+    remove_index(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx2"]
+
+
+# ---------------------------------------------------------------------------- manifests: paths and coverage
+@pytest.fixture
+def saved(tmp_path, states):
+    """A fresh copy (a plain directory) of a saved index."""
+    shutil.copytree(states["src1"], tmp_path / "idx")
+    return tmp_path / "idx"
 
 
 def _edit(path: Path, fn) -> None:
@@ -387,19 +402,28 @@ def flip_bits(f: Path, seed: int, n: int = 3, skip: int = 0) -> None:
     f.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("victim", ["index/words.npy", "index/weights.npy", "index/offsets.npy",
-                                    "index/manifest.json", "encoder/vocab.parquet", "encoder/encoder.json"])
-def test_bit_flips_in_a_saved_retriever(tmp_path, texts, victim, seed):
-    from lsr.retrievers.base import load_retriever
+@pytest.fixture(scope="module")
+def saved_bm25(tmp_path_factory, texts):
     from lsr.retrievers.sparse import BM25Retriever
 
     ids, docs, queries = texts
     r = BM25Retriever()
     r.index(ids, docs)
-    r.save(tmp_path / "bm25")
-    want = r.search(queries, k=5)
-    flip_bits((tmp_path / "bm25").resolve() / victim, seed)
+    path = tmp_path_factory.mktemp("bm25") / "bm25"
+    r.save(path)
+    return path.resolve(), r.search(queries, k=5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("victim", ["index/words.npy", "index/weights.npy", "index/offsets.npy",
+                                    "index/manifest.json", "encoder/vocab.parquet", "encoder/encoder.json"])
+def test_bit_flips_in_a_saved_retriever(tmp_path, saved_bm25, texts, victim, seed):
+    from lsr.retrievers.base import load_retriever
+
+    source, want = saved_bm25
+    shutil.copytree(source, tmp_path / "bm25")
+    queries = texts[2]
+    flip_bits(tmp_path / "bm25" / victim, seed)
     try:
         got = load_retriever(tmp_path / "bm25").search(queries, k=5)
     except IndexFormatError:

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from lsr.errors import IndexFormatError
-from lsr.io.swap import MANIFEST, atomic_directory, resolve_dir
+from lsr.io.swap import MANIFEST, atomic_directory, remove_index, resolve_dir
 
 #: the largest count or byte size a manifest field may give
 MAX_COUNT = 2**48
@@ -30,6 +30,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 __all__ = [
     "IndexFormatError",
     "atomic_directory",
+    "remove_index",
     "resolve_dir",
     "require_files",
     "field_int",
@@ -319,6 +320,14 @@ def read_manifest(
     for rel in required:
         if rel not in files:
             raise IndexFormatError(f"{mpath}: does not checksum {rel}, a file every {format_name} directory has")
+    try:
+        _check_files(directory, files, verify)
+    except OSError as exc:  # e.g. a version removed by a save while this load read it
+        raise IndexFormatError(f"{directory}: unreadable while loading ({exc})") from exc
+    return manifest
+
+
+def _check_files(directory: Path, files: dict[str, tuple[int, str]], verify: bool) -> None:
     present = _tree_files(directory)
     for rel in sorted(files):
         if rel not in present:
@@ -337,7 +346,6 @@ def read_manifest(
         for rel, digest in zip(names, _hashes([directory / r for r in names])):
             if digest != files[rel][1]:
                 raise IndexFormatError(f"{directory / rel}: checksum mismatch (file was edited or corrupted)")
-    return manifest
 
 
 def require_files(directory: Path, manifest: dict[str, Any], names: Iterable[str]) -> None:

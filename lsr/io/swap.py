@@ -37,7 +37,7 @@ CRASH_POINTS = ("written", "synced", "linked", "moved-aside", "swapped", "cleani
 
 _KINDS = ("v", "link", "old")
 
-__all__ = ["atomic_directory", "resolve_dir", "CRASH_ENV", "CRASH_EXIT", "CRASH_POINTS"]
+__all__ = ["atomic_directory", "remove_index", "resolve_dir", "CRASH_ENV", "CRASH_EXIT", "CRASH_POINTS"]
 
 
 def _crash_point(name: str) -> None:
@@ -171,3 +171,16 @@ def atomic_directory(path: str | os.PathLike, format_name: str, overwrite: bool 
     _crash_point("synced")
     _swap_in(path, new, tag)
     clean_leftovers(path)
+
+
+def remove_index(path: str | os.PathLike) -> None:
+    """Delete a saved index: the link at ``path`` first (so the path stops naming an index at
+    once), then its version and every leftover of interrupted saves; a plain directory (an
+    index from before versioned saves) is removed whole. ``shutil.rmtree`` refuses a link."""
+    path = Path(path)
+    if path.is_symlink():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+    if path.parent.is_dir():
+        clean_leftovers(path)

@@ -260,9 +260,8 @@ def index_encoded(path: str | os.PathLike, output: str | os.PathLike, retriever:
     Shards are inverted one at a time into a build directory beside ``output`` (never whole in
     memory); vector JSONL is read whole.
     """
-    import shutil
-
     from lsr.io.interchange import read_collection
+    from lsr.io.manifest import remove_index
     from lsr.io.shards import is_shards_dir, read_progress
 
     path, output = Path(path), Path(output)
@@ -297,7 +296,7 @@ def index_encoded(path: str | os.PathLike, output: str | os.PathLike, retriever:
             r.index_shards(path, work, show_progress=show_progress)
             r.save(output, overwrite=overwrite)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            remove_index(work)
         return SpladeRetriever.load(output) if isinstance(r, SpladeRetriever) else r
     doc_ids, vectors = read_collection(path, vocab=r.encoder.vocab)
     r.index_vectors(doc_ids, vectors)
