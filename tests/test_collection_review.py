@@ -326,3 +326,31 @@ def test_a_writer_whose_directory_was_replaced_stops_writing(tmp_path, no_fsync)
     with Collection.open(path) as col:
         assert col.ids() == ["n0", "n1"] and col.generation == 1
         assert sorted(os.listdir(path / "segments")) == ["seg_00000000"]
+
+
+def test_lsr_index_overwrite_never_leaves_the_path_without_a_collection(tmp_path, no_fsync, monkeypatch):
+    """The overwrite swap was two renames (old aside, new in): killed between them, the path held
+    no collection. Every rename during the command must leave a complete collection at the path."""
+    from click.testing import CliRunner
+
+    from lsr.cli import main
+    from lsr.cli.collection import is_collection
+
+    path, corpus = tmp_path / "c", tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"n{i}", "text": f"new doc {i}"}) + "\n" for i in range(4)))
+    _fresh(path, _docs("o", 3)).close()
+    real_rename, gaps = os.rename, []
+
+    def rename(a, b):
+        real_rename(a, b)
+        if not is_collection(path):
+            gaps.append((str(a), str(b)))
+
+    monkeypatch.setattr(os, "rename", rename)
+    res = CliRunner().invoke(main, ["index", str(corpus), str(path), "--overwrite"])
+    monkeypatch.undo()
+    assert res.exit_code == 0, res.output
+    assert not gaps, gaps
+    with Collection.open(path, readonly=True) as col:
+        assert col.ids() == [f"n{i}" for i in range(4)]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -85,11 +85,16 @@ def index_collection(source: Path, output: Path, retriever: str, given: dict[str
             lock.release()
         raise
     if target != output:
+        from lsr.io.swap import _exchange
+
         old = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:12]}"
         real = Path(os.path.realpath(output))
         try:
-            os.rename(output, old)
-            os.rename(target, output)
+            if _exchange(target, output):  # one step (Linux renameat2): the path always holds one
+                os.rename(target, old)
+            else:  # elsewhere two renames: killed between them, both are left as siblings
+                os.rename(output, old)
+                os.rename(target, output)
         finally:
             if lock is not None:
                 lock.release()
