@@ -146,7 +146,7 @@ def main() -> None:
             steps = fn(args, docs, queries, teacher)[args.skip:]
             rate = sum(d for _, d in steps) / sum(s for s, _ in steps)
             rates[name].append(rate)
-            print(f"round {r + 1} {name}: {rate:.1f} docs/s ({len(steps)} steps timed)", file=sys.stderr, flush=True)
+            print(f"round {r + 1} {name}: {rate:.2f} docs/s ({len(steps)} steps timed)", file=sys.stderr, flush=True)
     import torch
 
     print(f"\nmodel {Path(args.model).name}, batch {args.batch_size} queries x group {args.group_size} documents, "
@@ -155,7 +155,7 @@ def main() -> None:
     print("| trainer | docs/s per round | best docs/s |")
     print("|---|---|---|")
     for name, rs in rates.items():
-        print(f"| {name} | {', '.join(f'{x:.1f}' for x in rs)} | {max(rs):.1f} |")
+        print(f"| {name} | {', '.join(f'{x:.2f}' for x in rs)} | {max(rs):.2f} |")
     if len(rates) == 2:
         a, b = (max(v) for v in rates.values())
         print(f"\nlsr / sentence-transformers: {a / b:.2f}x (best of {args.rounds} rounds each)")
