@@ -354,3 +354,15 @@ def test_lsr_index_overwrite_never_leaves_the_path_without_a_collection(tmp_path
     with Collection.open(path, readonly=True) as col:
         assert col.ids() == [f"n{i}" for i in range(4)]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_k_beyond_the_live_documents_is_capped_not_allocated(tmp_path):
+    import lsr
+
+    with lsr.Collection.create(tmp_path / "c", "bm25") as col:
+        col.add([{"_id": "a", "text": "heart disease"}, {"_id": "b", "text": "stock markets"}])
+        res = col.search(["heart"], k=10**12)  # would be a 10**12-column allocation
+        assert res.ids.shape == (1, 2)
+        assert res.hits(0)[0][0] == "a"
+        col.delete(["a", "b"])
+        assert col.search(["heart"], k=5).ids.shape == (1, 0)

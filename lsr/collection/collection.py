@@ -410,7 +410,8 @@ class Collection:
         if bad or isinstance(fields, str):
             raise ValueError(f"fields must be among {', '.join(FIELDS)}, got {bad or fields!r}")
         allowed = self._allowed(snap, filter)
-        if not snap.segments:
+        k = min(k, snap.n_live)  # k beyond the live documents is capped, not allocated (as retrievers do)
+        if not snap.segments or k == 0:
             seg = pos = np.full((len(queries), k), -1, np.int64)
             scores = np.zeros((len(queries), k), np.float32)
         else:
