@@ -135,6 +135,10 @@ class EncoderPool:
             if gpus_per_worker is None:
                 gpus_per_worker = min(1.0, gpus / workers) if gpus and has_model else 0.0
             self.workers, self.gpus_per_worker, self.max_restarts = workers, gpus_per_worker, max_restarts
+            if workers * cpus_per_worker > resources.get("CPU", 0) or workers * gpus_per_worker > gpus:
+                logger.warning("%d workers of %s CPU and %s GPU each need more than the cluster's %s: the "
+                               "others wait until resources free up (or nodes join)", workers, cpus_per_worker,
+                               gpus_per_worker, {k: resources.get(k, 0) for k in ("CPU", "GPU")})
             remote = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=max_restarts,
                                 max_task_retries=max_restarts)(ShardWorker)
             threads = max(1, int(cpus_per_worker))
