@@ -94,3 +94,30 @@ def test_parquet_documents_and_old_retriever_directories(runner, tiny_beir, tmp_
     assert new_hits.exit_code == 0
     res = runner.invoke(main, ["search", str(old), "--query", "x", "--filter", "{}"])
     assert res.exit_code == 2 and "filters need a collection" in res.output
+
+
+def test_index_keeps_titles_and_corpus_metadata_for_filters(tmp_path):
+    """`lsr index` of a BEIR-style corpus stores each line's title apart and its metadata object,
+    so a filter on it works and the hits equal a collection built through the Python API."""
+    import json
+
+    from click.testing import CliRunner
+
+    import lsr
+    from lsr.cli import main
+
+    docs = [{"_id": "d1", "title": "Heart", "text": "heart disease and blood pressure", "metadata": {"src": "a"}},
+            {"_id": "d2", "title": "", "text": "heart attack risk", "metadata": {"src": "b"}},
+            {"_id": "d3", "title": "Markets", "text": "stock markets fell", "metadata": {}}]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    res = CliRunner().invoke(main, ["index", str(corpus), str(tmp_path / "c"), "-r", "bm25"])
+    assert res.exit_code == 0, res.output
+    with lsr.Collection.open(tmp_path / "c", readonly=True) as col:
+        got = col.get(["d1", "d3"])
+        assert got[0]["title"] == "Heart" and got[0]["metadata"] == {"src": "a"}
+        hits = col.search("heart", k=3, filter={"src": "b"}).hits(0)
+    with lsr.Collection.create(tmp_path / "ref", "bm25") as ref:
+        ref.add([{k: v for k, v in d.items() if v != {}} for d in docs])
+        expected = ref.search("heart", k=3, filter={"src": "b"}).hits(0)
+    assert [h[0] for h in hits] == ["d2"] and hits == expected

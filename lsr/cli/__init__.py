@@ -247,19 +247,21 @@ def main(verbose: int) -> None:
 
 
 # ------------------------------------------------------------------------------ index
-def _read_docs(source: Path) -> tuple[list[str], list[str]]:
-    """Document ids and texts from a BEIR directory, a JSONL(.gz) file or a Parquet file."""
+def _read_corpus(source: Path) -> Any:
+    """The corpus of a BEIR directory, a JSONL(.gz) file or a Parquet file (:class:`lsr.io.readers.Corpus`)."""
     from lsr.io.readers import read_corpus
 
     if source.is_dir():
         for name in ("corpus.jsonl", "corpus.jsonl.gz"):
             if (source / name).is_file():
-                corpus = read_corpus(source / name)
-                break
-        else:
-            raise click.BadParameter(f"{source} is a directory without corpus.jsonl", param_hint="INPUT")
-    else:
-        corpus = read_corpus(source)
+                return read_corpus(source / name)
+        raise click.BadParameter(f"{source} is a directory without corpus.jsonl", param_hint="INPUT")
+    return read_corpus(source)
+
+
+def _read_docs(source: Path) -> tuple[list[str], list[str]]:
+    """Document ids and texts (title and text joined) of a corpus."""
+    corpus = _read_corpus(source)
     return corpus.ids, corpus.all_contents()
 
 
@@ -296,7 +298,7 @@ def index_cmd(input_path: Path, output: Path, retriever: str, overwrite: bool, r
     if not retriever_dir:
         from lsr.cli.collection import index_collection
 
-        index_collection(input_path, output, retriever, given, overwrite, _read_docs)
+        index_collection(input_path, output, retriever, given, overwrite, _read_corpus)
         return
     doc_ids, texts = _read_docs(input_path)
     r = build_retriever(retriever, given)

@@ -51,7 +51,8 @@ def index_collection(source: Path, output: Path, retriever: str, given: dict[str
     from lsr.errors import ModelNotFoundError
 
     options = collection_options(retriever, given)
-    doc_ids, texts = read_docs(source)  # the corpus readers' checks (duplicate ids, file:line errors)
+    corpus = read_docs(source)  # the corpus readers' checks (duplicate ids, file:line errors)
+    docs = corpus_documents(corpus, source)
     t = time.perf_counter()
     target, lock = output, None
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
@@ -78,7 +79,7 @@ def index_collection(source: Path, output: Path, retriever: str, given: dict[str
         except (ValueError, TypeError) as exc:
             raise click.BadParameter(str(exc), param_hint="--retriever options") from exc
         with col:
-            col.add([{"_id": i, "text": x} for i, x in zip(doc_ids, texts)], show_progress=True)
+            col.add(docs, show_progress=True)
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)  # ours: new, or a temporary sibling
         if lock is not None:
@@ -103,8 +104,26 @@ def index_collection(source: Path, output: Path, retriever: str, given: dict[str
             shutil.rmtree(real, ignore_errors=True)
         else:
             shutil.rmtree(old, ignore_errors=True)
-    click.echo(f"indexed {len(doc_ids)} documents with {retriever} into collection {output} "
+    click.echo(f"indexed {len(docs)} documents with {retriever} into collection {output} "
                f"in {time.perf_counter() - t:.1f}s", err=True)
+
+
+def corpus_documents(corpus: Any, source: Path) -> list[dict[str, Any]]:
+    """A corpus's documents as a collection stores them: id, title and text kept apart (the engine
+    reads them joined, as ``Corpus.contents`` joins them) and the line's ``metadata`` object (BEIR
+    corpora carry one; an empty one is no metadata)."""
+    from lsr.errors import DataFormatError
+
+    metas = corpus.metadata or [None] * len(corpus.ids)
+    docs = []
+    for i, t, x, m in zip(corpus.ids, corpus.titles, corpus.texts, metas):
+        doc = {"_id": i, "title": t, "text": x}
+        if m is not None and not isinstance(m, dict):
+            raise DataFormatError(source, None, f"document {i!r}: metadata is not a JSON object", "metadata")
+        if m:
+            doc["metadata"] = m
+        docs.append(doc)
+    return docs
 
 
 def search_collection(path: Path, queries: dict[str, str], k: int, threads: int, filter_json: str | None,

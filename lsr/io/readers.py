@@ -20,7 +20,7 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from lsr.errors import DataFormatError
 
@@ -60,6 +60,7 @@ class Document:
     id: str
     text: str
     title: str = ""
+    metadata: Any = None  # a JSONL line's "metadata" value as read (collections store and filter it)
 
     @property
     def contents(self) -> str:
@@ -74,6 +75,7 @@ class Corpus:
     ids: list[str] = field(default_factory=list)
     titles: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    metadata: list[Any] = field(default_factory=list)  # per document: its "metadata" value, or None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -228,7 +230,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Document]]:
         _, title = _pick(obj, ("title",), path, n, "title", required=False)
         if not doc_id.strip():
             raise DataFormatError(path, n, "empty document id", name)
-        yield n, Document(_checked_id(doc_id, path, n, "document", name), text, title)
+        yield n, Document(_checked_id(doc_id, path, n, "document", name), text, title, obj.get("metadata"))
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[int, Document]]:
@@ -276,6 +278,7 @@ def read_corpus(path: str | os.PathLike, allow_empty: bool = True) -> Corpus:
         corpus.ids.append(doc.id)
         corpus.titles.append(doc.title)
         corpus.texts.append(doc.text)
+        corpus.metadata.append(doc.metadata)
     if not corpus.ids:
         raise DataFormatError(path, None, "no documents")
     return corpus
