@@ -220,6 +220,7 @@ def splade_reference(scifact_slice, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # two torch starts in actors plus the reference: ~1 min idle; the BM25 tests cover the path by default
 def test_splade_cli_with_two_workers_equals_lsr_encode(cluster, scifact_slice, splade_reference, tmp_path):
     from click.testing import CliRunner
 
