@@ -140,7 +140,10 @@ def _engine_or_skip(name: str) -> None:
         pytest.skip(f"engine {name} not available: {exc}")
 
 
-@pytest.mark.parametrize("kind", ["splade", "dense", "hybrid"])
+# dense and hybrid (bm25 + splade) take ~30 s each, mostly model loads for every fresh build: they
+# run with -m slow; their engines are compared with fresh retrievers in test_collection_engines.py
+@pytest.mark.parametrize("kind", ["splade", pytest.param("dense", marks=pytest.mark.slow),
+                                  pytest.param("hybrid", marks=pytest.mark.slow)])
 def test_model_engines_interleavings_equal_a_fresh_build(tmp_path, kind):
     _engine_or_skip(kind)
     options = {
