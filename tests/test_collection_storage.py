@@ -131,21 +131,11 @@ def test_bm25_interleavings_equal_a_fresh_build(tmp_path, seed):
     run_interleaving(tmp_path, BM25Options(), seed, steps=18)
 
 
-def _engine_or_skip(name: str) -> None:
-    from lsr.collection.engines import engine_class
-
-    try:
-        engine_class(name)
-    except ImportError as exc:  # the ENGINES work has not landed this engine yet
-        pytest.skip(f"engine {name} not available: {exc}")
-
-
 # dense and hybrid (bm25 + splade) take ~30 s each, mostly model loads for every fresh build: they
 # run with -m slow; their engines are compared with fresh retrievers in test_collection_engines.py
 @pytest.mark.parametrize("kind", ["splade", pytest.param("dense", marks=pytest.mark.slow),
                                   pytest.param("hybrid", marks=pytest.mark.slow)])
 def test_model_engines_interleavings_equal_a_fresh_build(tmp_path, kind):
-    _engine_or_skip(kind)
     options = {
         "splade": lambda: SpladeOptions(model=str(shared_model("splade-tiny"))),
         "dense": lambda: DenseOptions(model=str(shared_model("all-MiniLM-L6-v2"))),
