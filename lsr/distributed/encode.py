@@ -37,19 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from lsr.distributed.cluster import connect, disconnect, require_ray
-from lsr.io.shards import (
-    PROGRESS,
-    SHARDS_FORMAT,
-    SHARDS_VERSION,
-    _OWN_FILE,
-    _unstarted_run,
-    _write_json_atomic,
-    _write_shard,
-    corpus_fingerprint,
-    is_shards_dir,
-    read_progress,
-)
-from lsr.io.manifest import save_ids
+from lsr.io.shards import PROGRESS, _write_json_atomic, _write_shard, prepare_run
 
 logger = logging.getLogger(__name__)
 
@@ -171,40 +159,6 @@ class EncoderPool:
         self.close()
 
 
-def _prepare(out: Path, encoder: Any, doc_ids: Sequence[str], texts: Sequence[str], shard_size: int,
-             restart: bool) -> dict[str, Any]:
-    """The progress of ``out``: resumed, or started as ``encode_corpus_to_shards`` starts it."""
-    config = encoder.config()
-    fingerprint = corpus_fingerprint(doc_ids, texts)
-    n = len(doc_ids)
-    n_shards = (n + shard_size - 1) // shard_size
-    if is_shards_dir(out) and not restart:
-        progress = read_progress(out)
-        for key, want in (("encoder", config), ("fingerprint", fingerprint), ("shard_size", shard_size)):
-            if progress.get(key) != want:
-                raise ValueError(f"{out}: holds a run with another {key} ({progress.get(key)!r} != {want!r}); "
-                                 "use another directory or restart=True (--restart) to discard it")
-        logger.info("%s: resuming after %d of %d shards", out, len(progress["shards"]), n_shards)
-        return progress
-    if not is_shards_dir(out) and any(out.iterdir()):
-        if not _unstarted_run(out):
-            raise ValueError(f"{out}: directory is not empty and holds no encoded shards")
-    (out / PROGRESS).unlink(missing_ok=True)  # first, so a kill here leaves an unstarted run
-    for f in out.iterdir():
-        if _OWN_FILE.fullmatch(f.name) and f.is_file():
-            f.unlink()
-    save_ids(out, "doc_ids.parquet", list(doc_ids))
-    vocab = getattr(encoder, "vocab", None)
-    if vocab is not None:
-        save_ids(out, "vocab.parquet", list(vocab))
-    progress = {"format": SHARDS_FORMAT, "format_version": SHARDS_VERSION, "encoder": config,
-                "fingerprint": fingerprint, "shard_size": shard_size, "n_docs": n, "n_shards": n_shards,
-                "vocab_size": int(getattr(encoder, "vocab_size", 0) or len(vocab or [])),
-                "has_vocab": vocab is not None, "complete": False, "shards": []}
-    _write_json_atomic(out / PROGRESS, progress)
-    return progress
-
-
 def encode_corpus_distributed(
     encoder: Any,
     doc_ids: Sequence[str],
@@ -239,7 +193,7 @@ def encode_corpus_distributed(
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    progress = _prepare(out, encoder, doc_ids, texts, shard_size, restart)
+    progress = prepare_run(out, encoder, doc_ids, texts, shard_size, restart)
     n, n_shards = len(doc_ids), int(progress["n_shards"])
     done = {s["shard"] for s in progress["shards"]}
     todo = collections.deque(i for i in range(n_shards) if i not in done)

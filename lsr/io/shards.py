@@ -38,7 +38,7 @@ from lsr.types import SparseBatch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["encode_corpus_to_shards", "load_shards", "read_progress", "is_shards_dir", "corpus_fingerprint",
+__all__ = ["encode_corpus_to_shards", "prepare_run", "load_shards", "read_progress", "is_shards_dir", "corpus_fingerprint",
            "SHARDS_FORMAT"]
 
 SHARDS_FORMAT = "lsr.encoded-shards"
@@ -148,38 +148,8 @@ def encode_corpus_to_shards(
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = encoder.config()
-    fingerprint = corpus_fingerprint(doc_ids, texts)
-    n = len(doc_ids)
-    n_shards = (n + shard_size - 1) // shard_size
-    progress = None
-    if is_shards_dir(out) and not restart:
-        progress = read_progress(out)
-        for key, want in (("encoder", config), ("fingerprint", fingerprint), ("shard_size", shard_size)):
-            if progress.get(key) != want:
-                raise ValueError(f"{out}: holds a run with another {key} ({progress.get(key)!r} != {want!r}); "
-                                 "use another directory or restart=True (--restart) to discard it")
-        logger.info("%s: resuming after %d of %d shards", out, len(progress["shards"]), n_shards)
-    elif not is_shards_dir(out) and any(out.iterdir()):
-        if not _unstarted_run(out):
-            raise ValueError(f"{out}: directory is not empty and holds no encoded shards")
-        logger.info("%s: a run stopped before its first progress file; starting it again", out)
-    if progress is None:
-        # A discarded or never-started run: the old progress file goes first, so that a kill in
-        # the middle of this leaves an unstarted run (see above), never a manifest without shards.
-        (out / PROGRESS).unlink(missing_ok=True)
-        for f in out.iterdir():
-            if _OWN_FILE.fullmatch(f.name) and f.is_file():
-                f.unlink()
-        save_ids(out, "doc_ids.parquet", list(doc_ids))
-        vocab = getattr(encoder, "vocab", None)
-        if vocab is not None:
-            save_ids(out, "vocab.parquet", list(vocab))
-        progress = {"format": SHARDS_FORMAT, "format_version": SHARDS_VERSION, "encoder": config,
-                    "fingerprint": fingerprint, "shard_size": shard_size, "n_docs": n, "n_shards": n_shards,
-                    "vocab_size": int(getattr(encoder, "vocab_size", 0) or len(vocab or [])),
-                    "has_vocab": vocab is not None, "complete": False, "shards": []}
-        _write_json_atomic(out / PROGRESS, progress)
+    progress = prepare_run(out, encoder, doc_ids, texts, shard_size, restart)
+    n, n_shards = len(doc_ids), progress["n_shards"]
     done = {s["shard"] for s in progress["shards"]}
     with tqdm(total=n, desc="encode", unit="doc", disable=not show_progress,
               initial=min(n, len(done) * shard_size)) as bar:
@@ -244,3 +214,43 @@ def load_shards(path: str | os.PathLike, verify: bool = True) -> tuple[list[str]
         return doc_ids, SparseBatch(np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32),
                                     vocab_size, vocab)
     return doc_ids, SparseBatch.concat(batches)
+
+
+def prepare_run(out: Path, encoder: Any, doc_ids: Sequence[str], texts: Sequence[str], shard_size: int,
+                restart: bool) -> dict[str, Any]:
+    """The progress of a shards run in ``out`` (an existing directory): resumed when it holds one
+    with the same encoder, corpus and shard size (another is refused unless ``restart``), or
+    started: ids, vocabulary and an empty progress file written (what :func:`encode_corpus_to_shards`
+    and ``lsr.distributed`` both start from)."""
+    config = encoder.config()
+    fingerprint = corpus_fingerprint(doc_ids, texts)
+    n = len(doc_ids)
+    n_shards = (n + shard_size - 1) // shard_size
+    if is_shards_dir(out) and not restart:
+        progress = read_progress(out)
+        for key, want in (("encoder", config), ("fingerprint", fingerprint), ("shard_size", shard_size)):
+            if progress.get(key) != want:
+                raise ValueError(f"{out}: holds a run with another {key} ({progress.get(key)!r} != {want!r}); "
+                                 "use another directory or restart=True (--restart) to discard it")
+        logger.info("%s: resuming after %d of %d shards", out, len(progress["shards"]), n_shards)
+        return progress
+    if not is_shards_dir(out) and any(out.iterdir()):
+        if not _unstarted_run(out):
+            raise ValueError(f"{out}: directory is not empty and holds no encoded shards")
+        logger.info("%s: a run stopped before its first progress file; starting it again", out)
+    # A discarded or never-started run: the old progress file goes first, so that a kill in
+    # the middle of this leaves an unstarted run (see above), never a manifest without shards.
+    (out / PROGRESS).unlink(missing_ok=True)
+    for f in out.iterdir():
+        if _OWN_FILE.fullmatch(f.name) and f.is_file():
+            f.unlink()
+    save_ids(out, "doc_ids.parquet", list(doc_ids))
+    vocab = getattr(encoder, "vocab", None)
+    if vocab is not None:
+        save_ids(out, "vocab.parquet", list(vocab))
+    progress = {"format": SHARDS_FORMAT, "format_version": SHARDS_VERSION, "encoder": config,
+                "fingerprint": fingerprint, "shard_size": shard_size, "n_docs": n, "n_shards": n_shards,
+                "vocab_size": int(getattr(encoder, "vocab_size", 0) or len(vocab or [])),
+                "has_vocab": vocab is not None, "complete": False, "shards": []}
+    _write_json_atomic(out / PROGRESS, progress)
+    return progress
