@@ -17,55 +17,9 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from lsr.index._heap_kernels import _drain, _push  # the bounded heap every top-k kernel shares
+
 __all__ = ["search_snapshot", "segment_lists"]
-
-
-@njit(cache=True, nogil=True)
-def _worse(s1: float, p1: int, s2: float, p2: int) -> bool:
-    """Does (score s1, position p1) rank below (s2, p2)? Higher score first, then lower position."""
-    return s1 < s2 or (s1 == s2 and p1 > p2)
-
-
-@njit(cache=True, nogil=True)
-def _sift_down(hs: np.ndarray, hp: np.ndarray, m: int, i: int) -> None:
-    """Restore the min-heap (root = worst entry) of ``m`` entries below ``i``."""
-    while True:
-        left = 2 * i + 1
-        if left >= m:
-            return
-        w = left
-        right = left + 1
-        if right < m and _worse(hs[right], hp[right], hs[left], hp[left]):
-            w = right
-        if _worse(hs[w], hp[w], hs[i], hp[i]):
-            hs[i], hs[w] = hs[w], hs[i]
-            hp[i], hp[w] = hp[w], hp[i]
-            i = w
-        else:
-            return
-
-
-@njit(cache=True, nogil=True)
-def _push(hs: np.ndarray, hp: np.ndarray, m: int, k: int, s: float, p: int) -> int:
-    """Offer (s, p) to the heap of ``m`` entries (capacity ``k``); returns the new size."""
-    if m < k:
-        i = m
-        hs[i] = s
-        hp[i] = p
-        while i > 0:
-            parent = (i - 1) // 2
-            if _worse(hs[i], hp[i], hs[parent], hp[parent]):
-                hs[i], hs[parent] = hs[parent], hs[i]
-                hp[i], hp[parent] = hp[parent], hp[i]
-                i = parent
-            else:
-                break
-        return m + 1
-    if _worse(hs[0], hp[0], s, p):
-        hs[0] = s
-        hp[0] = p
-        _sift_down(hs, hp, m, 0)
-    return m
 
 
 @njit(cache=True, nogil=True)
@@ -175,14 +129,4 @@ def search_snapshot(q_indptr: np.ndarray, q_terms: np.ndarray, q_counts: np.ndar
                 seen[d] = False
                 if np.isfinite(sc):
                     m = _push(hs, hp, m, k, sc, base + d)
-        for i in range(k):
-            out_glob[r, i] = -1
-            out_scores[r, i] = 0.0
-        # pop the worst first: the heap empties into the row from its end
-        while m > 0:
-            m -= 1
-            out_glob[r, m] = hp[0]
-            out_scores[r, m] = hs[0]
-            hs[0] = hs[m]
-            hp[0] = hp[m]
-            _sift_down(hs, hp, m, 0)
+        _drain(hs, hp, m, k, out_glob[r], out_scores[r])
