@@ -400,3 +400,96 @@ def _retag(src: Path, dst: Path) -> Path:
     m["format"] = "lsr.segment.maxsim"
     (dst / "manifest.json").write_text(json.dumps(m))
     return dst
+
+
+# ---------------------------------------------------------------- learned sparse: many small segments
+def _stub_sparse_engine(docs, queries):
+    """A SpladeEngine whose 'encoder' returns fixed rows: text 'd<i>' / 'q<i>' is row i."""
+    from lsr.collection.engines.base import Engine
+    from lsr.collection.engines.sparse import SpladeEngine
+    from lsr.types import SparseBatch
+
+    def rows(m, texts):
+        sub = m[[int(t[1:]) for t in texts]]
+        return SparseBatch(sub.indptr.astype(np.int64), sub.indices.astype(np.int32), sub.data.astype(np.float32),
+                           m.shape[1])
+
+    class Enc:
+        vocab_size = docs.shape[1]
+
+        def encode_documents(self, texts, show_progress=False):
+            return rows(docs, texts)
+
+        def encode_queries(self, texts):
+            return rows(queries, texts)
+
+    class Stub(SpladeEngine):
+        def __init__(self):
+            Engine.__init__(self, SpladeOptions(model="stub"))
+            self.encoder = Enc()
+
+    return Stub()
+
+
+@pytest.mark.parametrize("join_docs", [1 << 16, 150])
+def test_small_sparse_segments_searched_together_equal_each_segment_alone(tmp_path, monkeypatch, join_docs):
+    """The one-call search of a snapshot's small segments (joined into groups of ``join_docs``)
+    returns exactly what searching every segment's InvertedIndex alone and merging returns, and
+    the documents brute force over the live, allowed ones ranks first (scores to 1e-5), with
+    deletes, filters (down to a handful of documents), negative query weights, threads, and a
+    segment added to a snapshot already searched."""
+    import scipy.sparse as sp
+
+    from lsr.collection.engines import sparse as sparse_engine
+    from lsr.collection.engines.base import check_search
+
+    monkeypatch.setattr(sparse_engine, "JOIN_DOCS", join_docs)
+    rng = np.random.default_rng(3)
+    vocab, n = 400, 1100
+    docs = sp.random(n, vocab, density=0.03, random_state=rng, format="csr", dtype=np.float32)
+    docs.data = (docs.data + 0.01).astype(np.float32)
+    queries = sp.random(40, vocab, density=0.05, random_state=rng, format="csr", dtype=np.float32)
+    queries.data[::7] *= -1  # some negative query weights: zero and negative totals still match
+    engine = _stub_sparse_engine(docs, queries)
+    cuts = [0, 5, 90, 91, 300, 420, 650, 651, 900, 1100]
+    parts = []
+    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
+        d = tmp_path / f"s{i}"
+        d.mkdir()
+        engine.write_segment([f"d{j}" for j in range(a, b)], d)
+        parts.append(engine.open_segment(d, b - a))
+    qs = [f"q{i}" for i in range(40)]
+    live = [rng.random(p.n_docs) > 0.2 for p in parts]
+    cases = [(None, None), (live, None), (live, [rng.random(p.n_docs) < 0.3 for p in parts]),
+             (None, [rng.random(p.n_docs) < 0.005 for p in parts])]
+    dense_docs = docs.toarray().astype(np.float64)
+    for upto in (len(parts) - 1, len(parts)):  # a snapshot, then one more segment appended
+        for lives, allowed in cases:
+            segs = [(p, None if lives is None else lives[i]) for i, p in enumerate(parts[:upto])]
+            allow = None if allowed is None else allowed[:upto]
+            for k in (1, 7, 60):
+                got = engine.search(qs, k, segs, allowed=allow)
+                _, _, masks = check_search(qs, k, segs, allow, {}, "splade")
+                q = engine.encode_queries(qs)
+                ref = merge_hits([sparse_engine.search_masked(p.index, q, k, m, 1) for (p, _), m in zip(segs, masks)],
+                                 len(qs), k)
+                for a, b in zip(got, ref):
+                    np.testing.assert_array_equal(a, b)
+                two = engine.search(qs, k, segs, allowed=allow, threads=3)
+                for a, b in zip(got, two):
+                    np.testing.assert_array_equal(a, b)
+                # brute force: every document sharing a term with the query, live and allowed
+                ok = np.concatenate([np.ones(p.n_docs, bool) if m is None else m for (p, _), m in zip(segs, masks)])
+                nd = ok.size
+                scores = queries.toarray().astype(np.float64) @ dense_docs[:nd].T
+                shares = (queries.astype(bool).astype(np.int32) @ docs[:nd].astype(bool).astype(np.int32).T).toarray()
+                offs = np.cumsum([0] + [p.n_docs for p, _ in segs])
+                for r in range(len(qs)):
+                    cand = np.flatnonzero(ok & (shares[r] > 0))
+                    order = cand[np.lexsort((cand, -scores[r, cand]))][:k]
+                    found = got[0][r] >= 0
+                    glob = offs[got[0][r][found]] + got[1][r][found]
+                    assert glob.size == order.size
+                    np.testing.assert_allclose(got[2][r][found], scores[r, order], rtol=1e-5, atol=1e-6)
+                    if order.size:  # the documents clearly above the k-th score are all there
+                        assert set(order[scores[r, order] > scores[r, order[-1]] + 1e-5]) <= set(glob)

@@ -4,14 +4,19 @@ A learned document vector does not depend on other documents, so a segment is th
 vectors as an :class:`~lsr.index.inverted.InvertedIndex` with float32 weights (no quantisation:
 scores are those of a fresh build, bit for bit). Documents are encoded by the encoder a fresh
 ``SpladeRetriever`` / ``InferenceFreeRetriever`` builds from the same options, blank documents
-emptied as the retrievers do. Queries are encoded once per search call; every segment is searched
-and the top ``k`` merged by (score desc, segment ordinal, position). A merge stacks the stored
-vectors of the kept documents (no re-encoding).
+emptied as the retrievers do. Queries are encoded once per search call. The small segments of a
+snapshot (below ``InvertedIndex.EXACT_SCAN_BELOW`` documents) are searched together in one
+kernel call over their posting lists joined into groups (:meth:`SpladeEngine._joined`;
+docs/collections.md, "Benchmark"); each larger segment by its own index (MaxScore); the hits
+merged by (score desc, segment ordinal, position). A merge stacks the stored vectors of the kept
+documents (no re-encoding).
 """
 from __future__ import annotations
 
 import inspect
 import logging
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -130,8 +135,167 @@ class SpladeEngine(Engine):
         if not segments or not queries:
             return merge_hits([], len(queries), k)
         q = self.encode_queries(queries)  # once for every segment
-        per_segment = [search_masked(part.index, q, k, mask, threads) for (part, _), mask in zip(segments, masks)]
+        small = [i for i, (part, _) in enumerate(segments) if _joinable(part.index)]
+        if len(small) < 2:
+            small = []
+        per_segment: list = [None] * len(segments)
+        for i, ((part, _), mask) in enumerate(zip(segments, masks)):
+            if i not in small:  # a large segment: its own index (MaxScore), or a lone small one
+                per_segment[i] = search_masked(part.index, q, k, mask, threads)
+        if small:
+            glob, scores = self._search_small([segments[i][0] for i in small], [masks[i] for i in small], q, k,
+                                              threads)
+            bases = self._joined([segments[i][0] for i in small])[2]
+            found = glob >= 0
+            seg = np.where(found, np.searchsorted(bases, glob, side="right") - 1, -1)
+            pos = np.where(found, glob - bases[np.maximum(seg, 0)], -1)
+            if len(small) == len(segments):  # one kernel call answered for every segment
+                return seg, pos, scores
+            for j, i in enumerate(small):
+                mine = seg == j
+                per_segment[i] = (np.where(mine, pos, -1), np.where(mine, scores, np.float32(0.0)))
         return merge_hits(per_segment, len(queries), k)
+
+    # ----------------------------------------------------------- small segments, one kernel call
+    def _joined(self, parts: list[SparsePart]) -> tuple:
+        """(typed lists of offsets, docs, weights of the parts' groups; the groups' bases over the
+        parts' positions; the parts' bases; the largest group's size; the parts), made once per
+        snapshot. Consecutive parts are grouped up to :data:`JOIN_DOCS` documents and each group's
+        lists joined (:func:`~lsr.collection._sparse_kernels.join_segments`); a group of one part
+        is that part's own arrays. A group is reused while its parts are (a new segment changes
+        only the last group)."""
+        key = tuple(id(p) for p in parts)
+        cached = _cache_get(self, "_joined_cache", key, parts)
+        if cached is not None:
+            return cached
+        groups: list[list[SparsePart]] = [[]]
+        size = 0
+        for p in parts:
+            if size >= JOIN_DOCS:
+                groups.append([])
+                size = 0
+            groups[-1].append(p)
+            size += p.n_docs
+        kern = _kernels()
+        arrays = [self._group(g) for g in groups]
+        lists = kern.segment_lists(*zip(*arrays))
+        bases = np.zeros(len(parts) + 1, np.int64)
+        np.cumsum([p.n_docs for p in parts], out=bases[1:])
+        group_bases = np.zeros(len(groups) + 1, np.int64)
+        np.cumsum([sum(p.n_docs for p in g) for g in groups], out=group_bases[1:])
+        got = (lists, group_bases, bases, int(np.diff(group_bases).max()), tuple(parts))
+        _cache_put(self, "_joined_cache", key, got)
+        return got
+
+    def _group(self, parts: list[SparsePart]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(offsets, docs, weights) of these consecutive parts' lists joined into one."""
+        if len(parts) == 1:
+            i = parts[0].index
+            return i.offsets, i.postings.raw_docs, i.postings.weights
+        key = tuple(id(p) for p in parts)
+        cached = _cache_get(self, "_group_cache", key, parts)
+        if cached is not None:
+            return cached[:3]
+        kern = _kernels()
+        lists = kern.segment_lists([p.index.offsets for p in parts], [p.index.postings.raw_docs for p in parts],
+                                   [p.index.postings.weights for p in parts])
+        bases = np.zeros(len(parts), np.int64)
+        np.cumsum([p.n_docs for p in parts[:-1]], out=bases[1:])
+        nnz = sum(p.index.nnz for p in parts)
+        out = (np.empty(parts[0].index.offsets.size, np.int64), np.empty(nnz, np.int32), np.empty(nnz, np.float32))
+        kern.join_segments(*lists, bases, *out)
+        _cache_put(self, "_group_cache", key, (*out, tuple(parts)))
+        return out
+
+    def _search_small(self, parts: list[SparsePart], masks: list[np.ndarray | None], q: Any, k: int,
+                      threads: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` over the small segments ``parts`` in one kernel call per thread:
+        ``(nq, k)`` positions over the parts (in order) and scores, padded -1 / 0."""
+        (offsets_l, docs_l, weights_l), group_bases, _, largest, _ = self._joined(parts)
+        indptr = np.ascontiguousarray(q.indptr, np.int64)
+        terms = np.ascontiguousarray(q.indices, np.int64)
+        weights = np.ascontiguousarray(q.data, np.float32)
+        nq = indptr.size - 1
+        if all(m is None for m in masks):
+            mask, rows, row_bounds = _NO_MASK, _NO_ROWS, np.zeros(len(parts) + 1, np.int64)
+        else:
+            full = np.concatenate([np.ones(p.n_docs, bool) if m is None else m for p, m in zip(parts, masks)])
+            rows = np.flatnonzero(full)
+            row_bounds = np.searchsorted(rows, group_bases)
+            mask = full.view(np.uint8)
+        positive = all(p.index.positive for p in parts)
+        glob = np.empty((nq, k), np.int64)
+        scores = np.empty((nq, k), np.float32)
+
+        def run(a: int, b: int) -> None:
+            acc, seen, touched = _scratch(largest)
+            _kernels().search_segments(indptr[a:b + 1] - indptr[a], terms[indptr[a]:indptr[b]],
+                                       weights[indptr[a]:indptr[b]], positive, offsets_l, docs_l, weights_l,
+                                       group_bases, mask, mask is not _NO_MASK, rows, row_bounds, k, acc, seen,
+                                       touched,
+                                       glob[a:b], scores[a:b])
+
+        threads = max(1, min(int(threads), nq))
+        if threads == 1:
+            run(0, nq)
+        else:  # the kernel releases the GIL: query chunks on threads
+            from concurrent.futures import ThreadPoolExecutor
+
+            cuts = np.linspace(0, nq, threads + 1).astype(int)
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(lambda ab: run(*ab), zip(cuts[:-1], cuts[1:])))
+        return glob, scores
+
+
+#: snapshots (and groups of segments) whose joined lists each engine keeps
+SNAPSHOTS_CACHED = 8
+#: consecutive small segments are joined into groups of about this many documents
+JOIN_DOCS = 1 << 16
+_CACHE_LOCK = threading.Lock()
+_LOCAL = threading.local()
+_NO_ROWS = np.zeros(0, np.int64)
+_NO_MASK = np.zeros(0, np.uint8)
+
+
+def _cache_get(engine: Any, name: str, key: tuple, parts: Sequence[Any]) -> Any:
+    """The engine's cached entry for these parts (keyed by their ids, checked by identity)."""
+    with _CACHE_LOCK:
+        cache = engine.__dict__.setdefault(name, OrderedDict())
+        got = cache.get(key)
+        if got is not None and all(a is b for a, b in zip(got[-1], parts)):
+            cache.move_to_end(key)
+            return got
+    return None
+
+
+def _cache_put(engine: Any, name: str, key: tuple, value: tuple) -> None:
+    with _CACHE_LOCK:
+        cache = engine.__dict__.setdefault(name, OrderedDict())
+        cache[key] = value
+        while len(cache) > SNAPSHOTS_CACHED:
+            cache.popitem(last=False)
+
+
+def _joinable(index: InvertedIndex) -> bool:
+    """Is this segment searched with the other small ones in one call? Small (an index of its
+    size would scan exhaustively anyway), float32 weights, lists decoded in memory."""
+    return (index.n_docs < index.EXACT_SCAN_BELOW and index.quantization is None
+            and (index.postings.raw_docs.size > 0 or index.nnz == 0))
+
+
+def _scratch(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """This thread's kernel accumulators (the kernel leaves them zero), at least ``n`` long."""
+    got = getattr(_LOCAL, "scratch", None)
+    if got is None or got[0].size < n:
+        got = (np.zeros(n, np.float32), np.zeros(n, np.bool_), np.empty(max(n, 1), np.int64))
+        _LOCAL.scratch = got
+    return got
+
+
+def _kernels() -> Any:
+    from lsr.collection import _sparse_kernels
+
+    return _sparse_kernels
 
 
 class InferenceFreeEngine(SpladeEngine):
