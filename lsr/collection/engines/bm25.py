@@ -14,15 +14,24 @@ live masks), and scores only the query terms' postings, term at a time, with the
 ``idf - idf / (1 + tf * inv_norm[doc])`` in float32 as :class:`lsr.encoders.bm25.BM25Encoder`
 computes them. So every state (before or after merges, with deletes) scores as a fresh
 ``BM25Retriever`` over the surviving documents (docs/collections.md, "Scores").
+
+Statistics of other collections (sharded search, :mod:`lsr.distributed.search`): a collection
+split into shards scores like one collection only when every shard weights its postings with the
+statistics of all shards. :meth:`BM25Engine.statistics` gives a snapshot's N, total length and
+each query term's df (:class:`BM25Statistics`, summed over shards with
+:meth:`BM25Statistics.total`), and ``search(..., statistics=...)`` (a search option, so also
+``Collection.search(..., statistics=...)``) scores with such global statistics instead of the
+snapshot's own; the postings searched and the tie order are still the snapshot's.
 """
 from __future__ import annotations
 
 import logging
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -42,7 +51,7 @@ from lsr.retrievers.options import BM25Options
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BM25Engine", "BM25Part"]
+__all__ = ["BM25Engine", "BM25Part", "BM25Statistics"]
 
 FORMAT, VERSION = "lsr.segment.bm25", 1
 SNAPSHOTS_CACHED = 4  # snapshots whose statistics are kept (readers of a few commits at once)
@@ -85,6 +94,29 @@ class BM25Part:
             return got
 
 
+@dataclass(frozen=True)
+class BM25Statistics:
+    """What BM25 weights are made from, over some set of live documents: ``n_docs`` (documents
+    with at least one term), ``sum_lengths`` (their total analysed length) and ``df`` (each
+    term's document frequency; only the terms a search needs)."""
+
+    n_docs: int
+    sum_lengths: int
+    df: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def total(cls, parts: Iterable["BM25Statistics"]) -> "BM25Statistics":
+        """The statistics of the union of disjoint document sets (shards): every count summed."""
+        n = total_len = 0
+        df: dict[str, int] = {}
+        for p in parts:
+            n += int(p.n_docs)
+            total_len += int(p.sum_lengths)
+            for term, d in p.df.items():
+                df[term] = df.get(term, 0) + int(d)
+        return cls(n, total_len, df)
+
+
 class _Snapshot:
     """Global statistics of one snapshot: a BM25Encoder holding N and the total length (its
     ``idf``/``avgdl`` are what a fresh fit computes), each segment's live df and inv_norm, and
@@ -109,9 +141,36 @@ class _Snapshot:
                 self._kernel_args = (*lists, np.ascontiguousarray(inv, np.float32))
             return self._kernel_args
 
-    def terms(self, words: list[str]) -> list[tuple[np.ndarray, np.float32]]:
+    def local_df(self, words: list[str]) -> np.ndarray:
+        """Each word's document frequency over this snapshot's live documents."""
+        df = np.zeros(len(words), np.int64)
+        for s, part in enumerate(self.parts):
+            ids = np.fromiter((-1 if (t := part.term_id(w)) is None else t for w in words), np.int64, len(words))
+            has = ids >= 0
+            df[has] += self.dfs[s][ids[has]]
+        return df
+
+    def terms(self, words: list[str], global_df: Mapping[str, int] | None = None
+              ) -> list[tuple[np.ndarray, np.float32]]:
         """Each word's term id in every segment (-1: absent, or no live document has it) and its
-        idf over the live documents (as a fresh fit computes it); cached per snapshot."""
+        idf over the live documents (as a fresh fit computes it); cached per snapshot. With
+        ``global_df`` the idf is computed from those document frequencies (and this snapshot's
+        encoder's N, the global one), not cached."""
+        if global_df is not None:
+            uniq = list(dict.fromkeys(words))
+            local = np.full((len(self.parts), len(uniq)), -1, np.int64)
+            for s, part in enumerate(self.parts):
+                local[s] = np.fromiter((-1 if (t := part.term_id(w)) is None else t for w in uniq), np.int64,
+                                       len(uniq))
+            own = self.local_df(uniq)
+            local[:, own == 0] = -1
+            df = np.asarray([int(global_df[w]) for w in uniq], np.int64)
+            if np.any(df < own):
+                w = uniq[int(np.flatnonzero(df < own)[0])]
+                raise ValueError(f"statistics: df {global_df[w]} of {w!r} is below this collection's own")
+            idf = BM25Encoder.idf(SimpleNamespace(df=df, n_docs=self.encoder.n_docs)).astype(np.float32)
+            got = {w: (local[:, j].copy(), idf[j]) for j, w in enumerate(uniq)}
+            return [got[w] for w in words]
         missing = [w for w in dict.fromkeys(words) if w not in self._terms]
         if missing:
             local = np.full((len(self.parts), len(missing)), -1, np.int64)
@@ -244,6 +303,60 @@ class BM25Engine(Engine):
                 self._snapshots.popitem(last=False)
         return snap
 
+    def _global_snapshot(self, segments: Sequence[tuple[BM25Part, np.ndarray | None]],
+                         stats: BM25Statistics) -> _Snapshot:
+        """The snapshot's postings and live masks weighted with ``stats`` (N, average length)."""
+        own = self._snapshot(segments)
+        if stats.n_docs < own.encoder.n_docs or stats.sum_lengths < own.encoder.sum_lengths:
+            raise ValueError(f"statistics: n_docs {stats.n_docs} / sum_lengths {stats.sum_lengths} cover fewer "
+                             f"documents than this collection's live ones ({own.encoder.n_docs} / "
+                             f"{own.encoder.sum_lengths})")
+        key = ("global", tuple(id(p) for p in own.parts), tuple(map(mask_digest, (live for _, live in segments))),
+               int(stats.n_docs), int(stats.sum_lengths))
+        with self._lock:
+            snap = self._snapshots.get(key)
+            if snap is not None:
+                self._snapshots.move_to_end(key)
+                return snap
+        e = self.encoder
+        enc = BM25Encoder(e.k1, e.b, e.analyzer, e.lucene_norms)
+        enc.n_docs, enc.sum_lengths = int(stats.n_docs), int(stats.sum_lengths)
+        inv_norms = [self._inv_norm(enc, p.lengths) for p in own.parts] if own.encoder.n_docs else []
+        snap = _Snapshot(enc, own.parts, own.dfs, inv_norms)
+        with self._lock:
+            self._snapshots[key] = snap
+            while len(self._snapshots) > 2 * SNAPSHOTS_CACHED:
+                self._snapshots.popitem(last=False)
+        return snap
+
+    def _query_terms(self, queries: Sequence[str]) -> tuple[np.ndarray, list[str], list[int]]:
+        """Each query's distinct analysed terms, sorted (the order their weights are summed in):
+        ``(indptr, words, counts)``."""
+        indptr = np.zeros(len(queries) + 1, np.int64)
+        words: list[str] = []
+        counts: list[int] = []
+        for qi, text in enumerate(queries):
+            terms, n = np.unique(np.asarray(self.encoder.analyzer(text), dtype=object).astype(str),
+                                 return_counts=True)
+            words.extend(terms.tolist())
+            counts.extend(n.tolist())
+            indptr[qi + 1] = len(words)
+        return indptr, words, counts
+
+    def statistics(self, queries: Sequence[str] | str,
+                   segments: Sequence[tuple[BM25Part, np.ndarray | None]]) -> BM25Statistics:
+        """The live documents' N, total length and the df of every term of ``queries`` (what
+        another collection's search needs to score as if these documents were its own)."""
+        from lsr.retrievers.base import as_queries
+
+        words = list(dict.fromkeys(self._query_terms(as_queries(queries))[1]))
+        if not segments:
+            return BM25Statistics(0, 0, {w: 0 for w in words})
+        snap = self._snapshot(segments)
+        df = snap.local_df(words)
+        return BM25Statistics(int(snap.encoder.n_docs), int(snap.encoder.sum_lengths),
+                              {w: int(d) for w, d in zip(words, df.tolist())})
+
     @staticmethod
     def _inv_norm(enc: BM25Encoder, lengths: np.ndarray) -> np.ndarray:
         # the same float32 steps as BM25Encoder._impacts (tests check the weights bit for bit)
@@ -254,22 +367,26 @@ class BM25Engine(Engine):
 
     def search(self, queries: Sequence[str], k: int, segments: Sequence[tuple[BM25Part, np.ndarray | None]],
                allowed: Sequence[np.ndarray | None] | None = None, threads: int = 1, **search_options: Any) -> Hits:
+        """Top-``k`` (base interface). Search option ``statistics``: a :class:`BM25Statistics`
+        (N, total length, the df of every query term) to weight with instead of the snapshot's own,
+        e.g. the sum over the shards of a sharded collection (:mod:`lsr.distributed.search`)."""
+        stats = search_options.pop("statistics", None)
+        if stats is not None and not isinstance(stats, BM25Statistics):
+            raise TypeError(f"statistics must be a BM25Statistics, got {type(stats).__name__}")
         queries, k, masks = check_search(queries, k, segments, allowed, search_options, self.name)
         nq = len(queries)
-        snap = self._snapshot(segments)
-        if not snap.encoder.n_docs or not segments:  # no live document has a term: nothing matches
+        if not segments:
             return merge_hits([], nq, k)
-        # each query's distinct terms, sorted (the order their weights are summed in)
-        indptr = np.zeros(nq + 1, np.int64)
-        words: list[str] = []
-        counts: list[int] = []
-        for qi, text in enumerate(queries):
-            terms, n = np.unique(np.asarray(self.encoder.analyzer(text), dtype=object).astype(str),
-                                 return_counts=True)
-            words.extend(terms.tolist())
-            counts.extend(n.tolist())
-            indptr[qi + 1] = len(words)
-        info = snap.terms(words)
+        snap = self._snapshot(segments)
+        if not snap.encoder.n_docs:  # no live document has a term: nothing matches
+            return merge_hits([], nq, k)
+        indptr, words, counts = self._query_terms(queries)
+        if stats is not None:
+            missing = [w for w in dict.fromkeys(words) if w not in stats.df]
+            if missing:
+                raise ValueError(f"statistics: no df for query term(s) {', '.join(map(repr, missing[:5]))}")
+            snap = self._global_snapshot(segments, stats)
+        info = snap.terms(words, None if stats is None else stats.df)
         n_seg = len(segments)
         q_terms = np.stack([t for t, _ in info], axis=1) if info else np.zeros((n_seg, 0), np.int64)
         q_idf = np.asarray([f for _, f in info], np.float32)

@@ -12,6 +12,10 @@ integer ids, which here follow the collection's order (ties by segment, then pos
 fresh ``HybridRetriever`` numbers documents by their sorted external ids; tied fused scores may
 therefore come in another order, and rank-based methods (rrf, ...) rank tied component scores
 in collection order.
+
+Search option ``component=i`` (for sharded search, :mod:`lsr.distributed.search`, which fuses
+at the driver over every shard): component ``i``'s own top ``k`` over the snapshot, unfused;
+the other search options then go to that component (e.g. BM25's ``statistics``).
 """
 from __future__ import annotations
 
@@ -102,6 +106,12 @@ class HybridEngine(Engine):
                allowed: Sequence[np.ndarray | None] | None = None, threads: int = 1, **search_options: Any) -> Hits:
         from lsr.fusion.combine import fuse_arrays
 
+        component = search_options.pop("component", None)
+        if component is not None:
+            if isinstance(component, bool) or not isinstance(component, int) or not 0 <= component < len(self.components):
+                raise ValueError(f"component must be an index below {len(self.components)}, got {component!r}")
+            return self.components[component].search(queries, k, [(p.parts[component], live) for p, live in segments],
+                                                      allowed=allowed, threads=threads, **search_options)
         queries, k, _ = check_search(queries, k, segments, allowed, search_options, self.name)
         nq = len(queries)
         if not segments or not nq:
