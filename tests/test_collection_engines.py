@@ -493,3 +493,69 @@ def test_small_sparse_segments_searched_together_equal_each_segment_alone(tmp_pa
                     np.testing.assert_allclose(got[2][r][found], scores[r, order], rtol=1e-5, atol=1e-6)
                     if order.size:  # the documents clearly above the k-th score are all there
                         assert set(order[scores[r, order] > scores[r, order[-1]] + 1e-5]) <= set(glob)
+
+
+def test_approximate_dense_segment_searches_live_allowed_documents_through_faiss(tmp_path):
+    """An HNSW segment with deletes and a filter: above EXACT_ALLOWED_BELOW allowed, FAISS
+    searches with the mask (only live, allowed documents come back, k of them, and nearly the
+    exact top k); at or below it, the exact matrix product (equal to brute force)."""
+    from lsr.collection.engines import dense as dense_engine
+    from lsr.collection.engines.base import Engine
+    from lsr.retrievers.options import DenseOptions
+
+    rng = np.random.default_rng(5)
+    n, dim = dense_engine.APPROXIMATE_MIN_DOCS + 500, 16
+    vecs = rng.standard_normal((n, dim)).astype(np.float32)
+    qv = rng.standard_normal((30, dim)).astype(np.float32)
+
+    class Enc:
+        def __init__(self):
+            self.dim = dim
+
+        def encode_documents(self, texts, show_progress=False):
+            return vecs[[int(t[1:]) for t in texts]]
+
+        def encode_queries(self, texts):
+            return qv[[int(t[1:]) for t in texts]]
+
+    class Stub(dense_engine.DenseEngine):
+        def __init__(self):
+            Engine.__init__(self, DenseOptions(model="stub", index_type="hnsw"))
+            self.encoder = Enc()
+
+    engine = Stub()
+    engine.write_segment([f"d{i}" for i in range(n)], tmp_path)
+    part = engine.open_segment(tmp_path, n)
+    assert part.faiss is not None
+    live = rng.random(n) > 0.1
+    qs = [f"q{i}" for i in range(30)]
+    calls = []
+    search = part.faiss.search
+    part.faiss.search = lambda *a, **kw: calls.append(kw.get("allowed")) or search(*a, **kw)
+    for share in (0.6, 0.05):
+        calls.clear()
+        allowed = rng.random(n) < share
+        ok = live & allowed
+        seg, pos, sc = engine.search(qs, 10, [(part, live)], allowed=[allowed])
+        exact = qv @ vecs.T
+        exact[:, ~ok] = -np.inf
+        ref = np.argsort(-exact, axis=1, kind="stable")[:, :10]
+        assert (pos >= 0).all() and ok[pos].all()
+        np.testing.assert_allclose(sc, np.take_along_axis(qv @ vecs.T, pos, 1), rtol=1e-5, atol=1e-5)
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(pos, ref)])
+        if share <= dense_engine.EXACT_ALLOWED_BELOW:
+            assert not calls
+            np.testing.assert_array_equal(pos, ref)
+        else:  # FAISS searched, given the live and allowed documents
+            assert len(calls) == 1 and np.array_equal(calls[0], ok)
+            assert recall >= 0.9, recall
+
+
+def test_muvera_engine_refuses_an_approximate_index_type():
+    """A collection's MUVERA engine scores FDEs exactly: index_type='hnsw' is refused, naming the
+    option (before, it was recorded in the options and silently not used)."""
+    from lsr.collection.engines.multivector import MuveraEngine
+    from lsr.retrievers.options import MuveraOptions
+
+    with pytest.raises(ValueError, match="index_type='hnsw'"):
+        MuveraEngine(MuveraOptions(model=str(shared_model("all-MiniLM-L6-v2")), index_type="hnsw"))

@@ -5,11 +5,14 @@ A segment holds ``vectors.npy`` (float32, ``(n_docs, dim)``, the encoder's outpu
 least :data:`APPROXIMATE_MIN_DOCS` documents, ``faiss/`` (a :class:`~lsr.index.dense.DenseIndex`
 directory). Search per segment:
 
-* exact (flat, small segments, and every segment with deletes or a filter): one float32 matrix
-  product over the stored vectors of the allowed documents, exact top ``k`` (every allowed
-  document has a score, so ``k`` results whenever ``k`` documents are allowed);
-* approximate (an hnsw / ivf / ivfpq index, no deletes and no filter in that segment): FAISS, as
-  a fresh approximate build would search it.
+* exact (flat and small segments, and approximate ones where at most :data:`EXACT_ALLOWED_BELOW`
+  of the documents are live and allowed): one float32 matrix product over the stored vectors of
+  the allowed documents, exact top ``k`` (every allowed document has a score, so ``k`` results
+  whenever ``k`` documents are allowed);
+* approximate (an hnsw / ivf / ivfpq index): FAISS, as a fresh approximate build would search
+  it; with deletes or a filter, restricted to the live and allowed documents by
+  :meth:`~lsr.index.dense.DenseIndex.search`'s ``allowed`` mask (FAISS selectors, re-answered
+  exactly for a query left with fewer than ``k``).
 
 A merge concatenates the kept rows of the stored vectors and rebuilds the FAISS index from them.
 """
@@ -41,6 +44,9 @@ __all__ = ["DenseEngine", "DensePart", "APPROXIMATE_MIN_DOCS"]
 FORMAT, VERSION = "lsr.segment.dense", 1
 #: below this many documents a segment is searched exactly (an approximate index would not be faster)
 APPROXIMATE_MIN_DOCS = 4096
+#: an approximate segment with at most this share of its documents live and allowed is searched
+#: exactly (a matrix product over few rows beats a graph walk that skips most of its nodes)
+EXACT_ALLOWED_BELOW = 0.25
 #: document rows scored per matrix product in exact search (bounds the score buffer)
 EXACT_BLOCK = 65536
 
@@ -151,11 +157,9 @@ class DenseEngine(Engine):
         q = np.ascontiguousarray(self.encoder.encode_queries(queries), dtype=np.float32)
         per_segment = []
         for (part, _), mask in zip(segments, masks):
-            if part.faiss is not None and mask is None:
-                res = part.faiss.search(q, k=min(k, part.n_docs), threads=threads)
+            if part.faiss is not None and (mask is None or mask.mean() > EXACT_ALLOWED_BELOW):
+                res = part.faiss.search(q, k=min(k, part.n_docs), threads=threads, allowed=mask)
                 per_segment.append((res.ids, res.scores))
-            else:
-                # exact over the allowed rows; TODO(lsr/index allowed=): DenseIndex.search(allowed=)
-                # for approximate segments with many allowed documents
+            else:  # exact over the allowed rows
                 per_segment.append(exact_top_k(q, part.vectors, mask, k))
         return merge_hits(per_segment, len(queries), k)

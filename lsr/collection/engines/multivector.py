@@ -7,8 +7,8 @@ and, for MUVERA, each document's FDE (``fdes.npy``, float32, encoded from the en
 projections, so every segment's FDEs live in one space). A merge copies the kept rows of both.
 
 Search: MaxSim scores every allowed document exactly (``maxsim_scores``). MUVERA scores the FDEs of
-the allowed documents of every segment exactly (a flat FDE product; ``index_type`` is not used
-by collections), takes the snapshot-wide top ``max(candidates, k)`` by (score, segment,
+the allowed documents of every segment exactly (a flat FDE product; another ``index_type`` is
+refused), takes the snapshot-wide top ``max(candidates, k)`` by (score, segment,
 position), as a fresh flat FDE index over the surviving documents does, and re-ranks them by
 exact MaxSim (``maxsim_rerank``).
 """
@@ -134,6 +134,13 @@ class MuveraEngine(MaxSimEngine):
     name = "muvera"
     options_class = MuveraOptions
     format = "lsr.segment.muvera"
+
+    def __init__(self, options: MuveraOptions) -> None:
+        if options.index_type != "flat":  # refused, not silently recorded and ignored
+            raise ValueError(f"index_type={options.index_type!r}: a collection's MUVERA engine scores the FDEs of "
+                             "the allowed documents exactly (flat); build a MuveraRetriever for an approximate "
+                             "FDE index")
+        super().__init__(options)
 
     def fde_encoder(self, dim: int) -> Any:
         from lsr.index.muvera import FDEConfig, FDEEncoder
