@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 __all__ = ["LsrError", "IndexFormatError", "DataFormatError", "ModelNotFoundError", "FilterError",
-           "CollectionLockedError"]
+           "CollectionLockedError", "ShardError"]
 
 
 class LsrError(Exception):
@@ -47,3 +47,12 @@ class FilterError(LsrError, ValueError):
 class CollectionLockedError(LsrError, RuntimeError):
     """Another writer holds a collection's ``write.lock``; the one-line message names the lock
     file and the holder's pid and host. Open the collection with ``readonly=True`` to search it."""
+
+
+class ShardError(LsrError, RuntimeError):
+    """A shard of a sharded collection could not answer (its Ray actor died, raised or timed out):
+    the one-line message names the shard number and directory. ``shard`` holds the number."""
+
+    def __init__(self, shard: int, message: str):
+        super().__init__(message)
+        self.shard = shard

@@ -1,4 +1,5 @@
-"""Beyond one machine, on Ray: distributed encoding into lsr's shards (see docs/scale.md).
+"""Beyond one machine, on Ray: distributed encoding into lsr's shards, sharded collections and
+sharded search (see docs/scale.md).
 
 Ray is optional (``pip install 'lsr[ray]'``): importing this package does not import it; the
 functions that need it import it and name the extra when it is missing.
@@ -17,6 +18,11 @@ _EXPORTS = {
     "disconnect": "lsr.distributed.cluster",
     "require_ray": "lsr.distributed.cluster",
     "RAY_HINT": "lsr.distributed.cluster",
+    "ShardedCollection": "lsr.distributed.sharded",
+    "build_sharded": "lsr.distributed.sharded",
+    "shard_of": "lsr.distributed.sharded",
+    "ShardedSearcher": "lsr.distributed.search",
+    "ShardedSearchResults": "lsr.distributed.search",
 }
 
 __all__ = sorted(_EXPORTS)
