@@ -11,6 +11,17 @@ Ray run (Ray restarts it and retries its shards; the restart is in the encode ti
 
     python scripts/bench_distributed.py --dataset ../shared/data/beir/scifact \\
         --model ../shared/models/splade-tiny --docs 1000 --shard-size 100 --workers 1,2
+
+``--search`` measures sharded search instead: a BM25 collection of the first ``--docs``
+documents, built unsharded in this process and as ``--shards`` shards by Ray tasks
+(:func:`lsr.distributed.build_sharded`), searched with ``--queries`` queries of the dataset, one
+query per call (latency: p50/p99) and in batches of ``--batch`` (QPS), in-process
+(``Collection.search``) vs :class:`lsr.distributed.ShardedSearcher` (one actor per shard). The
+fan-out overhead of a sharded call is its wall time minus the slowest shard actor's own search
+time (``last_shard_seconds``): the statistics round, Ray's round trips, the merge. Every sharded
+ranking is checked equal to the in-process one (ids, scores to 1e-5) before the table is printed.
+
+    python scripts/bench_distributed.py --search --docs 3000 --queries 300 --shards 4
 """
 from __future__ import annotations
 
@@ -50,7 +61,15 @@ def main() -> None:
     ap.add_argument("--ray-cpus", type=int, default=2, help="CPUs of the local Ray instance")
     ap.add_argument("--kill-after", type=int, default=None, help="SIGKILL actor 0 once N shards have landed")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    ap.add_argument("--search", action="store_true", help="measure sharded BM25 search instead of encoding")
+    ap.add_argument("--shards", type=int, default=4, help="shards of the --search collection")
+    ap.add_argument("--queries", type=int, default=300, help="queries of --search (0: all)")
+    ap.add_argument("--batch", type=int, default=64, help="queries per call in the batched --search runs")
+    ap.add_argument("--k", type=int, default=10)
     args = ap.parse_args()
+    if args.search:
+        bench_search(args)
+        return
 
     from lsr.distributed import EncoderPool, connect, disconnect, encode_corpus_distributed
     from lsr.encoders.splade import SpladeEncoder
@@ -117,6 +136,99 @@ def main() -> None:
                                          "rows": rows}, indent=2) + "\n")
     if not all(r["equal"] for r in rows):
         sys.exit("a distributed run differs from the in-process one")
+
+
+def _latencies(search, queries: list[str]) -> tuple[np.ndarray, list]:
+    out, results = [], []
+    for q in queries:
+        t = time.perf_counter()
+        results.append(search([q]))
+        out.append(time.perf_counter() - t)
+    return np.asarray(out), results
+
+
+def _same_hits(a, b) -> bool:
+    ha, hb = a.hits(0), b.hits(0)
+    return [d for d, _ in ha] == [d for d, _ in hb] and all(abs(x - y) <= 1e-5 for (_, x), (_, y) in zip(ha, hb))
+
+
+def bench_search(args: argparse.Namespace) -> None:
+    """Sharded vs in-process BM25 search (see the module docstring)."""
+    import lsr
+    from lsr.distributed import ShardedSearcher, build_sharded, connect, disconnect
+    from lsr.io.readers import read_corpus, read_queries
+
+    corpus = read_corpus(args.dataset / "corpus.jsonl")
+    n = args.docs or len(corpus)
+    docs = [{"_id": i, "title": corpus.titles[j], "text": corpus.texts[j]} for j, i in enumerate(corpus.ids[:n])]
+    queries = list(read_queries(args.dataset / "queries.jsonl").values())
+    qtexts = queries[: args.queries or len(queries)]
+    rows, figures = [], {}
+    with tempfile.TemporaryDirectory(prefix="lsr-bench-sharded-") as tmp:
+        t = time.perf_counter()
+        full = lsr.Collection.create(Path(tmp) / "full", "bm25")
+        full.add(docs)
+        figures["build_inprocess_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        started = connect(None, num_cpus=args.ray_cpus)  # imports ray, loopback only
+        figures["ray_start_s"] = time.perf_counter() - t
+        import ray
+
+        assert {nd["NodeManagerAddress"] for nd in ray.nodes()} == {"127.0.0.1"}, ray.nodes()
+        try:
+            t = time.perf_counter()
+            sharded = build_sharded(Path(tmp) / "sharded", docs, args.shards, "bm25")
+            figures["build_sharded_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            with ShardedSearcher(sharded.path, batch_size=args.batch) as searcher:
+                figures["searcher_start_s"] = time.perf_counter() - t
+                reference: list = []
+                for run, search in (("in-process Collection.search", lambda q: full.search(q, k=args.k)),
+                                    (f"sharded, {args.shards} Ray actors", lambda q: searcher.search(q, k=args.k))):
+                    search(qtexts[:20])  # warm: numba, snapshots, caches
+                    lat, results = _latencies(search, qtexts)
+                    if run.startswith("sharded"):
+                        slowest = []
+                        for q in qtexts:
+                            t = time.perf_counter()
+                            searcher.search([q], k=args.k)
+                            wall = time.perf_counter() - t
+                            slowest.append((wall, max(searcher.last_shard_seconds)))
+                        overhead = np.asarray([w - s for w, s in slowest])
+                        own = np.asarray([s for _, s in slowest])
+                        figures["equal"] = all(_same_hits(a, b) for a, b in zip(reference, results))
+                    else:
+                        reference = results
+                    t = time.perf_counter()
+                    for i in range(0, len(qtexts), args.batch):
+                        search(qtexts[i:i + args.batch])
+                    batched = len(qtexts) / (time.perf_counter() - t)
+                    rows.append({"run": run, "qps_one": len(qtexts) / lat.sum(), "p50_ms": 1e3 * np.median(lat),
+                                 "p99_ms": 1e3 * np.percentile(lat, 99), "qps_batched": batched})
+            sharded.close()
+        finally:
+            full.close()
+            disconnect(started)
+    figures.update({"overhead_p50_ms": 1e3 * float(np.median(overhead)),
+                    "overhead_p99_ms": 1e3 * float(np.percentile(overhead, 99)),
+                    "slowest_shard_p50_ms": 1e3 * float(np.median(own))})
+    print(f"{machine_line()}; ray {ray.__version__}; {args.dataset.name}, {n} documents, BM25, {len(qtexts)} "
+          f"queries, k={args.k}, {args.shards} shards, local Ray of {args.ray_cpus} CPUs; build in-process "
+          f"{figures['build_inprocess_s']:.1f}s, sharded (Ray tasks) {figures['build_sharded_s']:.1f}s; Ray start "
+          f"{figures['ray_start_s']:.1f}s, searcher start {figures['searcher_start_s']:.1f}s")
+    print(f"| run | QPS (1 query/call) | p50 ms | p99 ms | QPS (batches of {args.batch}) |")
+    print("|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['run']} | {r['qps_one']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['qps_batched']:.1f} |")
+    print(f"fan-out overhead per query (sharded wall - slowest shard's own search): p50 "
+          f"{figures['overhead_p50_ms']:.2f} ms, p99 {figures['overhead_p99_ms']:.2f} ms (slowest shard's own "
+          f"search p50 {figures['slowest_shard_p50_ms']:.2f} ms); sharded rankings equal to in-process: "
+          f"{'yes' if figures['equal'] else 'NO'}")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine_line(), "docs": n, "rows": rows, **figures},
+                                        indent=2) + "\n")
+    if not figures["equal"]:
+        sys.exit("a sharded ranking differs from the in-process one")
 
 
 if __name__ == "__main__":

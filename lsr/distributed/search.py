@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -64,6 +65,7 @@ class ShardReader:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.col = Collection.open(path, readonly=True)
+        self.last_seconds = 0.0
 
     def pid(self) -> int:
         return os.getpid()
@@ -79,6 +81,7 @@ class ShardReader:
     def statistics(self, queries: list[str], components: Sequence[int | None], refresh: bool = False
                    ) -> list[BM25Statistics]:
         """This shard's BM25 statistics of the queries' terms, one per (BM25) component asked."""
+        t = time.perf_counter()
         if refresh:
             self.col.refresh()
         snap = self.col.snapshot
@@ -86,11 +89,17 @@ class ShardReader:
         for c in components:
             parts = [s.part if c is None else s.part.parts[c] for s in snap.segments]
             out.append(self._bm25(c).statistics(queries, list(zip(parts, snap.lives))))
+        self.last_seconds = time.perf_counter() - t
         return out
+
+    def seconds(self) -> float:
+        """Seconds the last statistics or search request took in this actor."""
+        return self.last_seconds
 
     def search(self, queries: list[str], k: int, filter: Any = None, fields: Sequence[str] = (),
                component: int | None = None, statistics: BM25Statistics | None = None,
                refresh: bool = False) -> dict[str, Any]:
+        t = time.perf_counter()
         if refresh:
             self.col.refresh()
         options: dict[str, Any] = {}
@@ -121,7 +130,8 @@ class ShardReader:
             ids.append(row_ids)
             out_fields.append(row_fields)
         return {"n_live": len(self.col), "generation": self.col.generation, "ids": ids,
-                "scores": np.asarray(res.scores, np.float32), "seqs": seqs, "fields": out_fields}
+                "scores": np.asarray(res.scores, np.float32), "seqs": seqs, "fields": out_fields,
+                "seconds": time.perf_counter() - t}
 
     def get(self, ids: list[str], fields: Sequence[str]) -> list[dict[str, Any] | None]:
         docs = [strip_sequence(d) for d in self.col.get(ids)]
@@ -153,6 +163,10 @@ class ShardedSearcher:
             ones reach the restarted actor). Default 0: a dead shard stays dead.
         batch_size: queries per request to each actor (requests are pipelined).
         timeout: seconds a search waits for a shard before :class:`ShardError` (None: no limit).
+
+    After each :meth:`search`, ``last_shard_seconds[i]`` is the time shard ``i``'s actor spent in
+    its search requests (``Collection.search`` and turning its hits into a reply), so the
+    fan-out overhead of a call is its wall time minus the slowest shard's.
     """
 
     def __init__(self, path: str | os.PathLike, address: str | None = None, cpus_per_shard: float | None = None,
@@ -264,6 +278,8 @@ class ShardedSearcher:
                                  for s, a in enumerate(self.actors) if s not in missing}
                                 for leg, (c, kk) in enumerate(legs)])
         answers = [[self._gather(refs, missing, allow_partial) for refs in per_leg] for per_leg in search_refs]
+        self.last_shard_seconds = [sum(leg[s]["seconds"] for per_leg in answers for leg in per_leg if s in leg)
+                                   for s in range(self.n_shards)]
         if len(missing) == self.n_shards:
             raise ShardError(min(missing), f"{self.path}: no shard answered")
         return self._results(answers, missing, k, fields)
