@@ -431,10 +431,10 @@ def _stub_sparse_engine(docs, queries):
     return Stub()
 
 
-@pytest.mark.parametrize("join_docs", [1 << 16, 150])
-def test_small_sparse_segments_searched_together_equal_each_segment_alone(tmp_path, monkeypatch, join_docs):
-    """The one-call search of a snapshot's small segments (joined into groups of ``join_docs``)
-    returns exactly what searching every segment's InvertedIndex alone and merging returns, and
+@pytest.mark.parametrize("join_docs,budget", [(1 << 16, 1 << 30), (150, 1 << 30), (1 << 16, 3000)])
+def test_small_sparse_segments_searched_together_equal_each_segment_alone(tmp_path, monkeypatch, join_docs, budget):
+    """The one-call search of a snapshot's small segments (joined into groups of ``join_docs``,
+    at most ``budget`` bytes of joined copies, the rest searched in their own arrays) returns exactly what searching every segment's InvertedIndex alone and merging returns, and
     the documents brute force over the live, allowed ones ranks first (scores to 1e-5), with
     deletes, filters (down to a handful of documents), negative query weights, threads, and a
     segment added to a snapshot already searched."""
@@ -444,6 +444,7 @@ def test_small_sparse_segments_searched_together_equal_each_segment_alone(tmp_pa
     from lsr.collection.engines.base import check_search
 
     monkeypatch.setattr(sparse_engine, "JOIN_DOCS", join_docs)
+    monkeypatch.setattr(sparse_engine, "JOIN_BUDGET_BYTES", budget)
     rng = np.random.default_rng(3)
     vocab, n = 400, 1100
     docs = sp.random(n, vocab, density=0.03, random_state=rng, format="csr", dtype=np.float32)

@@ -161,41 +161,57 @@ class SpladeEngine(Engine):
         """(typed lists of offsets, docs, weights of the parts' groups; the groups' bases over the
         parts' positions; the parts' bases; the largest group's size; the parts), made once per
         snapshot. Consecutive parts are grouped up to :data:`JOIN_DOCS` documents and each group's
-        lists joined (:func:`~lsr.collection._sparse_kernels.join_segments`); a group of one part
-        is that part's own arrays. A group is reused while its parts are (a new segment changes
-        only the last group)."""
+        lists joined (:func:`~lsr.collection._sparse_kernels.join_segments`) while the snapshot's
+        joined copies stay within :data:`JOIN_BUDGET_BYTES`; a group of one part (and every part
+        past the budget) is searched in its own arrays. A group already joined for one of the
+        :data:`SNAPSHOTS_CACHED` snapshots kept is reused (a new segment changes only the last
+        group), so the copies in memory are those of at most that many snapshots."""
         key = tuple(id(p) for p in parts)
-        cached = _cache_get(self, "_joined_cache", key, parts)
-        if cached is not None:
-            return cached
+        with _CACHE_LOCK:
+            cache = self.__dict__.setdefault("_joined_cache", OrderedDict())
+            got = cache.get(key)
+            if got is not None and all(a is b for a, b in zip(got[4], parts)):
+                cache.move_to_end(key)
+                return got
+            known = {k: v for entry in cache.values() for k, v in entry[5].items()}
         groups: list[list[SparsePart]] = [[]]
-        size = 0
+        size = budget = 0
         for p in parts:
-            if size >= JOIN_DOCS:
+            if size >= JOIN_DOCS or budget > JOIN_BUDGET_BYTES:
                 groups.append([])
                 size = 0
             groups[-1].append(p)
             size += p.n_docs
-        kern = _kernels()
-        arrays = [self._group(g) for g in groups]
-        lists = kern.segment_lists(*zip(*arrays))
+            budget += 8 * p.index.nnz
+        joined: dict[tuple, tuple] = {}
+        arrays = []
+        for g in groups:
+            gkey = tuple(id(p) for p in g)
+            hit = known.get(gkey)
+            if hit is None or not all(a is b for a, b in zip(hit[3], g)):
+                hit = (*self._join(g), tuple(g))
+            if len(g) > 1:
+                joined[gkey] = hit
+            arrays.append(hit[:3])
+        lists = _kernels().segment_lists(*zip(*arrays))
         bases = np.zeros(len(parts) + 1, np.int64)
         np.cumsum([p.n_docs for p in parts], out=bases[1:])
         group_bases = np.zeros(len(groups) + 1, np.int64)
         np.cumsum([sum(p.n_docs for p in g) for g in groups], out=group_bases[1:])
-        got = (lists, group_bases, bases, int(np.diff(group_bases).max()), tuple(parts))
-        _cache_put(self, "_joined_cache", key, got)
+        got = (lists, group_bases, bases, int(np.diff(group_bases).max()), tuple(parts), joined)
+        with _CACHE_LOCK:
+            cache[key] = got
+            while len(cache) > SNAPSHOTS_CACHED:
+                cache.popitem(last=False)
         return got
 
-    def _group(self, parts: list[SparsePart]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(offsets, docs, weights) of these consecutive parts' lists joined into one."""
+    @staticmethod
+    def _join(parts: list[SparsePart]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(offsets, docs, weights) of these consecutive parts' lists joined into one (a part
+        alone: its own arrays)."""
         if len(parts) == 1:
             i = parts[0].index
             return i.offsets, i.postings.raw_docs, i.postings.weights
-        key = tuple(id(p) for p in parts)
-        cached = _cache_get(self, "_group_cache", key, parts)
-        if cached is not None:
-            return cached[:3]
         kern = _kernels()
         lists = kern.segment_lists([p.index.offsets for p in parts], [p.index.postings.raw_docs for p in parts],
                                    [p.index.postings.weights for p in parts])
@@ -204,14 +220,13 @@ class SpladeEngine(Engine):
         nnz = sum(p.index.nnz for p in parts)
         out = (np.empty(parts[0].index.offsets.size, np.int64), np.empty(nnz, np.int32), np.empty(nnz, np.float32))
         kern.join_segments(*lists, bases, *out)
-        _cache_put(self, "_group_cache", key, (*out, tuple(parts)))
         return out
 
     def _search_small(self, parts: list[SparsePart], masks: list[np.ndarray | None], q: Any, k: int,
                       threads: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` over the small segments ``parts`` in one kernel call per thread:
         ``(nq, k)`` positions over the parts (in order) and scores, padded -1 / 0."""
-        (offsets_l, docs_l, weights_l), group_bases, _, largest, _ = self._joined(parts)
+        (offsets_l, docs_l, weights_l), group_bases, _, largest = self._joined(parts)[:4]
         indptr = np.ascontiguousarray(q.indptr, np.int64)
         terms = np.ascontiguousarray(q.indices, np.int64)
         weights = np.ascontiguousarray(q.data, np.float32)
@@ -247,33 +262,17 @@ class SpladeEngine(Engine):
         return glob, scores
 
 
-#: snapshots (and groups of segments) whose joined lists each engine keeps
-SNAPSHOTS_CACHED = 8
+#: snapshots whose joined small segments each engine keeps (the current one and the one before)
+SNAPSHOTS_CACHED = 2
 #: consecutive small segments are joined into groups of about this many documents
 JOIN_DOCS = 1 << 16
+#: at most this many bytes of joined copies (8 per posting) per snapshot; past it, small
+#: segments are searched in their own arrays (still in the one kernel call)
+JOIN_BUDGET_BYTES = 1 << 30
 _CACHE_LOCK = threading.Lock()
 _LOCAL = threading.local()
 _NO_ROWS = np.zeros(0, np.int64)
 _NO_MASK = np.zeros(0, np.uint8)
-
-
-def _cache_get(engine: Any, name: str, key: tuple, parts: Sequence[Any]) -> Any:
-    """The engine's cached entry for these parts (keyed by their ids, checked by identity)."""
-    with _CACHE_LOCK:
-        cache = engine.__dict__.setdefault(name, OrderedDict())
-        got = cache.get(key)
-        if got is not None and all(a is b for a, b in zip(got[-1], parts)):
-            cache.move_to_end(key)
-            return got
-    return None
-
-
-def _cache_put(engine: Any, name: str, key: tuple, value: tuple) -> None:
-    with _CACHE_LOCK:
-        cache = engine.__dict__.setdefault(name, OrderedDict())
-        cache[key] = value
-        while len(cache) > SNAPSHOTS_CACHED:
-            cache.popitem(last=False)
 
 
 def _joinable(index: InvertedIndex) -> bool:
