@@ -182,3 +182,76 @@ def test_real_sigkill_of_a_writer_at_several_timings(tmp_path, delay):
                 got, want = col.search(QUERIES, k=5, filter=flt), ref.search(QUERIES, k=5, filter=flt)
                 assert all(same_hits(hits(got, i), hits(want, i)) for i in range(len(QUERIES)))
             ref.close()
+
+
+
+def _staged(parent: Path) -> set[str]:
+    return {p.name for p in parent.iterdir() if TEMP_MARK in p.name or ".new-" in p.name or ".old-" in p.name}
+
+
+def test_staging_directories_of_killed_creates_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
+    """A create or ``lsr index --overwrite`` killed before its rename leaves a staging directory
+    beside the collection; the next writer open removes it, but not the staging directory of a
+    creator still at work (its write.lock is held), one without a lock touched recently, or one
+    of another collection."""
+    from click.testing import CliRunner
+
+    import lsr.collection.collection as collection_module
+    import lsr.collection.leftovers as leftovers
+    from lsr.cli import main
+
+    path = tmp_path / "c"
+
+    def killed_create(target: Path) -> None:
+        os.environ[CRASH_ENV] = "create-staged"
+        Collection.create(target, "bm25")
+
+    for target in (path, tmp_path / "other"):
+        _, status = os.waitpid(_fork(lambda: killed_create(target)), 0)
+        assert os.waitstatus_to_exitcode(status) == CRASH_EXIT
+    killed = _staged(tmp_path)
+    other = {n for n in killed if n.startswith(".other")}
+    assert len(killed) == 2 and len(other) == 1 and not path.exists()
+    ready, go = os.pipe(), os.pipe()
+
+    def paused_create() -> None:  # a concurrent creator of the same path, stopped before its rename
+        def pause(name: str) -> None:
+            if name == "create-staged":
+                os.write(ready[1], b"1")
+                os.read(go[0], 1)
+        collection_module.crash_point = pause
+        Collection.create(path, "bm25")
+
+    creator = _fork(paused_create)
+    try:
+        assert os.read(ready[0], 1) == b"1"
+        live = _staged(tmp_path) - killed
+        assert len(live) == 1
+        unlocked = tmp_path / f".c{TEMP_MARK}{'a' * 12}"  # a creator between its mkdir and its lock
+        unlocked.mkdir()
+        long_ago = time.time() - leftovers.STALE_SECONDS - 60
+        os.utime(unlocked, (long_ago, long_ago))  # its ctime is still recent: kept
+        with Collection.create(path, "bm25") as col:  # this writer's open cleans up
+            col.add([make_doc(random.Random(0), "x")])
+            assert _staged(tmp_path) == live | other | {unlocked.name}
+    finally:
+        os.write(go[1], b"1")  # the paused creator resumes: its rename fails (the path is taken), it cleans up
+        os.waitpid(creator, 0)
+    assert _staged(tmp_path) == other | {unlocked.name}
+    # an overwrite killed while staging its new collection: the old collection stays, the next writer cleans
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"_id": "d1", "text": "heart disease"}\n')
+
+    def killed_overwrite() -> None:
+        os.environ[CRASH_ENV] = "create-staged"
+        CliRunner().invoke(main, ["index", str(corpus), str(path), "-r", "bm25", "--overwrite"])
+
+    _, status = os.waitpid(_fork(killed_overwrite), 0)
+    assert os.waitstatus_to_exitcode(status) == CRASH_EXIT
+    overwrite = _staged(tmp_path) - other - {unlocked.name}
+    assert len(overwrite) == 1 and next(iter(overwrite)).startswith("..c.new-")
+    monkeypatch.setattr(leftovers, "STALE_SECONDS", 0.0)  # as if an hour had passed
+    with Collection.open(path) as col:
+        assert col.ids() == ["x"]
+        assert _staged(tmp_path) == other
+    _check_clean(path)

@@ -31,6 +31,7 @@ import numpy as np
 from lsr.collection.commit import (TEMP_MARK, Commit, SegmentEntry, commit_generations, commit_name, crash_point,
                                    fsync_path, fsync_tree, read_commit, write_atomic, write_commit)
 from lsr.collection.docstore import check_documents, contents, row_dict
+from lsr.collection.leftovers import remove_stale_siblings
 from lsr.collection.lock import LOCK_NAME, WriteLock
 from lsr.collection.merge_policy import TieredMergePolicy
 from lsr.collection.segments import build_segment, load_live, merge_into_segment, open_segment, segment_name, \
@@ -77,10 +78,10 @@ class Collection:
     """Use :meth:`create` or :meth:`open`; close it (or use ``with``) to release the write lock."""
 
     def __init__(self, path: Path, name: str, options: Any, engine: Any, readonly: bool,
-                 merge_policy: TieredMergePolicy | None, verify: bool) -> None:
+                 merge_policy: TieredMergePolicy | None, verify: bool, lock: WriteLock | None = None) -> None:
         self.path, self.retriever, self.options, self.engine = path, name, options, engine
         self.readonly, self.merge_policy, self.verify = readonly, merge_policy, verify
-        self._lock: WriteLock | None = None if readonly else WriteLock(path)
+        self._lock: WriteLock | None = None if readonly else lock or WriteLock(path)
         self._write = threading.Lock()
         self._refreshing = threading.Lock()  # one refresh at a time: snapshots never go back
         self._masks = MaskCache()
@@ -89,6 +90,7 @@ class Collection:
         try:
             if not readonly:
                 self._clean(read_commit(path, commit_generations(path)[0]))
+                remove_stale_siblings(path)
             self._snapshot = self._load_latest()
         except BaseException:
             self.close()
@@ -113,24 +115,31 @@ class Collection:
         engine = engine_class(name).create(opts)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}{TEMP_MARK}{uuid.uuid4().hex[:12]}"
+        tmp.mkdir()
+        lock = None
         try:
+            lock = WriteLock(tmp)  # held from here on: no writer's cleanup takes this for a leftover
             for sub in ("engine", "segments", "deletes"):
-                (tmp / sub).mkdir(parents=True)
+                (tmp / sub).mkdir()
             engine.save(tmp / "engine")
             manifest = {"format": FORMAT, "format_version": VERSION, "retriever": name, "options": opts.to_dict(),
                         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "lsr_version": __version__}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
             write_commit(tmp, Commit(0, (), 0))
             fsync_tree(tmp)
+            crash_point("create-staged")
             if path.is_dir():
                 path.rmdir()
             os.rename(tmp, path)  # the collection appears complete or not at all
+            lock.moved_to(path)
             fsync_path(path.parent, directory=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            if lock is not None:
+                lock.release()
             raise
         policy = TieredMergePolicy() if merge_policy is _DEFAULT else merge_policy
-        return cls(path, name, opts, engine, False, policy, True)
+        return cls(path, name, opts, engine, False, policy, True, lock)
 
     @classmethod
     def open(cls, path: str | os.PathLike, readonly: bool = False, *, merge_policy: Any = _DEFAULT,

@@ -35,9 +35,10 @@ CRASH_EXIT = 87
 #: ``LSR_COLLECTION_FSYNC=0`` skips every fsync: a killed process still leaves a valid collection
 #: (renames are atomic), a power loss may not. For tests and throwaway collections only.
 FSYNC_ENV = "LSR_COLLECTION_FSYNC"
-#: in the order a write passes them (merge-written only in merges, deletes-written only with deletes)
-CRASH_POINTS = ("segment-written", "segment-synced", "merge-written", "deletes-written", "commit-written",
-                "commit-renamed", "committed", "cleaning")
+#: in the order a write passes them (create-staged only in Collection.create, merge-written only in
+#: merges, deletes-written only with deletes)
+CRASH_POINTS = ("create-staged", "segment-written", "segment-synced", "merge-written", "deletes-written",
+                "commit-written", "commit-renamed", "committed", "cleaning")
 #: every temporary name a writer makes contains this (removed on the next writer open)
 TEMP_MARK = ".tmp-"
 _COMMIT = re.compile(r"commit_(\d{8,})\.json")

@@ -67,6 +67,11 @@ class WriteLock:
         self._fd: int | None = fd
         self.holder = record
 
+    def moved_to(self, directory: Path) -> None:
+        """The locked directory was renamed to ``directory`` (a created collection's staging
+        directory renamed into place: the lock goes with it, it is never let go in between)."""
+        self.path = Path(directory) / LOCK_NAME
+
     @property
     def held(self) -> bool:
         return self._fd is not None
