@@ -357,3 +357,49 @@ def test_json_column_written_by_hand():
         expected = [ref_match(spec, d) for d in docs]
         assert compile_filter(spec).mask(table).tolist() == expected, spec
     assert infer_schema([table]) == {"v": "mixed"}
+
+
+def test_mask_cache_is_bounded_by_bytes_in_lru_order(tmp_path):
+    """The per-segment mask cache never holds more than its byte bound, drops the least recently
+    used masks first, never caches a mask larger than the bound, and returns correct masks."""
+    from collections import OrderedDict
+
+    from lsr.collection import Collection
+    from lsr.collection.segments import OpenSegment
+    from lsr.collection.snapshot import MASK_CACHE_BYTES, MaskCache
+
+    r = random.Random(11)
+    bound = 3000
+    sizes = [200, 900, 40, 1500, bound + 1]  # the last one's masks are larger than the bound
+    segments, seg_docs = [], []
+    for j, n in enumerate(sizes):
+        docs = [dict(d, _id=f"s{j}-{d['_id']}") for d in random_docs(r, n)]
+        SEEN.clear()
+        SEEN.update({key: [ref_value(d, key) for d in docs] for key in KEYS})
+        table = table_of(docs)
+        segments.append(OpenSegment(f"seg_{j:08d}", n, None, table, np.array([d["_id"] for d in docs]),
+                                    f"{j:064x}"))
+        seg_docs.append(docs)
+    specs = [random_filter(r) for _ in range(8)]
+    cache, model = MaskCache(max_bytes=bound), OrderedDict()  # model: key -> bytes, in LRU order
+    for _ in range(400):
+        j, spec = r.randrange(len(sizes)), r.randrange(len(specs))
+        compiled = compile_filter(specs[spec])
+        mask = cache.get(segments[j], compiled)
+        assert np.array_equal(mask, [ref_match(specs[spec], d) for d in seg_docs[j]]), specs[spec]
+        key = (j, compiled.to_json())
+        if key in model:
+            model.move_to_end(key)
+        elif sizes[j] <= bound:
+            model[key] = sizes[j]
+            while sum(model.values()) > bound:
+                model.popitem(last=False)
+        assert cache.nbytes == sum(model.values()) <= bound
+        assert [(int(k[0][4:]), k[2]) for k in cache._items] == list(model)
+        assert cache.nbytes == sum(m.nbytes for m in cache._items.values())
+        if sizes[j] <= bound:  # a hit is the cached array itself
+            assert cache.get(segments[j], compiled) is mask
+    assert len(cache) >= 2  # the bound held several masks, not one
+    assert MASK_CACHE_BYTES == 64 << 20
+    with Collection.create(tmp_path / "c", "bm25") as col:
+        assert col._masks.max_bytes == MASK_CACHE_BYTES

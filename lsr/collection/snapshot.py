@@ -17,7 +17,10 @@ import numpy as np
 from lsr.collection.commit import Commit
 from lsr.collection.segments import OpenSegment
 
-__all__ = ["Snapshot", "MaskCache"]
+__all__ = ["Snapshot", "MaskCache", "MASK_CACHE_BYTES"]
+
+#: the most bytes a collection's cached filter masks hold together (a bool per document of a segment)
+MASK_CACHE_BYTES = 64 << 20
 
 
 @dataclass
@@ -60,12 +63,18 @@ class Snapshot:
 
 class MaskCache:
     """Filter masks per (segment name, manifest SHA-256, canonical filter JSON), least recently
-    used dropped."""
+    used dropped while the masks together hold more than ``max_bytes`` (one byte per document of
+    a segment: a count bound would let 64 masks of a 10M-document segment take 640 MB). A mask
+    larger than the whole bound is returned without being cached."""
 
-    def __init__(self, size: int = 256) -> None:
+    def __init__(self, max_bytes: int | None = None) -> None:
         self._items: OrderedDict[tuple[str, str, str], np.ndarray] = OrderedDict()
-        self._size = size
+        self.max_bytes = MASK_CACHE_BYTES if max_bytes is None else int(max_bytes)
+        self.nbytes = 0  # of the cached masks
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def get(self, seg: OpenSegment, compiled: Any) -> np.ndarray:
         key = (seg.name, seg.manifest_sha256, compiled.to_json())
@@ -76,8 +85,15 @@ class MaskCache:
                 return hit
         mask = np.asarray(compiled.mask(seg.table), dtype=bool)
         mask.setflags(write=False)
+        if mask.nbytes > self.max_bytes:
+            return mask
         with self._lock:
+            old = self._items.pop(key, None)  # another thread computed it meanwhile
+            if old is not None:
+                self.nbytes -= old.nbytes
             self._items[key] = mask
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
+            self.nbytes += mask.nbytes
+            while self.nbytes > self.max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                self.nbytes -= dropped.nbytes
         return mask
