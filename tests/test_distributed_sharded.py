@@ -275,3 +275,23 @@ def test_hybrid_bm25_dense_sharded_equals_unsharded(ray_local, tmp_path):
         _same_up_to_near_ties(full.search(QUERIES, k=10, filter=FILTERS[2]),
                               searcher.search(QUERIES, k=10, filter=FILTERS[2]))
     full.close()
+
+
+@pytest.mark.slow
+def test_splade_built_by_ray_tasks_equals_unsharded(ray_local, tmp_path):
+    """splade-tiny, 4 shards encoded by Ray tasks (one per shard) and searched by 4 actors."""
+    from lsr.distributed.search import ShardedSearcher
+    from lsr.distributed.sharded import build_sharded
+
+    options = {"model": str(shared_model("splade-tiny"))}
+    docs = _corpus(60, seed=5)
+    full = lsr.Collection.create(tmp_path / "full", "splade", **options)
+    full.add(docs)
+    with build_sharded(tmp_path / "sh", docs, 4, "splade", **options) as sharded, \
+            ShardedSearcher(sharded.path) as searcher:
+        _same_up_to_near_ties(full.search(QUERIES, k=10), searcher.search(QUERIES, k=10))
+        _same_up_to_near_ties(full.search(QUERIES, k=10, filter=FILTERS[1]),
+                              searcher.search(QUERIES, k=10, filter=FILTERS[1]))
+        _changes(full, sharded)
+        _same_up_to_near_ties(full.search(QUERIES, k=10), searcher.search(QUERIES, k=10))
+    full.close()
