@@ -181,15 +181,57 @@ def test_second_writer_is_refused_and_a_killed_writers_lock_taken_over(tmp_path)
         reader.add([{"_id": "b", "text": "x"}])
     col.close()
     pid = os.fork()
-    if pid == 0:  # a writer that dies holding the lock
-        Collection.open(path)
+    if pid == 0:  # a writer that dies holding the lock (referenced: a dropped writer releases it)
+        writer = Collection.open(path)
         os.kill(os.getpid(), 9)
+        writer.close()  # not reached
     os.waitpid(pid, 0)
     holder = json.loads((path / "write.lock").read_text())
     assert holder["pid"] == pid  # the dead writer's record is still there
     with Collection.open(path) as col:  # stale: taken over
         assert json.loads((path / "write.lock").read_text())["pid"] == os.getpid()
         assert col.get(["a"])[0]["text"] == "heart"
+
+
+def test_a_writer_dropped_without_close_releases_its_lock(tmp_path):
+    """A writer garbage collected unclosed releases write.lock (as a crash would: what it committed
+    stays); a forked child dropping its copy of its parent's writer leaves the parent's lock alone."""
+    import gc
+
+    path, rng = tmp_path / "c", random.Random(8)
+    docs = [make_doc(rng, f"d{i}") for i in range(6)]
+    col = Collection.create(path, "bm25")
+    col.add(docs[:4])
+    col.add(docs[4:])
+    col.delete(["d1"])
+    del col
+    gc.collect()
+    model = {d["_id"]: d for d in docs if d["_id"] != "d1"}
+    with Collection.open(path) as col:  # the same process opens it for writing again
+        assert col.ids() == list(model) and col.get(list(model)) == list(model.values())
+        check_equals_fresh(col, model, tmp_path, BM25Options())
+        col.add([make_doc(rng, "e0")])
+    writer = Collection.open(path)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            del writer
+            gc.collect()
+            try:
+                Collection.open(path)
+            except CollectionLockedError:
+                code = 0  # still the parent's
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with pytest.raises(CollectionLockedError, match=rf"pid {os.getpid()}"):
+        Collection.open(path)
+    writer.add([make_doc(rng, "e1")])
+    writer.close()
+    with Collection.open(path, readonly=True) as reader:
+        assert reader.ids() == list(model) + ["e0", "e1"]
 
 
 def test_readers_in_threads_see_only_committed_states(tmp_path):

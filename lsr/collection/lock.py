@@ -5,7 +5,9 @@ file, so it ends with the process however it dies: a lock left by a killed write
 construction and the next writer takes it over, logging who held it). The file records the
 holder ``{"pid", "host", "started"}`` for the error message a second writer gets. The file is
 never removed (removing a lock file others may have open races with them); an unlocked file is
-not a lock.
+not a lock. A :class:`WriteLock` garbage collected without :meth:`WriteLock.release` (a writer
+``Collection`` dropped unclosed) releases the lock then (``weakref.finalize``); in a forked child
+it only closes its copy of the descriptor, never the parent's lock.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import logging
 import os
 import socket
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +69,8 @@ class WriteLock:
         os.fsync(fd)
         self._fd: int | None = fd
         self.holder = record
+        # a lock dropped without release() (its Collection garbage collected) is released then
+        self._finalizer = weakref.finalize(self, _unlock, fd, os.getpid())
 
     def moved_to(self, directory: Path) -> None:
         """The locked directory was renamed to ``directory`` (a created collection's staging
@@ -93,13 +98,20 @@ class WriteLock:
 
     def release(self) -> None:
         """Clear the holder record and unlock (idempotent)."""
-        if self._fd is None:
-            return
-        import fcntl
+        if self._fd is not None:
+            self._fd = None
+            self._finalizer()
 
-        fd, self._fd = self._fd, None
-        try:
+
+def _unlock(fd: int, owner: int) -> None:
+    """Clear the holder record, unlock and close ``fd``. A forked child (another pid) holds the
+    same open file, whose flock is its parent's: it only closes its copy of the descriptor (a
+    flock ends when the last one closes, or with LOCK_UN, which would end the parent's lock)."""
+    import fcntl
+
+    try:
+        if os.getpid() == owner:
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+    finally:
+        os.close(fd)
