@@ -121,3 +121,63 @@ def test_index_keeps_titles_and_corpus_metadata_for_filters(tmp_path):
         ref.add([{k: v for k, v in d.items() if v != {}} for d in docs])
         expected = ref.search("heart", k=3, filter={"src": "b"}).hits(0)
     assert [h[0] for h in hits] == ["d2"] and hits == expected
+
+
+def test_add_streams_a_large_file_in_batches_and_a_bad_line_changes_nothing(runner, tmp_path, monkeypatch):
+    """`lsr add` reads and encodes --batch-size documents at a time (the first segment is written
+    before the file is read to its end), commits the file once (equal to a fresh build of the same
+    documents), and a malformed line near the end leaves the collection as it was."""
+    import os
+    import random
+
+    import lsr.cli.collection as cli_collection
+    from lsr.collection.engines.bm25 import BM25Engine
+    from test_collection_storage import WORDS, hits, same_hits
+
+    rng = random.Random(9)
+    n, queries = 25_000, ["heart disease risk", "w17 bank", "ocean w250 flood"]
+    rows = [{"_id": f"g{i}", "text": f"{rng.choice(WORDS)} {rng.choice(WORDS)} w{i % 501}",
+             "metadata": {"b": i % 7}} for i in range(n)]
+    first = [{"_id": "g3", "text": "old text of g3"}] + [{"_id": f"z{i}", "text": "heart bank"} for i in range(3)]
+    col = tmp_path / "col"
+    with Collection.create(col, "bm25") as c:
+        c.add(first)
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    read, written = [0], []  # documents read from the file when each segment was written
+    real_read, real_write = cli_collection.read_documents, BM25Engine.write_segment
+
+    def counted(path):
+        for doc in real_read(path):
+            read[0] += 1
+            yield doc
+
+    def spy(self, texts, directory, show_progress=False):
+        written.append((read[0], len(texts)))
+        return real_write(self, texts, directory, show_progress=show_progress)
+
+    monkeypatch.setattr(cli_collection, "read_documents", counted)
+    monkeypatch.setattr(BM25Engine, "write_segment", spy)
+    res = runner.invoke(main, ["add", str(col), str(good), "--batch-size", "10000"])
+    assert res.exit_code == 0 and f"{n - 1} added, 1 replaced" in res.output, res.output
+    assert [t for _, t in written] == [10_000, 10_000, 5_000] and written[0][0] <= 10_001
+    with Collection.create(tmp_path / "ref", "bm25") as ref, Collection.open(col, readonly=True) as c:
+        ref.add(first[1:] + rows)  # the same documents in collection order, one segment
+        assert len(c) == n + 3 and c.ids() == ref.ids() and c.generation == 2  # one commit for the file (no merge)
+        for flt in (None, {"b": 3}):
+            got, want = c.search(queries, k=10, filter=flt), ref.search(queries, k=10, filter=flt)
+            assert all(same_hits(hits(got, i), hits(want, i)) for i in range(len(queries)))
+        before = (len(c), c.ids(), c.generation, [hits(c.search(queries, k=10), i) for i in range(len(queries))])
+    segments = sorted(os.listdir(col / "segments"))
+    bad = tmp_path / "bad.jsonl"
+    lines = [json.dumps({"_id": f"h{i}", "text": f"heart {rng.choice(WORDS)}"}) for i in range(n)]
+    lines[n - 10] = '{"_id": "h-bad", "text": '
+    bad.write_text("\n".join(lines) + "\n")
+    written.clear()
+    res = runner.invoke(main, ["add", str(col), str(bad), "--batch-size", "10000"])
+    assert res.exit_code == 1 and f"bad.jsonl:{n - 9}" in res.output and "Traceback" not in res.output, res.output
+    assert len(written) == 2  # two batches were written before the bad line, then removed
+    assert sorted(os.listdir(col / "segments")) == segments
+    with Collection.open(col, readonly=True) as c:
+        after = (len(c), c.ids(), c.generation, [hits(c.search(queries, k=10), i) for i in range(len(queries))])
+    assert after == before

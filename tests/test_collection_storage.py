@@ -193,6 +193,33 @@ def test_second_writer_is_refused_and_a_killed_writers_lock_taken_over(tmp_path)
         assert col.get(["a"])[0]["text"] == "heart"
 
 
+def test_add_in_batches_is_one_commit_and_a_failing_batch_writes_nothing(tmp_path):
+    rng = random.Random(12)
+    docs = [make_doc(rng, f"d{i}") for i in range(7)]
+    with Collection.create(tmp_path / "c", "bm25", merge_policy=None) as col:
+        col.add(docs[:1])
+        assert col.add((d for d in docs[1:]), batch_size=3) == 6  # a generator, 3 at a time
+        assert col.generation == 2 and len(col.snapshot.segments) == 3  # segments of 1, 3, 3 documents
+        check_equals_fresh(col, {d["_id"]: d for d in docs}, tmp_path, BM25Options())
+        state = (col.generation, sorted(os.listdir(tmp_path / "c" / "segments")))
+        new = [make_doc(rng, f"n{i}") for i in range(5)]
+
+        def failing():
+            yield from new[:4]
+            raise OSError("read error")
+
+        for bad, error in [(new[:4] + [new[0]], "more than once in this batch: 'n0'"),
+                           (new[:4] + [docs[2]], "already in the collection: 'd2'"),
+                           (new[:3] + [{"_id": "n9", "text": 3}], "document 'n9': 'text' must be a string"),
+                           (failing(), "read error")]:
+            with pytest.raises((ValueError, OSError), match=error):
+                col.add(bad, batch_size=2)
+            assert (col.generation, sorted(os.listdir(tmp_path / "c" / "segments"))) == state
+        assert col.upsert(new, batch_size=2) == 5 and col.generation == state[0] + 1
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            col.add(new, batch_size=0)
+
+
 def test_a_writer_dropped_without_close_releases_its_lock(tmp_path):
     """A writer garbage collected unclosed releases write.lock (as a crash would: what it committed
     stays); a forked child dropping its copy of its parent's writer leaves the parent's lock alone."""

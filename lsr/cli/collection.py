@@ -185,19 +185,20 @@ def _records(path: Path) -> Iterator[tuple[int, Any]]:
     from lsr.errors import DataFormatError
 
     if path.suffix == ".parquet":
-        from lsr.io.manifest import read_parquet
+        import pyarrow.parquet as pq
 
-        table = read_parquet(path)
-        if "_id" not in table.column_names or "text" not in table.column_names:
-            raise DataFormatError(path, None, "a documents file needs columns _id and text")
-        for n, row in enumerate(table.to_pylist(), 1):
-            meta = row.get("metadata")
-            if isinstance(meta, str):
-                try:
-                    meta = json.loads(meta)
-                except (ValueError, RecursionError):
-                    raise DataFormatError(path, n, "metadata is not JSON text", "metadata") from None
-            yield n, {**row, "metadata": meta} if "metadata" in row else row
+        with pq.ParquetFile(path) as f:  # read a row group's batch at a time, not the whole file
+            if "_id" not in f.schema_arrow.names or "text" not in f.schema_arrow.names:
+                raise DataFormatError(path, None, "a documents file needs columns _id and text")
+            rows = (row for batch in f.iter_batches(batch_size=4096) for row in batch.to_pylist())
+            for n, row in enumerate(rows, 1):
+                meta = row.get("metadata")
+                if isinstance(meta, str):
+                    try:
+                        meta = json.loads(meta)
+                    except (ValueError, RecursionError):
+                        raise DataFormatError(path, n, "metadata is not JSON text", "metadata") from None
+                yield n, {**row, "metadata": meta} if "metadata" in row else row
         return
     from lsr.io.readers import _lines  # per-line UTF-8 decoding (errors name the line), .gz, BOM
 
@@ -227,20 +228,37 @@ def _document(path: Path, n: int, obj: Any) -> dict[str, Any]:
     return check_document(doc, path, n)
 
 
+#: documents ``lsr add`` reads and encodes at a time (one segment each, one commit for the file)
+ADD_BATCH = 10_000
+
+
 @main.command("add")
 @click.argument("collection", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("docs", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--batch-size", type=click.IntRange(min=1), default=ADD_BATCH, show_default=True,
+              help="Documents read and encoded at a time (each a segment; the file is still one commit).")
 @_friendly_errors
-def add_cmd(collection: Path, docs: Path) -> None:
-    """Add or replace the documents of DOCS (JSONL, JSONL.gz or Parquet: _id, title, text, metadata)."""
+def add_cmd(collection: Path, docs: Path, batch_size: int) -> None:
+    """Add or replace the documents of DOCS (JSONL, JSONL.gz or Parquet: _id, title, text, metadata).
+
+    The file is read in batches; a bad line stops the command before its one commit, so the
+    collection is left as it was."""
     from lsr.collection import Collection
 
-    batch = list(read_documents(docs))
+    read = 0
+
+    def counted() -> Iterator[dict[str, Any]]:
+        nonlocal read
+        for doc in read_documents(docs):
+            read += 1
+            yield doc
+
     with Collection.open(collection) as col:
-        replaced = sum(d is not None for d in col.get([d["_id"] for d in batch]))
-        col.upsert(batch, show_progress=True)
+        before = len(col)
+        col.upsert(counted(), show_progress=True, batch_size=batch_size)
         total = len(col)
-    click.echo(f"{len(batch) - replaced} added, {replaced} replaced; {collection} holds {total} documents", err=True)
+    replaced = read - (total - before)  # an upsert removes each replaced document and adds all
+    click.echo(f"{read - replaced} added, {replaced} replaced; {collection} holds {total} documents", err=True)
 
 
 @main.command("delete")

@@ -16,6 +16,7 @@ guarantees and the merge policy: docs/collections.md.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -240,34 +241,65 @@ class Collection:
         if write and self._lock is not None:
             self._lock.check()
 
-    def add(self, docs: Iterable[Mapping[str, Any]], show_progress: bool = False) -> int:
+    def add(self, docs: Iterable[Mapping[str, Any]], show_progress: bool = False,
+            batch_size: int | None = None) -> int:
         """Add new documents (``{_id, title?, text, metadata?}``) in one commit; an id already in
-        the collection is refused (use :meth:`upsert` to replace). Returns how many were added."""
-        return self._add(docs, replace=False, show_progress=show_progress)
+        the collection is refused (use :meth:`upsert` to replace). Returns how many were added.
 
-    def upsert(self, docs: Iterable[Mapping[str, Any]], show_progress: bool = False) -> int:
-        """Add documents, replacing live ones with the same ids: delete and add in ONE commit."""
-        return self._add(docs, replace=True, show_progress=show_progress)
+        ``batch_size``: read and encode ``docs`` (any iterable, a generator over a file for
+        instance) that many at a time, each batch written as its own segment, all committed at
+        the end in one commit: memory stays bounded by the batch, and when the iterable or a
+        document fails nothing is committed (the segments written so far are removed). None (the
+        default): all documents at once, one segment."""
+        return self._add(docs, replace=False, show_progress=show_progress, batch_size=batch_size)
 
-    def _add(self, docs: Iterable[Mapping[str, Any]], replace: bool, show_progress: bool) -> int:
+    def upsert(self, docs: Iterable[Mapping[str, Any]], show_progress: bool = False,
+               batch_size: int | None = None) -> int:
+        """Add documents, replacing live ones with the same ids: delete and add in ONE commit
+        (``batch_size`` as for :meth:`add`)."""
+        return self._add(docs, replace=True, show_progress=show_progress, batch_size=batch_size)
+
+    def _add(self, docs: Iterable[Mapping[str, Any]], replace: bool, show_progress: bool,
+             batch_size: int | None) -> int:
         self._check_open(write=True)
-        batch = check_documents(docs)
-        if not batch:
-            return 0
+        if batch_size is None:
+            parts: Iterable[list[Any]] = [check_documents(docs)]  # checked before anything is written
+        else:
+            from lsr.io.manifest import positive_int
+
+            size = positive_int(batch_size, "batch_size")
+            it = iter(docs)
+            parts = iter(lambda: list(itertools.islice(it, size)), [])
         with self._write:
             snap = self._snapshot
-            found = [(d["_id"], snap.locate(d["_id"])) for d in batch]
-            live = [(i, hit) for i, hit in found if hit is not None]
-            if live and not replace:
-                shown = ", ".join(repr(i) for i, _ in live[:5]) + (" ..." if len(live) > 5 else "")
-                raise ValueError(f"{len(live)} id(s) already in the collection: {shown} (use upsert to replace)")
             number = snap.commit.next_segment
-            entry = build_segment(self.path, segment_name(number), batch, contents(batch), self.engine,
-                                  show_progress)
-            entries = self._with_deletes(snap, [hit for _, hit in live])
-            self._commit(entries + [entry], number + 1)
+            written: list[SegmentEntry] = []
+            replaced: list[tuple[int, int]] = []
+            seen: dict[str, int] = {}
+            try:
+                for part in parts:
+                    batch = part if batch_size is None else check_documents(part, len(seen), seen)
+                    if not batch:
+                        continue
+                    found = [(d["_id"], snap.locate(d["_id"])) for d in batch]
+                    live = [(i, hit) for i, hit in found if hit is not None]
+                    if live and not replace:
+                        shown = ", ".join(repr(i) for i, _ in live[:5]) + (" ..." if len(live) > 5 else "")
+                        raise ValueError(f"{len(live)} id(s) already in the collection: {shown} (use upsert to "
+                                         f"replace)")
+                    replaced += [hit for _, hit in live]
+                    written.append(build_segment(self.path, segment_name(number), batch, contents(batch),
+                                                 self.engine, show_progress))
+                    number += 1
+            except BaseException:  # nothing was committed: the segments written so far go (a kill
+                for entry in written:  # leaves them to the next writer's open, named by no commit)
+                    shutil.rmtree(self.path / "segments" / entry.name, ignore_errors=True)
+                raise
+            if not written:
+                return 0
+            self._commit(self._with_deletes(snap, replaced) + written, number)
             self._maybe_merge()
-        return len(batch)
+        return sum(e.n_docs for e in written)
 
     def delete(self, ids: Iterable[str]) -> int:
         """Delete documents by id in one commit; returns how many were live (unknown ids are ignored)."""

@@ -96,13 +96,15 @@ def check_document(doc: Any, path: str | os.PathLike = "documents", line: int | 
     return {"_id": doc_id, "title": title, "text": text, "metadata": metadata}
 
 
-def check_documents(docs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def check_documents(docs: Iterable[Mapping[str, Any]], start: int = 0,
+                    seen: dict[str, int] | None = None) -> list[dict[str, Any]]:
     """Documents as plain dicts ``{_id, title, text, metadata}``, checked (:func:`check_document`);
-    a repeated id in the batch is refused naming it."""
+    a repeated id in the batch is refused naming it. ``start``: the number of the first document
+    (in messages); ``seen``: ids of earlier parts of the same batch (updated)."""
     out: list[dict[str, Any]] = []
-    seen: dict[str, int] = {}
+    seen = {} if seen is None else seen
     dups: list[str] = []
-    for i, doc in enumerate(docs):
+    for i, doc in enumerate(docs, start):
         checked = check_document(doc, where=f"document {i}")
         doc_id = checked["_id"]
         if doc_id in seen:
