@@ -65,8 +65,8 @@ class TrainSettings:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     loss: str = "kl"                   # "kl" or "margin-mse"
-    teacher_scale: float = 1.0         # teacher scores are multiplied by this (student scores are raw)
-    flops_weight: float = 0.08         # lambda of the document FLOPS term (OpenSearch's fine-tuning value)
+    teacher_scale: float = 30.0        # teacher scores (in [0, 1]) times this; student scores raw (OpenSearch's score_scale)
+    flops_weight: float = 0.002        # lambda of the document FLOPS term (OpenSearch's BEIR fine-tuning value)
     flops_warmup: int | None = None    # T of lambda * min(1, (step/T)^2); None: a third of the steps
     flops_threshold: float | None = None  # documents with at most this many non-zeros are exempt
     idf_trainable: bool = False
