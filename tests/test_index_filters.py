@@ -15,6 +15,14 @@ from lsr.index.maxsim import maxsim_rerank, maxsim_scores, maxsim_search
 FRACTIONS = [0.5, 0.1, 0.01, "few", "none"]
 
 
+@pytest.fixture(autouse=True)
+def _numpy_scan_budget_unspent(monkeypatch):
+    """The small cases go through the numpy scan: the process-wide budget starts unspent."""
+    from lsr.index import inverted
+
+    monkeypatch.setattr(inverted, "_NUMPY_WORK", [0])
+
+
 def make_mask(n: int, frac, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if frac == "few":

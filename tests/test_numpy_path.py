@@ -187,3 +187,26 @@ def test_opening_a_small_bm25_retriever_imports_no_numba(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "r")], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_search_dispatch_moves_to_the_kernel_once_the_numpy_budget_is_spent(monkeypatch):
+    """Small exhaustive searches run in numpy until NUMPY_WORK_BUDGET (queries x documents, per
+    process) is spent, then in the compiled kernel; every call's results are identical."""
+    import scipy.sparse as sp
+
+    from lsr.index import inverted
+
+    rng = np.random.default_rng(4)
+    docs = sp.random(300, 200, density=0.05, random_state=rng, format="csr", dtype=np.float32)
+    queries = sp.random(5, 200, density=0.1, random_state=rng, format="csr", dtype=np.float32)
+    index = InvertedIndex.from_csr(docs)
+    monkeypatch.setattr(inverted, "_NUMPY_WORK", [0])
+    monkeypatch.setattr(InvertedIndex, "NUMPY_WORK_BUDGET", 3 * 5 * 300)
+    calls = []
+    real = _numpy_path.exhaustive_search
+    monkeypatch.setattr(_numpy_path, "exhaustive_search", lambda *a: calls.append(1) or real(*a))
+    results = [index.search(queries, k=7) for _ in range(5)]
+    assert len(calls) == 3  # the budget covers three calls of 5 x 300; the rest ran compiled
+    for r in results[1:]:
+        np.testing.assert_array_equal(r.ids, results[0].ids)
+        np.testing.assert_array_equal(r.scores, results[0].scores)

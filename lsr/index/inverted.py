@@ -70,6 +70,8 @@ def _as_csr_parts(queries: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int
 
 
 _MODES = ("exact", "approximate", "exhaustive")
+#: work done by the numpy scan in this process (see InvertedIndex.NUMPY_WORK_BUDGET)
+_NUMPY_WORK = [0]
 
 
 def quantization_for(max_weight: float) -> dict[str, Any]:
@@ -222,8 +224,14 @@ class InvertedIndex:
     #: :meth:`load` reads indexes of at most this many postings with numpy instead of the
     #: compiled kernels: no Numba import, no kernel to load or compile (docs/startup.md)
     NUMPY_LOAD_POSTINGS = 1 << 19
-    #: exhaustive searches of at most this many (queries x documents) run in numpy, not Numba
+    #: exhaustive searches of at most this many (queries x documents) run in numpy, not Numba ...
     NUMPY_SEARCH_WORK = 1 << 22
+    #: ... until the process has put this much work (queries x documents, summed over every
+    #: index) through the numpy scan; then the compiled kernel takes over. About the kernel's
+    #: one-off load (0.5 to 1 s at numpy's ~60 ns per document and query): a short-lived process
+    #: (one CLI search) never pays the load, a long-lived one stops paying numpy's per-query cost
+    #: (5 to 8x the kernel's on a single query). Results are identical on both paths.
+    NUMPY_WORK_BUDGET = 1 << 23
     #: a filtered exact search scores each allowed document on the doc-major copy instead of
     #: reading posting lists when ``allowed count x postings per document`` is at most this many
     #: times the query's postings (a row costs more per entry than a posting: random access)
@@ -542,7 +550,9 @@ class InvertedIndex:
         out_scale = float(q["scale"]) if q else 1.0
         scan = mode == "exhaustive" or not self.positive or (mode == "exact" and self.n_docs < self.EXACT_SCAN_BELOW)
         p = self.postings
-        if scan and p.decoded and nq * self.n_docs <= self.NUMPY_SEARCH_WORK:
+        if (scan and p.decoded and nq * self.n_docs <= self.NUMPY_SEARCH_WORK
+                and _NUMPY_WORK[0] < self.NUMPY_WORK_BUDGET):
+            _NUMPY_WORK[0] += nq * self.n_docs
             # small work: the numpy scan (bit-identical to the kernel) answers before Numba could
             # even be imported, let alone compile (docs/startup.md)
             from lsr.index import _numpy_path
