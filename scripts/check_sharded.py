@@ -3,8 +3,9 @@
 For each dataset, both are built from the corpus in file order (title + text, metadata
 ``{"bucket": position % 10}``); every test query is searched with ``k`` (default 100) unfiltered and
 with the filters ``bucket < 5`` (50%) and ``bucket == 3`` (10%), and each sharded ranking is
-compared with the unsharded one: the same ids in the same order and scores within 1e-5 (BM25:
-bit-identical with the global statistics). Model-based retrievers take a ``--retriever`` and
+compared with the unsharded one: scores within 1e-5 at every rank, and the same ids in the same
+order except where documents whose scores are within 1e-5 swap (model encoders give last-bit
+differences by batch composition; BM25 is bit-identical with the global statistics). Model-based retrievers take a ``--retriever`` and
 ``--model`` (every document is encoded twice: once per build).
 
     python scripts/check_sharded.py --datasets scifact,nfcorpus --retriever bm25
@@ -17,10 +18,25 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 FILTERS = {"none": None, "bucket<5": {"bucket": {"$lt": 5}}, "bucket=3": {"bucket": 3}}
+
+
+def only_near_ties(ha: list, hb: list, tol: float = 1e-5) -> bool:
+    """Do two rankings (``(id, score)`` lists, scores rank-aligned within ``tol``) differ only by
+    swaps among documents whose scores are within ``tol`` of each other (model encoders give
+    last-bit differences by batch)? Each document of one must be in the other at a rank whose
+    score is within ``tol`` of its own, except at the cut-off of ``k``."""
+    where = {d: s for d, s in hb}
+    last = hb[-1][1] if hb else 0.0
+    for d, s in ha:
+        if d in where:
+            if abs(where[d] - s) > tol:
+                return False
+        elif abs(s - last) > tol:  # fell out of the other's top k: only a tie at the boundary may
+            return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,20 +77,24 @@ def main(argv: list[str] | None = None) -> int:
                     for label, flt in FILTERS.items():
                         a = full.search(qtexts, k=args.k, filter=flt)
                         b = searcher.search(qtexts, k=args.k, filter=flt)
-                        same_ids = same_scores = 0
+                        same_ids = same_scores = near_ties = 0
                         worst = 0.0
                         for r in range(len(qtexts)):
                             ha, hb = a.hits(r), b.hits(r)
-                            same_ids += [x for x, _ in ha] == [x for x, _ in hb]
+                            identical = [x for x, _ in ha] == [x for x, _ in hb]
+                            same_ids += identical
                             diff = max((abs(x - y) for (_, x), (_, y) in zip(ha, hb)), default=0.0)
                             worst = max(worst, diff)
-                            same_scores += len(ha) == len(hb) and diff <= 1e-5
+                            close = len(ha) == len(hb) and diff <= 1e-5
+                            same_scores += close
+                            near_ties += close and not identical and only_near_ties(ha, hb)
                         n = len(qtexts)
-                        ok = same_ids == n and same_scores == n
+                        ok = same_scores == n and same_ids + near_ties == n
                         failures += not ok
                         print(f"{name} {args.retriever} filter {label}: {same_ids}/{n} rankings identical "
-                              f"(top {args.k}), scores within 1e-5 for {same_scores}/{n} (largest difference "
-                              f"{worst:.2e}) {'ok' if ok else 'DIFFERENT'}", flush=True)
+                              f"(top {args.k}), {near_ties} differ only in the order of documents whose scores "
+                              f"are within 1e-5; scores within 1e-5 at every rank for {same_scores}/{n} "
+                              f"(largest difference {worst:.2e}) {'ok' if ok else 'DIFFERENT'}", flush=True)
                 print(f"{name}: {len(docs)} documents; build one collection {t_full:.1f} s, {args.shards} shards "
                       f"by Ray tasks {t_sharded:.1f} s", flush=True)
                 sharded.close()
