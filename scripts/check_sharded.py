@@ -6,7 +6,7 @@ with the filters ``bucket < 5`` (50%) and ``bucket == 3`` (10%), and each sharde
 compared with the unsharded one: scores within 1e-5 at every rank, and the same ids in the same
 order except where documents whose scores are within 1e-5 swap (model encoders give last-bit
 differences by batch composition; BM25 is bit-identical with the global statistics). Model-based retrievers take a ``--retriever`` and
-``--model`` (every document is encoded twice: once per build).
+``--model``, a hybrid its ``--components`` (every document is encoded twice: once per build).
 
     python scripts/check_sharded.py --datasets scifact,nfcorpus --retriever bm25
 """
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data" / "beir")
     ap.add_argument("--retriever", default="bm25")
     ap.add_argument("--model", help="model directory for a model-based retriever")
+    ap.add_argument("--components", help="hybrid components, e.g. bm25,splade=DIR")
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--k", type=int, default=100)
     args = ap.parse_args(argv)
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     from lsr.io.readers import read_corpus, read_qrels, read_queries
 
     options = {"model": args.model} if args.model else {}
+    if args.components:
+        options["components"] = args.components
     started = connect(None, num_cpus=2)
     failures = 0
     try:
