@@ -1,7 +1,10 @@
 """Shared fixtures. Area-specific fixtures live in their own test modules."""
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -47,3 +50,20 @@ def pytest_runtest_makereport(item, call):
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
     report.outcome = "failed"
     report.longrepr = f"skipped under CI, where ../shared and every extra must be present: {reason}"
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Raise TimeoutError in this (the main) thread after ``seconds``, with every thread's stack
+    (bounds the Ray tests: a hung cluster fails the test instead of the suite)."""
+    def fail(signum, frame):
+        faulthandler.dump_traceback(all_threads=True)
+        raise TimeoutError(f"ran past {seconds}s")
+
+    old = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

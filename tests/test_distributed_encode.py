@@ -6,8 +6,6 @@ module, started and stopped by a fixture; every test runs under an alarm so a ha
 """
 from __future__ import annotations
 
-import contextlib
-import faulthandler
 import os
 import signal
 import subprocess
@@ -18,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import beir_dataset, shared_model
+from conftest import deadline, beir_dataset, shared_model
 
 from lsr.io.readers import read_corpus
 from lsr.io.shards import encode_corpus_to_shards, load_shards, read_progress
@@ -27,20 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_SECONDS = 240  # per test; Ray's start-up on two busy cores takes up to a minute
 
 
-@contextlib.contextmanager
 def _deadline(seconds: int = TEST_SECONDS):
-    """Raise TimeoutError in this (the main) thread after ``seconds``, with every thread's stack."""
-    def fail(signum, frame):
-        faulthandler.dump_traceback(all_threads=True)
-        raise TimeoutError(f"ran past {seconds}s")
-
-    old = signal.signal(signal.SIGALRM, fail)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
+    return deadline(seconds)
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,6 @@ started and stopped by a fixture; every test runs under an alarm so a hang fails
 """
 from __future__ import annotations
 
-import contextlib
-import faulthandler
 import hashlib
 import os
 import random
@@ -22,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import shared_model
+from conftest import deadline, shared_model
 
 import lsr
 from lsr.collection.engines.bm25 import BM25Statistics
@@ -39,19 +37,8 @@ QUERIES = ["heart risk", "market news heart", "zebra", "blood pressure cancer", 
 FILTERS = [{"g": 1}, {"g": {"$in": [0, 2]}}, {"tag": "b"}]
 
 
-@contextlib.contextmanager
 def _deadline(seconds: int = TEST_SECONDS):
-    def fail(signum, frame):
-        faulthandler.dump_traceback(all_threads=True)
-        raise TimeoutError(f"ran past {seconds}s")
-
-    old = signal.signal(signal.SIGALRM, fail)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
+    return deadline(seconds)
 
 
 @pytest.fixture(autouse=True)

@@ -43,12 +43,13 @@ def _lower_bound(docs: np.ndarray, lo: int, hi: int, d: int) -> int:
     return lo
 
 
-def segment_lists(offsets: list, docs: list, tf: list) -> tuple:
-    """The segments' arrays as Numba typed lists (made once per snapshot; no copy of the arrays)."""
+def segment_lists(offsets: list, docs: list, values: list, values_dtype: Any = np.int32) -> tuple:
+    """The segments' arrays (offsets int64, docs int32, per-posting values: BM25's tf, or the
+    learned engines' float32 weights) as Numba typed lists (made once per snapshot; no copy)."""
     from numba.typed import List
 
     out = (List(), List(), List())
-    for lst, arrays, dtype in zip(out, (offsets, docs, tf), (np.int64, np.int32, np.int32)):
+    for lst, arrays, dtype in zip(out, (offsets, docs, values), (np.int64, np.int32, values_dtype)):
         for a in arrays:
             lst.append(np.asarray(a, dtype=dtype))
     return out

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from lsr.collection import _bm25_kernels
 from lsr.collection._bm25_kernels import _lower_bound
 from lsr.index._heap_kernels import _drain, _push
 
@@ -27,14 +28,8 @@ __all__ = ["search_segments", "segment_lists"]
 
 
 def segment_lists(offsets: list, docs: list, weights: list) -> tuple:
-    """The segments' arrays as Numba typed lists (made once per snapshot; no copy of the arrays)."""
-    from numba.typed import List
-
-    out = (List(), List(), List())
-    for lst, arrays, dtype in zip(out, (offsets, docs, weights), (np.int64, np.int32, np.float32)):
-        for a in arrays:
-            lst.append(np.asarray(a, dtype=dtype))
-    return out
+    """The segments' arrays (offsets, docs, float32 weights) as Numba typed lists, no copy."""
+    return _bm25_kernels.segment_lists(offsets, docs, weights, np.float32)
 
 
 @njit(cache=True, nogil=True)
