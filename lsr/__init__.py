@@ -76,6 +76,7 @@ _EXPORTS = {
     "HybridOptions": "lsr.retrievers.options",
     "Collection": "lsr.collection.collection",
     "TieredMergePolicy": "lsr.collection.merge_policy",
+    "EncodedDocuments": "lsr.collection.encoded",
     "CollectionLockedError": "lsr.errors",
 }
 

@@ -1,13 +1,17 @@
 """Issue 14's equality check on whole BEIR corpora: a 4-shard collection (built by Ray tasks) vs one collection.
 
 For each dataset, both are built from the corpus in file order (title + text, metadata
-``{"bucket": position % 10}``); every test query is searched with ``k`` (default 100) unfiltered and
-with the filters ``bucket < 5`` (50%) and ``bucket == 3`` (10%), and each sharded ranking is
-compared with the unsharded one: scores within 1e-5 at every rank (relative to max(1, score):
-float32 scores of 10 to 100 carry about 1e-6 of rounding), and the same ids in the same
-order except where documents whose scores are within 1e-5 swap (model encoders give last-bit
-differences by batch composition; BM25 is bit-identical with the global statistics). Model-based retrievers take a ``--retriever`` and
-``--model``, a hybrid its ``--components`` (every document is encoded twice: once per build).
+``{"bucket": position % 10}``), by default from the same document vectors (``--vectors once``:
+each model encodes the corpus once, or the SPLADE side is read from ``lsr encode`` shards given
+by ``--doc-vectors``, and both builds index those vectors, as a distributed build from encoded
+shards does); ``--vectors each`` lets each build encode its own documents instead (one
+collection's batches, then each shard's). Every test query is searched with ``k`` (default 100)
+unfiltered and with the filters ``bucket < 5`` (50%) and ``bucket == 3`` (10%), and each sharded
+ranking is compared with the unsharded one: scores within 1e-5 at every rank (relative to
+max(1, score): float32 scores of 10 to 100 carry about 1e-6 of rounding), and the same ids in
+the same order; swaps of documents whose scores are within 1e-5 are counted apart (with
+``--vectors each`` a model encodes a document differently in the last bits in another batch).
+Model-based retrievers take a ``--retriever`` and ``--model``, a hybrid its ``--components``.
 
     python scripts/check_sharded.py --datasets scifact,nfcorpus --retriever bm25
 """
@@ -49,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--components", help="hybrid components, e.g. bm25,splade=DIR")
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--k", type=int, default=100)
+    ap.add_argument("--vectors", choices=("once", "each"), default="once",
+                    help="once: both builds index the same document vectors; each: each build encodes")
+    ap.add_argument("--doc-vectors", help="`lsr encode` shards of the sparse model, per dataset: a pattern "
+                                          "with {dataset}, e.g. out/runs/{dataset}/splade-tiny-docs")
+    ap.add_argument("--embedding-cache", help="dense encodings cached here (as lsr eval --embedding-cache)")
     args = ap.parse_args(argv)
 
     import lsr
@@ -72,10 +81,13 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(prefix="lsr-check-sharded-") as tmp:
                 t = time.perf_counter()
                 full = lsr.Collection.create(Path(tmp) / "full", args.retriever, **options)
-                full.add(docs)
+                vectors = None if args.vectors == "each" else _encode_once(full.engine, docs, args, name)
+                t_encode = time.perf_counter() - t
+                full.add(docs, vectors=vectors)
                 t_full = time.perf_counter() - t
                 t = time.perf_counter()
-                sharded = build_sharded(Path(tmp) / "sharded", docs, args.shards, args.retriever, **options)
+                sharded = build_sharded(Path(tmp) / "sharded", docs, args.shards, args.retriever, vectors=vectors,
+                                        **options)
                 t_sharded = time.perf_counter() - t
                 with ShardedSearcher(sharded.path) as searcher:
                     for label, flt in FILTERS.items():
@@ -102,13 +114,32 @@ def main(argv: list[str] | None = None) -> int:
                               f"are within 1e-5; scores within 1e-5 (relative to max(1, score)) at every rank for "
                               f"{same_scores}/{n} (largest difference {worst:.2e}, relative {worst_rel:.2e}) "
                               f"{'ok' if ok else 'DIFFERENT'}", flush=True)
-                print(f"{name}: {len(docs)} documents; build one collection {t_full:.1f} s, {args.shards} shards "
-                      f"by Ray tasks {t_sharded:.1f} s", flush=True)
+                print(f"{name}: {len(docs)} documents, vectors {args.vectors}; encode once {t_encode:.1f} s, build "
+                      f"one collection {t_full:.1f} s (with that), {args.shards} shards by Ray tasks {t_sharded:.1f} s",
+                      flush=True)
                 sharded.close()
                 full.close()
     finally:
         disconnect(started)
     return 1 if failures else 0
+
+
+def _encode_once(engine, docs: list, args, dataset: str):
+    """The corpus's vectors for ``engine`` (a hybrid: per component, None for BM25), computed once."""
+    from lsr.collection.docstore import contents
+    from lsr.collection.encoded import EncodedDocuments
+
+    if engine.name == "hybrid":
+        return [_encode_once(e, docs, args, dataset) for e in engine.components]
+    ids, texts = [d["_id"] for d in docs], contents(docs)
+    if engine.name in ("splade", "inference-free"):
+        if args.doc_vectors:
+            return EncodedDocuments.from_shards(args.doc_vectors.format(dataset=dataset))
+        return EncodedDocuments(ids, engine.encode(texts), engine.encoder.config())
+    if engine.name == "dense":
+        engine.encoder.cache_dir = args.embedding_cache
+        return EncodedDocuments(ids, engine.encoder.encode_documents(texts), engine.encoder.config())
+    return None  # bm25: nothing to encode
 
 
 if __name__ == "__main__":

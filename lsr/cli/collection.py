@@ -50,6 +50,8 @@ def index_collection(source: Path, output: Path, retriever: str, given: dict[str
     from lsr.collection import Collection
     from lsr.errors import ModelNotFoundError
 
+    given = dict(given)
+    doc_vectors = given.pop("doc_vectors", None)  # `lsr encode` shards: indexed, not re-encoded
     options = collection_options(retriever, given)
     corpus = read_docs(source)  # the corpus readers' checks (duplicate ids, file:line errors)
     docs = corpus_documents(corpus, source)
@@ -79,7 +81,8 @@ def index_collection(source: Path, output: Path, retriever: str, given: dict[str
         except (ValueError, TypeError) as exc:
             raise click.BadParameter(str(exc), param_hint="--retriever options") from exc
         with col:
-            col.add(docs, show_progress=True)
+            vectors = None if doc_vectors is None else _shard_vectors(col, Path(doc_vectors))
+            col.add(docs, show_progress=True, vectors=vectors)
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)  # ours: new, or a temporary sibling
         if lock is not None:
@@ -237,8 +240,12 @@ ADD_BATCH = 10_000
 @click.argument("docs", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--batch-size", type=click.IntRange(min=1), default=ADD_BATCH, show_default=True,
               help="Documents read and encoded at a time (each a segment; the file is still one commit).")
+@click.option("--doc-vectors", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Index these `lsr encode` shards (every document of DOCS, by id; made by this collection's "
+                   "model) instead of encoding: a SPLADE or inference-free collection, or a hybrid's one such "
+                   "component.")
 @_friendly_errors
-def add_cmd(collection: Path, docs: Path, batch_size: int) -> None:
+def add_cmd(collection: Path, docs: Path, batch_size: int, doc_vectors: Path | None) -> None:
     """Add or replace the documents of DOCS (JSONL, JSONL.gz or Parquet: _id, title, text, metadata).
 
     The file is read in batches; a bad line stops the command before its one commit, so the
@@ -255,10 +262,26 @@ def add_cmd(collection: Path, docs: Path, batch_size: int) -> None:
 
     with Collection.open(collection) as col:
         before = len(col)
-        col.upsert(counted(), show_progress=True, batch_size=batch_size)
+        vectors = None if doc_vectors is None else _shard_vectors(col, doc_vectors)
+        col.upsert(counted(), show_progress=True, batch_size=batch_size, vectors=vectors)
         total = len(col)
     replaced = read - (total - before)  # an upsert removes each replaced document and adds all
     click.echo(f"{read - replaced} added, {replaced} replaced; {collection} holds {total} documents", err=True)
+
+
+def _shard_vectors(col: Any, path: Path) -> Any:
+    """``lsr encode`` shards as the ``vectors`` of ``col.upsert`` (for a hybrid: its sparse component's)."""
+    from lsr.collection.encoded import EncodedDocuments
+
+    vectors = EncodedDocuments.from_shards(path)
+    if col.engine.name != "hybrid":
+        return vectors
+    names = [e.name for e in col.engine.components]
+    sparse = [i for i, n in enumerate(names) if n in ("splade", "inference-free")]
+    if len(sparse) != 1:
+        raise click.BadParameter(f"the hybrid's components are {', '.join(names)}: --doc-vectors needs exactly "
+                                 f"one splade or inference-free component", param_hint="--doc-vectors")
+    return [vectors if i == sparse[0] else None for i in range(len(names))]
 
 
 @main.command("delete")

@@ -10,6 +10,7 @@ _EXPORTS = {
     "Collection": "lsr.collection.collection",
     "TieredMergePolicy": "lsr.collection.merge_policy",
     "Snapshot": "lsr.collection.snapshot",
+    "EncodedDocuments": "lsr.collection.encoded",
 }
 
 __all__ = list(_EXPORTS)

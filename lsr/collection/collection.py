@@ -242,7 +242,7 @@ class Collection:
             self._lock.check()
 
     def add(self, docs: Iterable[Mapping[str, Any]], show_progress: bool = False,
-            batch_size: int | None = None) -> int:
+            batch_size: int | None = None, vectors: Any = None) -> int:
         """Add new documents (``{_id, title?, text, metadata?}``) in one commit; an id already in
         the collection is refused (use :meth:`upsert` to replace). Returns how many were added.
 
@@ -250,18 +250,26 @@ class Collection:
         instance) that many at a time, each batch written as its own segment, all committed at
         the end in one commit: memory stays bounded by the batch, and when the iterable or a
         document fails nothing is committed (the segments written so far are removed). None (the
-        default): all documents at once, one segment."""
-        return self._add(docs, replace=False, show_progress=show_progress, batch_size=batch_size)
+        default): all documents at once, one segment.
+
+        ``vectors``: the documents' vectors computed beforehand
+        (:class:`lsr.collection.encoded.EncodedDocuments`, for instance ``lsr encode`` shards;
+        for a hybrid a list with one per component, None where the component encodes), indexed
+        instead of encoding the documents; every document must have one, and vectors made by
+        another encoder than this collection's are refused."""
+        return self._add(docs, replace=False, show_progress=show_progress, batch_size=batch_size, vectors=vectors)
 
     def upsert(self, docs: Iterable[Mapping[str, Any]], show_progress: bool = False,
-               batch_size: int | None = None) -> int:
+               batch_size: int | None = None, vectors: Any = None) -> int:
         """Add documents, replacing live ones with the same ids: delete and add in ONE commit
-        (``batch_size`` as for :meth:`add`)."""
-        return self._add(docs, replace=True, show_progress=show_progress, batch_size=batch_size)
+        (``batch_size`` and ``vectors`` as for :meth:`add`)."""
+        return self._add(docs, replace=True, show_progress=show_progress, batch_size=batch_size, vectors=vectors)
 
     def _add(self, docs: Iterable[Mapping[str, Any]], replace: bool, show_progress: bool,
-             batch_size: int | None) -> int:
+             batch_size: int | None, vectors: Any = None) -> int:
         self._check_open(write=True)
+        if vectors is not None:
+            self.engine.check_encoded(vectors)
         if batch_size is None:
             parts: Iterable[list[Any]] = [check_documents(docs)]  # checked before anything is written
         else:
@@ -288,8 +296,9 @@ class Collection:
                         raise ValueError(f"{len(live)} id(s) already in the collection: {shown} (use upsert to "
                                          f"replace)")
                     replaced += [hit for _, hit in live]
+                    encoded = None if vectors is None else self.engine.take_encoded(vectors, [d["_id"] for d in batch])
                     written.append(build_segment(self.path, segment_name(number), batch, contents(batch),
-                                                 self.engine, show_progress))
+                                                 self.engine, show_progress, encoded))
                     number += 1
             except BaseException:  # nothing was committed: the segments written so far go (a kill
                 for entry in written:  # leaves them to the next writer's open, named by no commit)

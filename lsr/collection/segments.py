@@ -81,12 +81,16 @@ def _temp_dir(root: Path, name: str) -> Path:
 
 
 def build_segment(root: Path, name: str, docs: Sequence[dict[str, Any]], texts: Sequence[str], engine: Any,
-                  show_progress: bool = False) -> SegmentEntry:
-    """Write a new segment of ``docs`` (encoded from ``texts``) as ``segments/<name>``."""
+                  show_progress: bool = False, encoded: Any = None) -> SegmentEntry:
+    """Write a new segment of ``docs`` (encoded from ``texts``, or indexing their pre-encoded
+    vectors ``encoded``: ``engine.take_encoded``) as ``segments/<name>``."""
     tmp = _temp_dir(root, name)
     try:
         write_docs(tmp, docs)
-        engine.write_segment(list(texts), tmp / "engine", show_progress=show_progress)
+        if encoded is None:
+            engine.write_segment(list(texts), tmp / "engine", show_progress=show_progress)
+        else:
+            engine.write_encoded(encoded, list(texts), tmp / "engine")
         return _finish(root, tmp, name, len(docs), engine.name, "segment-written")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -37,7 +37,7 @@ from lsr.collection.collection import FIELDS, Collection
 from lsr.collection.engines.bm25 import BM25Statistics
 from lsr.distributed.sharded import SEQUENCE_FIELD, read_manifest, shard_name, shard_of, strip_sequence
 from lsr.errors import ShardError
-from lsr.types import SearchResults
+from lsr.types import SearchResults, SparseBatch
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class ShardReader:
 
     def search(self, queries: list[str], k: int, filter: Any = None, fields: Sequence[str] = (),
                component: int | None = None, statistics: BM25Statistics | None = None,
-               refresh: bool = False) -> dict[str, Any]:
+               refresh: bool = False, query_vectors: Any = None) -> dict[str, Any]:
         t = time.perf_counter()
         if refresh:
             self.col.refresh()
@@ -107,6 +107,8 @@ class ShardReader:
             options["component"] = component
         if statistics is not None:
             options["statistics"] = statistics
+        if query_vectors is not None:
+            options["query_vectors"] = query_vectors
         res = self.col.search(queries, k=k, filter=filter, fields=sorted({"metadata", *fields}), **options)
         nq, kk = res.ids.shape
         seqs = np.full((nq, kk), -1, np.int64)
@@ -138,6 +140,15 @@ class ShardReader:
         return [None if d is None else {f: d[f] for f in fields} for d in docs]
 
 
+def _rows(vectors: Any, a: int, b: int) -> Any:
+    """Rows ``a:b`` of query vectors (a SparseBatch or an array)."""
+    if not isinstance(vectors, SparseBatch):
+        return vectors[a:b]
+    lo, hi = int(vectors.indptr[a]), int(vectors.indptr[b])
+    return SparseBatch(vectors.indptr[a:b + 1] - lo, vectors.indices[lo:hi], vectors.data[lo:hi],
+                       vectors.vocab_size, vectors.vocab)
+
+
 def merge_shard_hits(answers: Sequence[dict[str, Any]], k: int) -> list[list[tuple[float, int, str, int, int]]]:
     """Per query, the top ``k`` of the shards' answers as ``(score, seq, id, answer, rank)``,
     by (score desc, sequence): the unsharded collection's order."""
@@ -163,6 +174,12 @@ class ShardedSearcher:
             ones reach the restarted actor). Default 0: a dead shard stays dead.
         batch_size: queries per request to each actor (requests are pipelined).
         timeout: seconds a search waits for a shard before :class:`ShardError` (None: no limit).
+        encode_queries: ``"driver"`` (default): a model retriever's queries are encoded here, all of
+            a call's at once as one collection's search encodes them, and each batch's rows sent to
+            every shard, so all shards score the same query vectors (a model's output differs in its
+            last bits with the batch and the thread count: shards that encode for themselves could
+            rank near-ties differently), and the model runs once instead of once per shard;
+            ``"shards"``: each actor encodes its batches (no model on the driver).
 
     After each :meth:`search`, ``last_shard_seconds[i]`` is the time shard ``i``'s actor spent in
     its search requests (``Collection.search`` and turning its hits into a reply), so the
@@ -170,7 +187,8 @@ class ShardedSearcher:
     """
 
     def __init__(self, path: str | os.PathLike, address: str | None = None, cpus_per_shard: float | None = None,
-                 max_restarts: int = 0, batch_size: int = 64, timeout: float | None = None) -> None:
+                 max_restarts: int = 0, batch_size: int = 64, timeout: float | None = None,
+                 encode_queries: str = "driver") -> None:
         from lsr.distributed.cluster import connect, disconnect, require_ray
         from lsr.retrievers.options import OPTIONS
 
@@ -188,6 +206,17 @@ class ShardedSearcher:
             self.bm25_components = [i for i, n in enumerate(names) if n == "bm25"]
             self.n_components = len(names)
             self.fuser = _Fuser(options)
+        if encode_queries not in ("driver", "shards"):
+            raise ValueError(f"encode_queries must be 'driver' or 'shards', got {encode_queries!r}")
+        #: per leg (None: the collection's ranking, i: hybrid component i), the engine encoding its queries here
+        self.query_engines: dict[int | None, Any] = {}
+        if encode_queries == "driver":
+            from lsr.collection.engines import engine_class
+            from lsr.collection.engines.base import Engine
+
+            engine = engine_class(self.retriever).create(options)
+            legs = dict(enumerate(engine.components)) if self.retriever == "hybrid" else {None: engine}
+            self.query_engines = {c: e for c, e in legs.items() if type(e).query_vectors is not Engine.query_vectors}
         ray = require_ray()
         self._started = connect(address)
         try:
@@ -265,6 +294,8 @@ class ShardedSearcher:
                                   for s, a in enumerate(self.actors)})
             else:
                 stat_refs.append(None)
+        # the whole call's queries encoded at once, as one collection's search encodes them
+        encoded = {c: e.query_vectors(queries) for c, e in self.query_engines.items() if queries}
         search_refs = []
         for b, batch in enumerate(batches):
             stats: dict[int | None, BM25Statistics] = {}
@@ -273,8 +304,11 @@ class ShardedSearcher:
                 for j, c in enumerate(self.bm25_components):
                     stats[c] = BM25Statistics.total(g[j] for g in got.values())
             first = refresh and b == 0 and stat_refs[b] is None
+            start = b * self.batch_size
+            vectors = {c: _rows(encoded[c], start, start + len(batch)) if c in encoded and batch else None
+                       for c, _ in legs}
             search_refs.append([{s: a.search.remote(batch, kk, filter, fields if self.fuser is None else (), c,
-                                                    stats.get(c), first and leg == 0)
+                                                    stats.get(c), first and leg == 0, vectors[c])
                                  for s, a in enumerate(self.actors) if s not in missing}
                                 for leg, (c, kk) in enumerate(legs)])
         answers = [[self._gather(refs, missing, allow_partial) for refs in per_leg] for per_leg in search_refs]

@@ -172,19 +172,23 @@ class ShardedCollection:
         return cls(path, m, shards, readonly)
 
     # ------------------------------------------------------------------ writing
-    def add(self, docs: Iterable[Mapping[str, Any]], show_progress: bool = False) -> int:
-        """Add new documents (an id already in the collection is refused, before any shard changes)."""
-        return self._add(docs, replace=False, show_progress=show_progress)
+    def add(self, docs: Iterable[Mapping[str, Any]], show_progress: bool = False, vectors: Any = None) -> int:
+        """Add new documents (an id already in the collection is refused, before any shard changes);
+        ``vectors``: their pre-encoded vectors, as for :meth:`lsr.Collection.add`."""
+        return self._add(docs, replace=False, show_progress=show_progress, vectors=vectors)
 
-    def upsert(self, docs: Iterable[Mapping[str, Any]], show_progress: bool = False) -> int:
+    def upsert(self, docs: Iterable[Mapping[str, Any]], show_progress: bool = False, vectors: Any = None) -> int:
         """Add documents, replacing live ones with the same ids (one commit per shard touched)."""
-        return self._add(docs, replace=True, show_progress=show_progress)
+        return self._add(docs, replace=True, show_progress=show_progress, vectors=vectors)
 
-    def _add(self, docs: Iterable[Mapping[str, Any]], replace: bool, show_progress: bool) -> int:
+    def _add(self, docs: Iterable[Mapping[str, Any]], replace: bool, show_progress: bool, vectors: Any) -> int:
         self._check_writer()
         batch = _checked(docs)
         if not batch:
             return 0
+        if vectors is not None:  # every document has a vector of the right kind before any shard changes
+            self.shards[0].engine.check_encoded(vectors)
+            _subset(vectors, [d["_id"] for d in batch])
         groups = _route(batch, self.n_shards)
         if not replace:
             live = [d["_id"] for i, g in enumerate(groups) for d in g if self.shards[i].snapshot.locate(d["_id"])]
@@ -197,7 +201,7 @@ class ShardedCollection:
         groups = _route(_with_sequence(batch, start), self.n_shards)
         for shard, group in zip(self.shards, groups):
             if group:
-                (shard.upsert if replace else shard.add)(group, show_progress=show_progress)
+                (shard.upsert if replace else shard.add)(group, show_progress=show_progress, vectors=vectors)
         return len(batch)
 
     def delete(self, ids: Iterable[str]) -> int:
@@ -275,15 +279,28 @@ def _finish(tmp: Path, path: Path, n_shards: int, next_sequence: int) -> None:
     fsync_path(path.parent, directory=True)
 
 
-def _build_one(path: str, retriever: Any, options: dict[str, Any], docs: list[dict[str, Any]]) -> int:
+def _subset(vectors: Any, ids: list[str]) -> Any:
+    """The pre-encoded vectors of ``ids`` alone (per component for a hybrid's list); a missing id
+    is a ``ValueError``."""
+    if vectors is None:
+        return None
+    if isinstance(vectors, (list, tuple)):
+        return [_subset(v, ids) for v in vectors]
+    if not hasattr(vectors, "subset"):
+        raise TypeError(f"vectors: an EncodedDocuments, not {type(vectors).__name__}")
+    return vectors.subset(ids)
+
+
+def _build_one(path: str, retriever: Any, options: dict[str, Any], docs: list[dict[str, Any]],
+               vectors: Any = None) -> int:
     """One shard: create the collection and add its documents in one segment (a Ray task's body)."""
     with Collection.create(path, retriever, **options) as col:
-        return col.add(docs)
+        return col.add(docs, vectors=vectors)
 
 
 def build_sharded(path: str | os.PathLike, docs: Iterable[Mapping[str, Any]], n_shards: int,
                   retriever: Any = "bm25", *, address: str | None = None, cpus_per_shard: float = 1,
-                  max_retries: int = 1, **options: Any) -> ShardedCollection:
+                  max_retries: int = 1, vectors: Any = None, **options: Any) -> ShardedCollection:
     """Create a sharded collection from ``docs`` (in order: their sequence), one Ray task per shard
     writing that shard's collection (encoding included) on a worker.
 
@@ -292,6 +309,9 @@ def build_sharded(path: str | os.PathLike, docs: Iterable[Mapping[str, Any]], n_
             started and shut down for the build); ``path`` must be on a file system every node sees.
         cpus_per_shard: CPUs Ray reserves per task (the tasks beyond the cluster's CPUs wait).
         max_retries: how often a failed task (its worker died) is retried, into a fresh directory.
+        vectors: the documents' pre-encoded vectors (as for :meth:`lsr.Collection.add`; ``lsr
+            encode`` shards for instance): each task gets its shard's rows and encodes nothing, and
+            the shards index exactly the vectors an unsharded collection given them indexes.
         retriever, options: as :meth:`lsr.Collection.create`.
     Returns the collection, opened as the writer."""
     from lsr.distributed.cluster import connect, disconnect, require_ray
@@ -300,11 +320,13 @@ def build_sharded(path: str | os.PathLike, docs: Iterable[Mapping[str, Any]], n_
     path = Path(path)
     batch = _checked(docs)
     groups = _route(_with_sequence(batch, 0), n_shards)
+    parts = [_subset(vectors, [d["_id"] for d in g]) for g in groups]
     tmp = _prepare(path, n_shards)
     started = connect(address)
     try:
         task = ray.remote(num_cpus=cpus_per_shard, max_retries=max_retries)(_build_retry_safe)
-        refs = [task.remote(str(tmp / shard_name(i)), retriever, options, g) for i, g in enumerate(groups)]
+        refs = [task.remote(str(tmp / shard_name(i)), retriever, options, g, v)
+                for i, (g, v) in enumerate(zip(groups, parts))]
         for i, ref in enumerate(refs):
             try:
                 ray.get(ref)
@@ -320,11 +342,12 @@ def build_sharded(path: str | os.PathLike, docs: Iterable[Mapping[str, Any]], n_
     return ShardedCollection.open(path)
 
 
-def _build_retry_safe(path: str, retriever: Any, options: dict[str, Any], docs: list[dict[str, Any]]) -> int:
+def _build_retry_safe(path: str, retriever: Any, options: dict[str, Any], docs: list[dict[str, Any]],
+                      vectors: Any = None) -> int:
     """:func:`_build_one`, after removing what a failed earlier attempt left at ``path``."""
     target = Path(path)
     if target.exists():
         shutil.rmtree(target)
     for leftover in target.parent.glob(f".{target.name}{TEMP_MARK}*"):
         shutil.rmtree(leftover, ignore_errors=True)
-    return _build_one(path, retriever, options, docs)
+    return _build_one(path, retriever, options, docs, vectors)

@@ -93,6 +93,29 @@ class Engine(ABC):
         """Encode ``texts`` and write this engine's files for a new segment into ``directory``
         (exists, empty); segment position ``i`` is ``texts[i]``."""
 
+    def query_vectors(self, queries: Sequence[str]) -> Any:
+        """The queries as this engine's search encodes them, to pass back as the search option
+        ``query_vectors=`` (a sharded search encodes each batch once, at the driver, so every shard
+        scores the same query vectors); None for engines that search the text itself (BM25)."""
+        return None
+
+    # ------------------------------------------------------------ pre-encoded documents
+    def check_encoded(self, vectors: Any) -> None:
+        """``ValueError`` unless ``vectors`` (an :class:`lsr.collection.encoded.EncodedDocuments`,
+        or for a hybrid one per component) are vectors this engine would have computed: same kind,
+        width and, when recorded, the same encoder settings. Engines without model vectors refuse."""
+        raise ValueError(f"a {self.name} collection computes its documents' representation itself "
+                         f"(pre-encoded vectors are for model-based retrievers)")
+
+    def take_encoded(self, vectors: Any, ids: Sequence[str]) -> Any:
+        """The rows of ``vectors`` for ``ids``, in order (what :meth:`write_encoded` takes)."""
+        return vectors.take(ids)
+
+    def write_encoded(self, encoded: Any, texts: Sequence[str], directory: Path) -> None:
+        """As :meth:`write_segment`, from the documents' vectors (:meth:`take_encoded`) instead of
+        encoding ``texts`` (row ``i`` is ``texts[i]``'s; the texts only mark blank documents)."""
+        raise ValueError(f"a {self.name} collection takes no pre-encoded vectors")
+
     @abstractmethod
     def merge_segments(self, parts: Sequence[tuple[Any, np.ndarray]], directory: Path) -> None:
         """Write into ``directory`` one segment holding, in order, the documents of each part whose
@@ -152,6 +175,15 @@ def check_search(queries: Sequence[str], k: int, segments: Sequence[tuple[Any, A
     masks = [combined_mask(part.n_docs, live, None if allowed is None else allowed[i])
              for i, (part, live) in enumerate(segments)]
     return queries, k, masks
+
+
+def given_query_vectors(search_options: dict[str, Any], n_queries: int, rows: Any) -> Any:
+    """Pop the ``query_vectors`` search option (None when absent), checked to have a row per query
+    (``rows(vectors)`` counts them)."""
+    vectors = search_options.pop("query_vectors", None)
+    if vectors is not None and rows(vectors) != n_queries:
+        raise ValueError(f"query_vectors: {rows(vectors)} rows for {n_queries} queries")
+    return vectors
 
 
 def combined_mask(n_docs: int, live: np.ndarray | None, allowed: np.ndarray | None) -> np.ndarray | None:

@@ -6,9 +6,12 @@ least :data:`APPROXIMATE_MIN_DOCS` documents, ``faiss/`` (a :class:`~lsr.index.d
 directory). Search per segment:
 
 * exact (flat and small segments, and approximate ones where at most :data:`EXACT_ALLOWED_BELOW`
-  of the documents are live and allowed): one float32 matrix product over the stored vectors of
-  the allowed documents, exact top ``k`` (every allowed document has a score, so ``k`` results
-  whenever ``k`` documents are allowed);
+  of the documents are live and allowed): float32 inner products with the stored vectors of the
+  allowed documents, exact top ``k`` (every allowed document has a score, so ``k`` results
+  whenever ``k`` documents are allowed). The products come from a compiled kernel whose score of
+  a (query, document) pair does not depend on where the document is stored
+  (:mod:`lsr.collection._dense_kernels`): equal vectors score equally and rank by position, in
+  one collection, across its segments and across the shards of a sharded one;
 * approximate (an hnsw / ivf / ivfpq index): FAISS, as a fresh approximate build would search
   it; with deletes or a filter, restricted to the live and allowed documents by
   :meth:`~lsr.index.dense.DenseIndex.search`'s ``allowed`` mask (FAISS selectors, re-answered
@@ -29,12 +32,14 @@ from lsr.collection.engines.base import (
     Hits,
     check_n_docs,
     check_search,
+    given_query_vectors,
     merge_hits,
     parts_mask,
     top_k_rows,
 )
 from lsr.errors import IndexFormatError
 from lsr.io.manifest import load_array, read_manifest, save_array, write_manifest
+from lsr.retrievers.base import as_queries
 from lsr.retrievers.options import DenseOptions
 
 logger = logging.getLogger(__name__)
@@ -69,9 +74,16 @@ def exact_top_k(queries: np.ndarray, vectors: np.ndarray, mask: np.ndarray | Non
     k = min(k, vectors.shape[0])
     best_ids = np.full((nq, 0), -1, np.int64)
     best_scores = np.zeros((nq, 0), np.float32)
+    from lsr.collection._dense_kernels import inner_products
+
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    stored = np.asarray(vectors)
+    if stored.dtype != np.float32 or not stored.flags.c_contiguous:
+        stored = np.ascontiguousarray(stored, dtype=np.float32)
     for a in range(0, rows.size, EXACT_BLOCK):
         block = rows[a:a + EXACT_BLOCK]
-        scores = queries @ np.asarray(vectors[block], dtype=np.float32).T
+        scores = np.empty((nq, block.size), np.float32)
+        inner_products(queries, stored, block.astype(np.int64, copy=False), scores)  # layout-independent scores
         ids, sc = top_k_rows(scores, None, k)
         ids = np.where(ids >= 0, block[np.maximum(ids, 0)], -1)
         if best_ids.shape[1]:  # merge with the earlier blocks (positions ascend block by block)
@@ -107,6 +119,24 @@ class DenseEngine(Engine):
     def write_segment(self, texts: Sequence[str], directory: Path, show_progress: bool = False) -> None:
         vectors = self.encoder.encode_documents(list(texts), show_progress=show_progress)
         self._write(Path(directory), np.asarray(vectors, np.float32).reshape(len(texts), self.encoder.dim))
+
+    def query_vectors(self, queries: Sequence[str]) -> np.ndarray:
+        return np.ascontiguousarray(self.encoder.encode_queries(list(queries)), dtype=np.float32)
+
+    def check_encoded(self, vectors: Any) -> None:
+        from lsr.collection.encoded import EncodedDocuments
+
+        if not isinstance(vectors, EncodedDocuments):
+            raise TypeError(f"vectors: an EncodedDocuments, not {type(vectors).__name__}")
+        vectors.check("dense", self.encoder.dim, self.encoder.config(),
+                      ("model", "pooling", "normalize", "document_prefix", "doc_max_length"), self.name)
+
+    def write_encoded(self, encoded: Any, texts: Sequence[str], directory: Path) -> None:
+        vectors = np.asarray(encoded, np.float32)
+        if vectors.shape != (len(texts), self.encoder.dim):
+            raise ValueError(f"vectors of shape {vectors.shape} for {len(texts)} documents of dimension "
+                             f"{self.encoder.dim}")
+        self._write(Path(directory), vectors)
 
     def merge_segments(self, parts: Sequence[tuple[DensePart, np.ndarray]], directory: Path) -> None:
         keeps = parts_mask(parts)
@@ -151,10 +181,13 @@ class DenseEngine(Engine):
 
     def search(self, queries: Sequence[str], k: int, segments: Sequence[tuple[DensePart, np.ndarray | None]],
                allowed: Sequence[np.ndarray | None] | None = None, threads: int = 1, **search_options: Any) -> Hits:
+        given = given_query_vectors(search_options, len(as_queries(queries)), lambda v: np.shape(v)[0])
         queries, k, masks = check_search(queries, k, segments, allowed, search_options, self.name)
         if not segments or not queries:
             return merge_hits([], len(queries), k)
-        q = np.ascontiguousarray(self.encoder.encode_queries(queries), dtype=np.float32)
+        q = self.query_vectors(queries) if given is None else np.ascontiguousarray(given, dtype=np.float32)
+        if q.shape[1:] != (self.encoder.dim,):
+            raise ValueError(f"query_vectors: dimension {q.shape[1:]}, the encoder's is {self.encoder.dim}")
         per_segment = []
         for (part, _), mask in zip(segments, masks):
             if part.faiss is not None and (mask is None or mask.mean() > EXACT_ALLOWED_BELOW):

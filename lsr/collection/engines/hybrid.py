@@ -89,6 +89,27 @@ class HybridEngine(Engine):
             (Path(directory) / sub).mkdir()
             engine.write_segment(texts, Path(directory) / sub, show_progress=show_progress)
 
+    def check_encoded(self, vectors: Any) -> None:
+        """``vectors``: one entry per component, in the order of ``components`` (None: that
+        component encodes the documents itself, as BM25 always does)."""
+        if not isinstance(vectors, (list, tuple)) or len(vectors) != len(self.components):
+            raise ValueError(f"vectors: a list with one entry (or None) per component of "
+                             f"{self.options.components!r} ({len(self.components)})")
+        for engine, v in zip(self.components, vectors):
+            if v is not None:
+                engine.check_encoded(v)
+
+    def take_encoded(self, vectors: Any, ids: Sequence[str]) -> Any:
+        return [None if v is None else e.take_encoded(v, ids) for e, v in zip(self.components, vectors)]
+
+    def write_encoded(self, encoded: Any, texts: Sequence[str], directory: Path) -> None:
+        for engine, sub, rows in zip(self.components, self.dirs, encoded):
+            (Path(directory) / sub).mkdir()
+            if rows is None:
+                engine.write_segment(texts, Path(directory) / sub)
+            else:
+                engine.write_encoded(rows, texts, Path(directory) / sub)
+
     def merge_segments(self, parts: Sequence[tuple[HybridPart, np.ndarray]], directory: Path) -> None:
         for i, (engine, sub) in enumerate(zip(self.components, self.dirs)):
             (Path(directory) / sub).mkdir()

@@ -22,8 +22,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lsr.collection.engines.base import Engine, Hits, check_n_docs, check_search, merge_hits, parts_mask
+from lsr.collection.engines.base import (
+    Engine,
+    Hits,
+    check_n_docs,
+    check_search,
+    given_query_vectors,
+    merge_hits,
+    parts_mask,
+)
 from lsr.index.inverted import InvertedIndex
+from lsr.retrievers.base import as_queries
 from lsr.retrievers.options import InferenceFreeOptions, SpladeOptions
 
 logger = logging.getLogger(__name__)
@@ -99,6 +108,23 @@ class SpladeEngine(Engine):
         index = InvertedIndex.from_csr(self.encode(texts, show_progress), decoded=False)
         index._write(Path(directory))
 
+    def check_encoded(self, vectors: Any) -> None:
+        from lsr.collection.encoded import EncodedDocuments
+
+        if not isinstance(vectors, EncodedDocuments):
+            raise TypeError(f"vectors: an EncodedDocuments, not {type(vectors).__name__}")
+        vectors.check("sparse", self.encoder.vocab_size, self.encoder.config(), DOCUMENT_SETTINGS[1:], self.name)
+
+    def write_encoded(self, encoded: Any, texts: Sequence[str], directory: Path) -> None:
+        from lsr.retrievers.sparse import _blank_rows_emptied
+
+        if encoded.indptr.size - 1 != len(texts):
+            raise ValueError(f"{encoded.indptr.size - 1} vectors for {len(texts)} documents")
+        if encoded.data.size and not np.isfinite(encoded.data).all():
+            raise ValueError("document vectors must be finite (found NaN or inf)")
+        index = InvertedIndex.from_csr(_blank_rows_emptied(encoded, list(texts)), decoded=False)
+        index._write(Path(directory))
+
     def merge_segments(self, parts: Sequence[tuple[SparsePart, np.ndarray]], directory: Path) -> None:
         import scipy.sparse as sp
 
@@ -124,6 +150,9 @@ class SpladeEngine(Engine):
         index.NUMPY_SEARCH_WORK = 0
         return SparsePart(Path(directory), index)
 
+    def query_vectors(self, queries: Sequence[str]) -> Any:
+        return self.encode_queries(list(queries))
+
     def encode_queries(self, queries: list[str]) -> Any:
         from lsr.retrievers.sparse import _blank_rows_emptied
 
@@ -131,10 +160,11 @@ class SpladeEngine(Engine):
 
     def search(self, queries: Sequence[str], k: int, segments: Sequence[tuple[SparsePart, np.ndarray | None]],
                allowed: Sequence[np.ndarray | None] | None = None, threads: int = 1, **search_options: Any) -> Hits:
+        given = given_query_vectors(search_options, len(as_queries(queries)), lambda v: v.indptr.size - 1)
         queries, k, masks = check_search(queries, k, segments, allowed, search_options, self.name)
         if not segments or not queries:
             return merge_hits([], len(queries), k)
-        q = self.encode_queries(queries)  # once for every segment
+        q = self.encode_queries(queries) if given is None else given  # once for every segment
         small = [i for i, (part, _) in enumerate(segments) if _joinable(part.index)]
         if len(small) < 2:
             small = []
