@@ -158,6 +158,34 @@ def _top1(model_dir: Path, idf: Path, texts: list[str]) -> list[str]:
     return [res.doc_ids[int(i)] for i in res.ids[:, 0]]
 
 
+def test_matched_teacher_scale_equals_the_ratio_of_score_spreads(tiny_mlm):
+    """With groups holding every candidate, the matched scale is mean std of the student's
+    (search-time) scores over mean std of the teacher's, computed here from the independent SPLADE
+    reference and the inference-free query encoder; twice the teacher scores halve it."""
+    from lsr.encoders.inference_free import InferenceFreeEncoder
+
+    data = _tiny_data(labelled=False)  # without labels a group is every candidate (labelled: one positive)
+    settings = TrainSettings(group_size=len(data.doc_texts), doc_max_length=20)
+    model = st.SparseDocumentModel(tiny_mlm, doc_max_length=20)
+    enc = InferenceFreeEncoder(tiny_mlm, query_max_length=16)
+    idf = torch.as_tensor(enc.idf[:model.n_out], dtype=torch.float32)
+    q_ids = st.query_token_ids(model.tokenizer, model.special_ids, data.queries, 16)
+    got = st.matched_teacher_scale(model, data, q_ids, idf, settings)
+    docs = reference_splade(tiny_mlm, data.doc_texts, 20)
+    queries = enc.encode_queries(data.queries)
+    s_std, t_std = [], []
+    for i in range(len(data.queries)):
+        ids, w = queries.row(i)
+        s_std.append(np.std(docs[:, ids] @ w))
+        t_std.append(np.std(data.teacher[i]))
+    assert got == pytest.approx(np.mean(s_std) / np.mean(t_std), rel=1e-4)
+    doubled = TrainingData(data.queries, data.doc_texts, data.groups, [2 * t for t in data.teacher], data.positives)
+    assert st.matched_teacher_scale(model, doubled, q_ids, idf, settings) == pytest.approx(got / 2, rel=1e-5)
+    flat = TrainingData(data.queries, data.doc_texts, data.groups, [0 * t for t in data.teacher], data.positives)
+    with pytest.raises(ValueError, match="teacher scores are equal"):
+        st.matched_teacher_scale(model, flat, q_ids, idf, settings)
+
+
 def test_tiny_model_overfits_and_loads_as_a_retriever(trainable_mlm, tmp_path):
     data = _tiny_data()
     settings = TrainSettings(steps=30, batch_size=4, group_size=6, lr=1e-2, warmup_ratio=0.0, teacher_scale=10.0,

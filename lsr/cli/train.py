@@ -20,7 +20,8 @@ _SETTINGS: list[tuple[str, Any, str]] = [
     ("warmup_ratio", click.FloatRange(min=0, max=1, max_open=True), "Linear learning-rate warm-up, share of the steps."),
     ("weight_decay", click.FloatRange(min=0), "AdamW weight decay."),
     ("loss", click.Choice(["kl", "margin-mse"]), "Ranking loss against the teacher scores."),
-    ("teacher_scale", click.FloatRange(min=0, min_open=True), "Teacher scores (in [0, 1]) are multiplied by this."),
+    ("teacher_scale", "scale", "Teacher scores (in [0, 1]) are multiplied by this; auto (default): matched to the "
+     "initial model's within-group score spread."),
     ("flops_weight", click.FloatRange(min=0), "Lambda of the IDF-aware document FLOPS term."),
     ("flops_warmup", click.IntRange(min=0), "Steps over which lambda grows quadratically to --flops-weight."),
     ("flops_threshold", click.FloatRange(min=0), "Documents with at most this many non-zeros are exempt from FLOPS."),
@@ -36,9 +37,28 @@ _SETTINGS: list[tuple[str, Any, str]] = [
 ]
 
 
+class _Scale(click.ParamType):
+    """A positive number, or ``auto`` (None: TrainSettings matches it)."""
+
+    name = "auto|FLOAT"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+            return None  # TrainSettings' default: matched
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither auto nor a number", param, ctx)
+        if not number > 0 or number == float("inf"):
+            self.fail(f"{value!r} must be > 0 (or auto)", param, ctx)
+        return number
+
+
 def _settings_options(fn: Any) -> Any:
     for name, kind, text in reversed(_SETTINGS):
         flag = "--" + name.replace("_", "-")
+        if kind == "scale":
+            kind = _Scale()
         if kind is bool:
             fn = click.option(flag, name, is_flag=True, default=None, help=text)(fn)
         else:
@@ -92,6 +112,6 @@ def train_cmd(source: Path, out: Path, init: str, idf: Path | None, teachers: st
                     doc_vectors=doc_vectors, split=split, pseudo_queries=pseudo_queries, pseudo_seed=pseudo_seed,
                     max_queries=max_queries, settings=settings, show_progress=True)
     shown = {k: summary.get(k) for k in ("steps", "resumed_from", "loss", "rank_loss", "flops", "doc_nonzeros",
-                                         "docs_per_s")}
+                                         "docs_per_s", "teacher_scale")}
     click.echo(json.dumps({**shown, "data": summary["data"]}, indent=2))
     click.echo(f"wrote {out} (evaluate: lsr eval DATASET -r inference-free -m {out})", err=True)

@@ -65,7 +65,8 @@ class TrainSettings:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     loss: str = "kl"                   # "kl" or "margin-mse"
-    teacher_scale: float = 30.0        # teacher scores (in [0, 1]) times this; student scores raw (OpenSearch's score_scale)
+    teacher_scale: float | None = None  # teacher scores (in [0, 1]) times this; student scores raw. None:
+    # matched to the initial student (its within-group score spread over the teacher's: matched_teacher_scale)
     flops_weight: float = 0.002        # lambda of the document FLOPS term (OpenSearch's BEIR fine-tuning value)
     flops_warmup: int | None = None    # T of lambda * min(1, (step/T)^2); None: a third of the steps
     flops_threshold: float | None = None  # documents with at most this many non-zeros are exempt
@@ -91,6 +92,8 @@ class TrainSettings:
             raise ValueError(f"TrainSettings.loss must be one of {', '.join(_LOSSES)}, got {self.loss!r}")
         if self.loss == "margin-mse" and self.group_size < 2:
             raise ValueError("TrainSettings.group_size must be >= 2 for loss='margin-mse'")
+        if self.teacher_scale is not None and (isinstance(self.teacher_scale, bool) or not self.teacher_scale > 0):
+            raise ValueError(f"TrainSettings.teacher_scale must be > 0 or None (matched), got {self.teacher_scale!r}")
         for name in ("epochs", "lr", "idf_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainSettings.{name} must be > 0, got {getattr(self, name)!r}")
@@ -308,6 +311,47 @@ def _sample_group(data: TrainingData, q: int, group_size: int, rng: np.random.Ge
     return cand[slots], teach[slots]
 
 
+#: queries whose groups measure the initial score spreads (matched_teacher_scale)
+SCALE_SAMPLE_QUERIES = 64
+
+
+def matched_teacher_scale(model: "SparseDocumentModel", data: TrainingData, q_ids: list[np.ndarray], idf: Any,
+                          settings: TrainSettings) -> float:
+    """The teacher scale at which the teacher's scores spread within a group as much as the initial
+    student's: mean within-group standard deviation of the student's scores over the teacher's, on
+    the groups (sampled as in training) of a seeded sample of up to :data:`SCALE_SAMPLE_QUERIES`
+    queries. A flatter teacher than the student makes the ranking loss shrink every document
+    vector; a sharper one makes it grow them: matched, the loss teaches the order, not a scale."""
+    torch = require_torch()
+    rng = np.random.default_rng([settings.seed, 2])
+    n = len(data.queries)
+    sample = rng.choice(n, size=min(SCALE_SAMPLE_QUERIES, n), replace=False)
+    groups = [_sample_group(data, int(q), max(2, settings.group_size), rng) for q in sample]
+    keep = [(int(q), d, t) for q, (d, t) in zip(sample, groups) if d.size >= 2 and float(np.std(t)) > 0]
+    if not keep:
+        raise ValueError("teacher scores are equal within every sampled group: give --teacher-scale")
+    docs = np.unique(np.concatenate([d for _, d, _ in keep]))
+    where = {int(d): i for i, d in enumerate(docs)}
+    was_training = model.mlm.training
+    model.mlm.eval()
+    with torch.no_grad():
+        weights = model.forward(model.tokenize([data.doc_texts[int(d)] for d in docs]))
+        s_std, t_std = [], []
+        for q, d_idx, t in keep:
+            qmask = torch.zeros((1, model.n_out), device=weights.device)
+            ids = q_ids[q]
+            qmask[0, ids[ids < model.n_out]] = 1.0
+            rows = weights[torch.as_tensor([where[int(d)] for d in d_idx], device=weights.device)]
+            s = inference_free_scores(qmask, idf, rows.unsqueeze(0))[0].float().cpu().numpy()
+            s_std.append(float(np.std(s)))
+            t_std.append(float(np.std(t)))
+    model.mlm.train(was_training)
+    scale = float(np.mean(s_std) / np.mean(t_std))
+    if not np.isfinite(scale) or scale <= 0:
+        raise ValueError("the initial student scores every sampled group's documents equally: give --teacher-scale")
+    return scale
+
+
 # ---------------------------------------------------------------------------- checkpoints
 def _checkpoint_dirs(out: Path) -> list[tuple[int, Path]]:
     root = out / CHECKPOINTS
@@ -395,6 +439,10 @@ def train_inference_free(data: TrainingData, init: str | os.PathLike, idf: str |
     q_ids = query_token_ids(model.tokenizer, model.special_ids, data.queries, q_len)
     doc_tokens: dict[int, list[int]] = {}  # tokenised on first use
 
+    # from the initial model (before any checkpoint is loaded: a resumed run gets the same value)
+    scale = (settings.teacher_scale if settings.teacher_scale is not None
+             else matched_teacher_scale(model, data, q_ids, idf_param, settings))
+    logger.info("teacher scale %.2f%s", scale, "" if settings.teacher_scale is not None else " (matched)")
     total = settings.total_steps(len(data.queries))
     warm = int(math.ceil(settings.warmup_ratio * total))
     flops_T = settings.flops_T(total)
@@ -468,7 +516,7 @@ def train_inference_free(data: TrainingData, init: str | os.PathLike, idf: str |
             slot, valid, teacher, qmask = (x.to(device) for x in (slot, valid, teacher, qmask))
             scores = inference_free_scores(qmask, idf_param, weights[slot])
             loss_fn = kl_distillation if settings.loss == "kl" else margin_mse
-            rank = loss_fn(scores, teacher, valid, settings.teacher_scale)
+            rank = loss_fn(scores, teacher, valid, scale)
             flops = idf_aware_flops(weights, settings.flops_threshold)
             lam = flops_weight_at(step + 1, settings.flops_weight, flops_T)
             loss = rank + lam * flops
@@ -496,7 +544,7 @@ def train_inference_free(data: TrainingData, init: str | os.PathLike, idf: str |
     last = history[-1] if history else {"loss": float("nan"), "rank": float("nan"), "flops": float("nan"), "nnz": 0.0}
     summary = {"steps": total, "resumed_from": start, "loss": last["loss"], "rank_loss": last["rank"],
                "flops": last["flops"], "doc_nonzeros": last["nnz"],
-               "docs_per_s": n_docs_seen / t_train if t_train else None,
+               "docs_per_s": n_docs_seen / t_train if t_train else None, "teacher_scale": scale,
                "loss_history": [h["loss"] for h in history], "history": history, "settings": asdict(settings)}
     model.mlm.eval()
     _write_output(out, model, idf_param, None if settings.idf_trainable else idf_path, summary)
