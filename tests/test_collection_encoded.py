@@ -143,7 +143,6 @@ def test_vectors_that_do_not_fit_are_refused_before_anything_is_written(tmp_path
         (EncodedDocuments(ids, rng.random((len(ids), 8))), "dense vectors, but a splade collection"),
         (EncodedDocuments(ids, good[:, :100]), "vocabulary 100"),
         (EncodedDocuments(ids, good, {"model": "someone/other-splade"}), "encoded with model='someone/other-splade'"),
-        (EncodedDocuments(ids, good.multiply(np.nan).tocsr()), "finite"),
     ]
     generation = col.generation
     for vectors, message in cases:
@@ -156,6 +155,15 @@ def test_vectors_that_do_not_fit_are_refused_before_anything_is_written(tmp_path
     col.add(docs, vectors=EncodedDocuments(ids, good))
     assert len(col) == len(docs)
     col.close()
+    bad = good.copy()
+    bad.data[bad.indptr[4]] = np.nan  # the first entry of document 4 (row 4 is not empty at this density)
+    assert bad.indptr[5] > bad.indptr[4]
+    with pytest.raises(ValueError, match=f"part.npz: the vector of document '{ids[4]}' is not finite"):
+        EncodedDocuments(ids, bad, source="part.npz")
+    dense_bad = rng.random((len(ids), 8))
+    dense_bad[7, 3] = np.inf
+    with pytest.raises(ValueError, match=f"document '{ids[7]}' is not finite"):
+        EncodedDocuments(ids, dense_bad)
     with pytest.raises(ValueError, match="appears twice"):
         EncodedDocuments(["a", "a"], np.zeros((2, 3)))
     with pytest.raises(ValueError, match="3 vectors for 2 ids"):
@@ -212,3 +220,35 @@ def test_cli_index_and_add_take_lsr_encode_shards(tmp_path, tiny_beir, splade_mo
     res = runner.invoke(main, ["index", str(tiny_beir), str(tmp_path / "bm"), "--doc-vectors", str(shards)])
     assert res.exit_code == 1 and "bm25 collection computes" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "bm").exists()
+
+
+def test_sharded_add_refuses_vectors_before_any_shard_changes(tmp_path):
+    """Driver writes (no Ray): a document without a vector, or vectors of another width, leave every
+    shard and the sequence counter as they were."""
+    from lsr.distributed.sharded import ShardedCollection, read_manifest, shard_of
+
+    model = str(shared_model("all-MiniLM-L6-v2"))
+    docs = _docs(12)
+    ids = [d["_id"] for d in docs]
+    rng = np.random.default_rng(1)
+    with ShardedCollection.create(tmp_path / "sh", 2, "dense", model=model) as sc:
+        last = next(i for i in reversed(ids) if shard_of(i, 2) == 1)
+        partial = EncodedDocuments([i for i in ids if i != last], rng.random((len(ids) - 1, 384)))
+        for vectors, message in ((partial, f"no vector for document '{last}'"),
+                                 (EncodedDocuments(ids, rng.random((len(ids), 12))), "dimension 12")):
+            with pytest.raises(ValueError, match=message):
+                sc.add(docs, vectors=vectors)
+            assert [len(s) for s in sc.shards] == [0, 0] and read_manifest(sc.path)["next_sequence"] == 0
+        v = rng.random((len(ids), 384)).astype(np.float32)
+        assert sc.add(docs, vectors=EncodedDocuments(ids, v)) == len(ids)
+        got = sc.shards[shard_of(ids[3], 2)].snapshot.segments[0]
+        stored = np.asarray(got.part.vectors)[list(got.ids).index(ids[3])]
+        np.testing.assert_array_equal(stored, v[3])
+    # build_sharded checks the vectors on the driver, before Ray starts or any task loads a model
+    pytest.importorskip("ray", reason="needs the ray extra")
+    from lsr.distributed.sharded import build_sharded
+
+    with pytest.raises(ValueError, match="dimension 12"):
+        build_sharded(tmp_path / "built", docs, 2, "dense", vectors=EncodedDocuments(ids, rng.random((len(ids), 12))),
+                      model=model)
+    assert not (tmp_path / "built").exists() and list(tmp_path.iterdir()) == [tmp_path / "sh"]

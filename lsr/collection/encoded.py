@@ -62,6 +62,14 @@ class EncodedDocuments:
             self.kind, self.vectors = "dense", arr
         if self.vectors.shape[0] != len(self.ids):
             raise ValueError(f"{self.source}: {self.vectors.shape[0]} vectors for {len(self.ids)} ids")
+        values = self.vectors.data if self.kind == "sparse" else self.vectors
+        if values.size and not np.isfinite(values).all():
+            if self.kind == "sparse":
+                bad_entry = int(np.flatnonzero(~np.isfinite(values))[0])
+                bad = int(np.searchsorted(self.vectors.indptr, bad_entry, side="right") - 1)
+            else:
+                bad = int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])
+            raise ValueError(f"{self.source}: the vector of document {self.ids[bad]!r} is not finite (NaN or inf)")
 
     @classmethod
     def from_shards(cls, path: str | os.PathLike) -> "EncodedDocuments":
@@ -92,13 +100,17 @@ class EncodedDocuments:
             rows[j] = r
         return rows
 
+    def require(self, ids: Sequence[str]) -> None:
+        """``ValueError`` naming the first of ``ids`` without a vector."""
+        self._rows(ids)
+
     def take(self, ids: Sequence[str]) -> Any:
         """The rows of ``ids``, in order: a SparseBatch or an ``(n, dim)`` float32 array."""
         rows = self._rows(ids)
         if self.kind == "dense":
             return np.ascontiguousarray(self.vectors[rows])
         sub = self.vectors[rows]
-        sub.sort_indices()
+        sub.sum_duplicates()  # sorted, unique term ids per row (a SparseBatch's rule)
         return SparseBatch(sub.indptr.astype(np.int64), sub.indices.astype(np.int32),
                            sub.data.astype(np.float32), int(sub.shape[1]))
 

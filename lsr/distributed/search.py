@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ShardReader", "ShardedSearcher", "ShardedSearchResults", "merge_shard_hits"]
 
+#: collections whose queries the driver encodes (encode_queries="driver"): it loads their models
+QUERY_VECTOR_RETRIEVERS = ("splade", "inference-free", "dense", "hybrid")
+
 
 @dataclass
 class ShardedSearchResults(SearchResults):
@@ -69,6 +72,12 @@ class ShardReader:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def node_id(self) -> str:
+        """The Ray node this actor runs on."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     def refresh(self) -> int:
         self.col.refresh()
@@ -179,7 +188,9 @@ class ShardedSearcher:
             every shard, so all shards score the same query vectors (a model's output differs in its
             last bits with the batch and the thread count: shards that encode for themselves could
             rank near-ties differently), and the model runs once instead of once per shard;
-            ``"shards"``: each actor encodes its batches (no model on the driver).
+            ``"shards"``: each actor encodes its batches (no model on the driver: a driver that
+            cannot load the collection's models, or MaxSim/MUVERA collections, whose actors always
+            encode). With ``"driver"`` the searcher loads the models when it starts.
 
     After each :meth:`search`, ``last_shard_seconds[i]`` is the time shard ``i``'s actor spent in
     its search requests (``Collection.search`` and turning its hits into a reply), so the
@@ -210,7 +221,7 @@ class ShardedSearcher:
             raise ValueError(f"encode_queries must be 'driver' or 'shards', got {encode_queries!r}")
         #: per leg (None: the collection's ranking, i: hybrid component i), the engine encoding its queries here
         self.query_engines: dict[int | None, Any] = {}
-        if encode_queries == "driver":
+        if encode_queries == "driver" and self.retriever in QUERY_VECTOR_RETRIEVERS:
             from lsr.collection.engines import engine_class
             from lsr.collection.engines.base import Engine
 
@@ -263,6 +274,10 @@ class ShardedSearcher:
     def pids(self) -> list[int]:
         """Each shard actor's process id (waits until every shard is open)."""
         return [self._get(i, a.pid.remote()) for i, a in enumerate(self.actors)]
+
+    def nodes(self) -> list[str]:
+        """The Ray node id each shard's actor runs on."""
+        return [self._get(i, a.node_id.remote()) for i, a in enumerate(self.actors)]
 
     def refresh(self) -> list[int]:
         """Every shard's newest commit; their generations."""

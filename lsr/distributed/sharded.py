@@ -188,7 +188,7 @@ class ShardedCollection:
             return 0
         if vectors is not None:  # every document has a vector of the right kind before any shard changes
             self.shards[0].engine.check_encoded(vectors)
-            _subset(vectors, [d["_id"] for d in batch])
+            _require(vectors, [d["_id"] for d in batch])
         groups = _route(batch, self.n_shards)
         if not replace:
             live = [d["_id"] for i, g in enumerate(groups) for d in g if self.shards[i].snapshot.locate(d["_id"])]
@@ -279,6 +279,15 @@ def _finish(tmp: Path, path: Path, n_shards: int, next_sequence: int) -> None:
     fsync_path(path.parent, directory=True)
 
 
+def _require(vectors: Any, ids: list[str]) -> None:
+    """``ValueError`` unless every id has a vector (in each component's, for a hybrid's list)."""
+    for v in vectors if isinstance(vectors, (list, tuple)) else [vectors]:
+        if v is not None:
+            if not hasattr(v, "require"):
+                raise TypeError(f"vectors: an EncodedDocuments, not {type(v).__name__}")
+            v.require(ids)
+
+
 def _subset(vectors: Any, ids: list[str]) -> Any:
     """The pre-encoded vectors of ``ids`` alone (per component for a hybrid's list); a missing id
     is a ``ValueError``."""
@@ -319,6 +328,13 @@ def build_sharded(path: str | os.PathLike, docs: Iterable[Mapping[str, Any]], n_
     ray = require_ray()
     path = Path(path)
     batch = _checked(docs)
+    if vectors is not None:  # refused here, in one line, before any task loads a model
+        from lsr.collection.collection import _options_for
+        from lsr.collection.engines import engine_class
+
+        name, opts = _options_for(retriever, options)
+        engine_class(name).create(opts).check_encoded(vectors)
+        _require(vectors, [d["_id"] for d in batch])
     groups = _route(_with_sequence(batch, 0), n_shards)
     parts = [_subset(vectors, [d["_id"] for d in g]) for g in groups]
     tmp = _prepare(path, n_shards)

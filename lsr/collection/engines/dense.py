@@ -186,8 +186,10 @@ class DenseEngine(Engine):
         if not segments or not queries:
             return merge_hits([], len(queries), k)
         q = self.query_vectors(queries) if given is None else np.ascontiguousarray(given, dtype=np.float32)
-        if q.shape[1:] != (self.encoder.dim,):
-            raise ValueError(f"query_vectors: dimension {q.shape[1:]}, the encoder's is {self.encoder.dim}")
+        if q.ndim != 2 or q.shape[1] != self.encoder.dim:
+            raise ValueError(f"query_vectors: shape {q.shape}, the encoder's dimension is {self.encoder.dim}")
+        if given is not None and not np.isfinite(q).all():
+            raise ValueError("query_vectors: not finite (NaN or inf)")
         per_segment = []
         for (part, _), mask in zip(segments, masks):
             if part.faiss is not None and (mask is None or mask.mean() > EXACT_ALLOWED_BELOW):

@@ -160,7 +160,9 @@ class SpladeEngine(Engine):
 
     def search(self, queries: Sequence[str], k: int, segments: Sequence[tuple[SparsePart, np.ndarray | None]],
                allowed: Sequence[np.ndarray | None] | None = None, threads: int = 1, **search_options: Any) -> Hits:
-        given = given_query_vectors(search_options, len(as_queries(queries)), lambda v: v.indptr.size - 1)
+        given = given_query_vectors(search_options, len(as_queries(queries)), _sparse_rows)
+        if given is not None and given.vocab_size != self.encoder.vocab_size:
+            raise ValueError(f"query_vectors: vocabulary {given.vocab_size}, the encoder's is {self.encoder.vocab_size}")
         queries, k, masks = check_search(queries, k, segments, allowed, search_options, self.name)
         if not segments or not queries:
             return merge_hits([], len(queries), k)
@@ -319,6 +321,15 @@ def _scratch(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         got = (np.zeros(n, np.float32), np.zeros(n, np.bool_), np.empty(max(n, 1), np.int64))
         _LOCAL.scratch = got
     return got
+
+
+def _sparse_rows(vectors: Any) -> int:
+    """Rows of given query vectors (a SparseBatch, the engine's own encoding)."""
+    from lsr.types import SparseBatch
+
+    if not isinstance(vectors, SparseBatch):
+        raise TypeError(f"query_vectors: a SparseBatch (the engine's query_vectors), not {type(vectors).__name__}")
+    return int(vectors.indptr.size - 1)
 
 
 def _kernels() -> Any:
