@@ -253,3 +253,28 @@ def test_importing_lsr_distributed_does_not_import_ray():
     code = "import sys, lsr.distributed.encode, lsr.cli; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_sharded_build_from_encoded_shards_searched_on_two_nodes(cluster, scifact_slice, splade_reference, tmp_path):
+    """`lsr encode` shards -> build_sharded (one task per shard, no encoding) -> one actor per node:
+    rankings identical to one collection given the same vectors (ids, order, scores bit for bit)."""
+    import lsr
+    from lsr.distributed import ShardedSearcher, build_sharded
+    from lsr.io.readers import read_queries
+
+    path, ids, texts = scifact_slice
+    model = str(shared_model("splade-tiny"))
+    docs = [{"_id": i, "text": t, "metadata": {"bucket": j % 3}} for j, (i, t) in enumerate(zip(ids, texts))]
+    vectors = lsr.EncodedDocuments.from_shards(splade_reference)
+    queries = list(read_queries(beir_dataset("scifact") / "queries.jsonl").values())[:12]
+    with lsr.Collection.create(tmp_path / "full", "splade", model=model) as full:
+        full.add(docs, vectors=vectors)
+        refs = [full.search(queries, k=8, filter=f) for f in (None, {"bucket": 1})]
+    with build_sharded(tmp_path / "sh", docs, 2, "splade", address=cluster.address, vectors=vectors,
+                       model=model) as sharded, \
+            ShardedSearcher(sharded.path, address=cluster.address, cpus_per_shard=1, batch_size=5) as searcher:
+        assert len(set(searcher.nodes())) == 2  # one shard actor on each node
+        for ref, f in zip(refs, (None, {"bucket": 1})):
+            got = searcher.search(queries, k=8, filter=f)
+            np.testing.assert_array_equal(got.scores, ref.scores)
+            assert [got.hits(r) for r in range(len(queries))] == [ref.hits(r) for r in range(len(queries))]

@@ -286,26 +286,22 @@ def test_splade_built_by_ray_tasks_equals_unsharded(ray_local, tmp_path):
 
 
 def test_pre_encoded_hybrid_sharded_is_identical_to_unsharded(ray_local, tmp_path):
-    """splade + dense vectors encoded once (lsr.EncodedDocuments) and given to both builds, queries
-    encoded once at the driver: the same ids in the same order (duplicates' ties included) and the
-    same scores, with filters, and after adds, deletes and upserts that bring their own vectors."""
-    import scipy.sparse as sp
-
+    """bm25 + dense with the dense vectors encoded once (lsr.EncodedDocuments) and given to both
+    builds, queries encoded once at the driver: the same ids in the same order (duplicates' ties
+    included) and the same scores, with filters, and after adds, deletes and upserts that bring
+    their own vectors. (The sparse side: tests/test_distributed_encode.py, on two nodes.)"""
     from lsr.collection.docstore import contents
     from lsr.collection.encoded import EncodedDocuments
     from lsr.distributed.search import ShardedSearcher
     from lsr.distributed.sharded import build_sharded
 
-    options = {"components": f"splade={shared_model('splade-tiny')},dense={shared_model('all-MiniLM-L6-v2')}",
-               "depth": 15}
+    options = {"components": f"bm25,dense={shared_model('all-MiniLM-L6-v2')}", "depth": 15}
     full = lsr.Collection.create(tmp_path / "full", "hybrid", **options)
-    splade, dense = full.engine.components
+    dense = full.engine.components[1]
 
-    def encoded(docs: list[dict]) -> list[EncodedDocuments]:
-        ids, texts = [d["_id"] for d in docs], contents([{"title": "", **d} for d in docs])
-        b = splade.encode(texts)
-        rows = sp.csr_matrix((b.data, b.indices, b.indptr), shape=(len(ids), b.vocab_size))
-        return [EncodedDocuments(ids, rows), EncodedDocuments(ids, dense.encoder.encode_documents(texts))]
+    def encoded(docs: list[dict]) -> list:
+        texts = contents([{"title": "", **d} for d in docs])
+        return [None, EncodedDocuments([d["_id"] for d in docs], dense.encoder.encode_documents(texts))]
 
     docs = _corpus(60, seed=5)
     more = _corpus(20, seed=8, prefix="n")
@@ -317,11 +313,11 @@ def test_pre_encoded_hybrid_sharded_is_identical_to_unsharded(ray_local, tmp_pat
             ShardedSearcher(sharded.path, batch_size=3) as searcher:
         assert _has_ties(full.search(QUERIES, k=10))
         for flt in (None, FILTERS[0], FILTERS[2]):
-            _same(full.search(QUERIES, k=10, filter=flt), searcher.search(QUERIES, k=10, filter=flt), tol=1e-6)
+            _same(full.search(QUERIES, k=10, filter=flt), searcher.search(QUERIES, k=10, filter=flt), tol=0)
         for col in (full, sharded):
             col.add(more, vectors=encoded(more))
             assert col.delete(["d3", "n2"]) == 2
             col.upsert(upserts, vectors=encoded(upserts))
         for flt in (None, FILTERS[1]):
-            _same(full.search(QUERIES, k=10, filter=flt), searcher.search(QUERIES, k=10, filter=flt), tol=1e-6)
+            _same(full.search(QUERIES, k=10, filter=flt), searcher.search(QUERIES, k=10, filter=flt), tol=0)
     full.close()
