@@ -9,8 +9,9 @@ collection's batches, then each shard's). Every test query is searched with ``k`
 unfiltered and with the filters ``bucket < 5`` (50%) and ``bucket == 3`` (10%), and each sharded
 ranking is compared with the unsharded one: scores within 1e-5 at every rank (relative to
 max(1, score): float32 scores of 10 to 100 carry about 1e-6 of rounding), and the same ids in
-the same order; swaps of documents whose scores are within 1e-5 are counted apart (with
-``--vectors each`` a model encodes a document differently in the last bits in another batch).
+the same order (with ``--vectors each``, swaps of documents whose scores are within 1e-5 are
+counted apart and allowed: a model encodes a document differently in the last bits in another
+batch).
 Model-based retrievers take a ``--retriever`` and ``--model``, a hybrid its ``--components``.
 
     python scripts/check_sharded.py --datasets scifact,nfcorpus --retriever bm25
@@ -107,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                             same_scores += close
                             near_ties += close and not identical and only_near_ties(ha, hb)
                         n = len(qtexts)
-                        ok = same_scores == n and same_ids + near_ties == n
+                        # the same vectors: nothing may differ; each build encoding: near-tie swaps allowed
+                        ok = same_scores == n and same_ids + (near_ties if args.vectors == "each" else 0) == n
                         failures += not ok
                         print(f"{name} {args.retriever} filter {label}: {same_ids}/{n} rankings identical "
                               f"(top {args.k}), {near_ties} differ only in the order of documents whose scores "
