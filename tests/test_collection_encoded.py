@@ -252,3 +252,7 @@ def test_sharded_add_refuses_vectors_before_any_shard_changes(tmp_path):
         build_sharded(tmp_path / "built", docs, 2, "dense", vectors=EncodedDocuments(ids, rng.random((len(ids), 12))),
                       model=model)
     assert not (tmp_path / "built").exists() and list(tmp_path.iterdir()) == [tmp_path / "sh"]
+    from lsr.distributed.search import ShardedSearcher
+
+    with pytest.raises(ValueError, match="encode_queries must be 'driver' or 'shards'"):
+        ShardedSearcher(tmp_path / "sh", encode_queries="everywhere")  # refused before Ray starts
