@@ -245,7 +245,13 @@ def test_sharded_add_refuses_vectors_before_any_shard_changes(tmp_path):
         stored = np.asarray(got.part.vectors)[list(got.ids).index(ids[3])]
         np.testing.assert_array_equal(stored, v[3])
     # build_sharded checks the vectors on the driver, before Ray starts or any task loads a model
-    pytest.importorskip("ray", reason="needs the ray extra")
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("needs the ray extra: pip install 'lsr[ray]'")
+    # ray reads this when first imported (build_sharded imports it): loopback only, as the Ray tests' fixtures
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from lsr.distributed.sharded import build_sharded
 
     with pytest.raises(ValueError, match="dimension 12"):
