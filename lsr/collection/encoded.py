@@ -24,7 +24,7 @@ import numpy as np
 
 from lsr.types import SparseBatch
 
-__all__ = ["EncodedDocuments"]
+__all__ = ["EncodedDocuments", "check_vectors"]
 
 
 class EncodedDocuments:
@@ -88,9 +88,6 @@ class EncodedDocuments:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __contains__(self, doc_id: object) -> bool:
-        return doc_id in self._row
-
     def _rows(self, ids: Sequence[str]) -> np.ndarray:
         rows = np.empty(len(ids), np.int64)
         for j, doc_id in enumerate(ids):
@@ -136,6 +133,15 @@ class EncodedDocuments:
 
     def __repr__(self) -> str:
         return f"EncodedDocuments({self.source!r}, {len(self)} {self.kind} vectors of width {self.width})"
+
+
+def check_vectors(vectors: Any, kind: str, width: int, config: Mapping[str, Any], keys: Sequence[str],
+                  engine: str) -> None:
+    """An engine's check of given vectors: an :class:`EncodedDocuments` (else ``TypeError``) that
+    passes :meth:`EncodedDocuments.check`."""
+    if not isinstance(vectors, EncodedDocuments):
+        raise TypeError(f"vectors: an EncodedDocuments, not {type(vectors).__name__}")
+    vectors.check(kind, width, config, keys, engine)
 
 
 def _norm(key: str, value: Any) -> Any:

@@ -36,11 +36,12 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from lsr.collection.collection import Collection
 from lsr.collection.commit import TEMP_MARK, fsync_path, write_atomic
 from lsr.collection.docstore import check_documents
+from lsr.collection.encoded import EncodedDocuments
 from lsr.errors import IndexFormatError
 
 logger = logging.getLogger(__name__)
@@ -188,7 +189,8 @@ class ShardedCollection:
             return 0
         if vectors is not None:  # every document has a vector of the right kind before any shard changes
             self.shards[0].engine.check_encoded(vectors)
-            _require(vectors, [d["_id"] for d in batch])
+            ids = [d["_id"] for d in batch]
+            _each(vectors, lambda v: v.require(ids))
         groups = _route(batch, self.n_shards)
         if not replace:
             live = [d["_id"] for i, g in enumerate(groups) for d in g if self.shards[i].snapshot.locate(d["_id"])]
@@ -279,25 +281,15 @@ def _finish(tmp: Path, path: Path, n_shards: int, next_sequence: int) -> None:
     fsync_path(path.parent, directory=True)
 
 
-def _require(vectors: Any, ids: list[str]) -> None:
-    """``ValueError`` unless every id has a vector (in each component's, for a hybrid's list)."""
-    for v in vectors if isinstance(vectors, (list, tuple)) else [vectors]:
-        if v is not None:
-            if not hasattr(v, "require"):
-                raise TypeError(f"vectors: an EncodedDocuments, not {type(v).__name__}")
-            v.require(ids)
-
-
-def _subset(vectors: Any, ids: list[str]) -> Any:
-    """The pre-encoded vectors of ``ids`` alone (per component for a hybrid's list); a missing id
-    is a ``ValueError``."""
+def _each(vectors: Any, fn: Callable[[EncodedDocuments], Any]) -> Any:
+    """``fn`` of the pre-encoded vectors (of each component's, for a hybrid's list; None stays None)."""
     if vectors is None:
         return None
     if isinstance(vectors, (list, tuple)):
-        return [_subset(v, ids) for v in vectors]
-    if not hasattr(vectors, "subset"):
+        return [_each(v, fn) for v in vectors]
+    if not isinstance(vectors, EncodedDocuments):
         raise TypeError(f"vectors: an EncodedDocuments, not {type(vectors).__name__}")
-    return vectors.subset(ids)
+    return fn(vectors)
 
 
 def _build_one(path: str, retriever: Any, options: dict[str, Any], docs: list[dict[str, Any]],
@@ -334,9 +326,9 @@ def build_sharded(path: str | os.PathLike, docs: Iterable[Mapping[str, Any]], n_
 
         name, opts = _options_for(retriever, options)
         engine_class(name).create(opts).check_encoded(vectors)
-        _require(vectors, [d["_id"] for d in batch])
     groups = _route(_with_sequence(batch, 0), n_shards)
-    parts = [_subset(vectors, [d["_id"] for d in g]) for g in groups]
+    # each shard's rows (a document without a vector is refused here, before any task starts)
+    parts = [_each(vectors, lambda v, g=g: v.subset([d["_id"] for d in g])) for g in groups]
     tmp = _prepare(path, n_shards)
     started = connect(address)
     try:

@@ -124,11 +124,9 @@ class DenseEngine(Engine):
         return np.ascontiguousarray(self.encoder.encode_queries(list(queries)), dtype=np.float32)
 
     def check_encoded(self, vectors: Any) -> None:
-        from lsr.collection.encoded import EncodedDocuments
+        from lsr.collection.encoded import check_vectors
 
-        if not isinstance(vectors, EncodedDocuments):
-            raise TypeError(f"vectors: an EncodedDocuments, not {type(vectors).__name__}")
-        vectors.check("dense", self.encoder.dim, self.encoder.config(),
+        check_vectors(vectors, "dense", self.encoder.dim, self.encoder.config(),
                       ("model", "pooling", "normalize", "document_prefix", "doc_max_length"), self.name)
 
     def write_encoded(self, encoded: Any, texts: Sequence[str], directory: Path) -> None:

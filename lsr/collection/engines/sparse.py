@@ -109,19 +109,16 @@ class SpladeEngine(Engine):
         index._write(Path(directory))
 
     def check_encoded(self, vectors: Any) -> None:
-        from lsr.collection.encoded import EncodedDocuments
+        from lsr.collection.encoded import check_vectors
 
-        if not isinstance(vectors, EncodedDocuments):
-            raise TypeError(f"vectors: an EncodedDocuments, not {type(vectors).__name__}")
-        vectors.check("sparse", self.encoder.vocab_size, self.encoder.config(), DOCUMENT_SETTINGS[1:], self.name)
+        check_vectors(vectors, "sparse", self.encoder.vocab_size, self.encoder.config(), DOCUMENT_SETTINGS[1:],
+                      self.name)
 
     def write_encoded(self, encoded: Any, texts: Sequence[str], directory: Path) -> None:
         from lsr.retrievers.sparse import _blank_rows_emptied
 
-        if encoded.indptr.size - 1 != len(texts):
+        if encoded.indptr.size - 1 != len(texts):  # finite: EncodedDocuments refuses NaN and inf
             raise ValueError(f"{encoded.indptr.size - 1} vectors for {len(texts)} documents")
-        if encoded.data.size and not np.isfinite(encoded.data).all():
-            raise ValueError("document vectors must be finite (found NaN or inf)")
         index = InvertedIndex.from_csr(_blank_rows_emptied(encoded, list(texts)), decoded=False)
         index._write(Path(directory))
 
