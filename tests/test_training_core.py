@@ -186,6 +186,55 @@ def test_matched_teacher_scale_equals_the_ratio_of_score_spreads(tiny_mlm):
         st.matched_teacher_scale(model, flat, q_ids, idf, settings)
 
 
+def test_in_batch_negatives_score_every_document_of_the_step(tiny_mlm, tmp_path, monkeypatch):
+    """With in-batch negatives a query's KL runs over every document of the step: the student's
+    scores are the search-time scores (independent SPLADE reference x the inference-free query
+    vector), the teacher's are the query's own for its candidates and 0 for any other document."""
+    import shutil
+
+    from transformers import BertForMaskedLM
+
+    from lsr.encoders.inference_free import InferenceFreeEncoder
+
+    model_dir = tmp_path / "no-dropout"  # the tiny model without dropout, so a reference can match
+    shutil.copytree(tiny_mlm, model_dir)
+    mlm = BertForMaskedLM.from_pretrained(str(tiny_mlm))
+    mlm.config.hidden_dropout_prob = mlm.config.attention_probs_dropout_prob = 0.0
+    mlm.save_pretrained(str(model_dir))
+    base = _tiny_data()
+    n = len(base.doc_texts)
+    groups = [np.roll(np.arange(n), -i)[:3] for i in range(len(base.queries))]  # 3 candidates each
+    teacher = [np.asarray([0.9, 0.4, 0.1], np.float32) for _ in groups]
+    data = TrainingData(base.queries, base.doc_texts, groups, teacher, None)
+    seen = []
+    real = st.kl_distillation
+
+    def spy(student, teach, valid, scale):
+        seen.append((student.detach().numpy().copy(), teach.numpy().copy(), valid.numpy().copy()))
+        return real(student, teach, valid, scale)
+    monkeypatch.setattr(st, "kl_distillation", spy)
+    b = len(data.queries)
+    settings = TrainSettings(steps=1, batch_size=b, group_size=2, in_batch_negatives=True, teacher_scale=5.0,
+                             doc_max_length=20, query_max_length=16, checkpoint_every=0, torch_threads=1, seed=7)
+    train_inference_free(data, model_dir, model_dir / "idf.json", tmp_path / "out", settings)
+    (student, teach, valid), = seen
+    rng = np.random.default_rng([7, 1, 0])  # the step's own sampling
+    queries = st._step_queries(7, 0, b, b)
+    docs = np.unique(np.concatenate([st._sample_group(data, int(q), 2, rng)[0] for q in queries]))
+    assert student.shape == teach.shape == (b, docs.size) and valid.all()
+    weights = reference_splade(model_dir, [data.doc_texts[d] for d in docs], 20)
+    enc = InferenceFreeEncoder(model_dir, query_max_length=16)
+    qv = enc.encode_queries([data.queries[q] for q in queries])
+    for r, q in enumerate(queries):
+        ids, w = qv.row(r)
+        np.testing.assert_allclose(student[r], weights[:, ids] @ w, rtol=1e-4, atol=1e-5)
+        own = dict(zip(groups[q].tolist(), teacher[q].tolist()))
+        np.testing.assert_allclose(teach[r], [own.get(int(d), 0.0) for d in docs], rtol=1e-6)
+    assert (teach == 0).any() and (teach > 0).sum() > b  # other queries' documents, and more than one own each
+    with pytest.raises(ValueError, match="in_batch_negatives needs loss='kl'"):
+        TrainSettings(in_batch_negatives=True, loss="margin-mse")
+
+
 def test_tiny_model_overfits_and_loads_as_a_retriever(trainable_mlm, tmp_path):
     data = _tiny_data()
     settings = TrainSettings(steps=30, batch_size=4, group_size=6, lr=1e-2, warmup_ratio=0.0, teacher_scale=10.0,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from conftest_splade import CORPUS, QUERIES, build_tiny_mlm
 from lsr.io.readers import read_corpus
 from lsr.io.shards import corpus_fingerprint
-from lsr.train.data import build_candidates, fuse, load_corpus, load_split, min_max, pseudo_split
+from lsr.train.data import CandidateSet, build_candidates, fuse, load_corpus, load_split, min_max, pseudo_split
 from lsr.train.pseudo import KINDS, SPAN_WORDS, pseudo_queries
 from lsr.train.teachers import BM25Teacher, SpladeTeacher, Teacher, make_teachers, parse_teachers
 
@@ -92,8 +93,10 @@ def test_min_max_and_weighted_fusion_by_hand():
 
 def test_parse_teachers():
     assert parse_teachers("bm25, dense=m@2") == [("bm25", None, 1.0), ("dense", "m", 2.0)]
+    assert parse_teachers("bm25,labels@2") == [("bm25", None, 1.0), ("labels", None, 2.0)]
     for bad, why in [("bm42", "unknown teacher"), ("splade", "needs a model"), ("bm25,bm25", "twice"),
-                     ("bm25@x", "not a number"), ("bm25@0", "sum to 0"), ("bm25,", "empty teacher")]:
+                     ("bm25@x", "not a number"), ("bm25@0", "sum to 0"), ("bm25,", "empty teacher"),
+                     ("bm25,labels=q.tsv", "takes no model"), ("labels", "retriever teacher beside it")]:
         with pytest.raises(ValueError, match=why):
             parse_teachers(bad)
 
@@ -183,6 +186,15 @@ def test_candidates_are_the_union_of_top_depth_and_positives_with_every_teacher_
     for q, g in enumerate(data.groups):
         assert [data.doc_texts[i] for i in g] == [corpus.contents(int(c)) for c in cs.groups[q]]
         np.testing.assert_allclose(data.teacher[q], fuse(cs.raw[q], [1.0, 3.0]))
+    # the qrels as a third teacher: 1 on the positives, 0 elsewhere, fused like the others
+    labelled = cs.with_labels().to_training_data([1.0, 3.0, 2.0])
+    for q in range(len(tq.texts)):
+        by_hand = (min_max(cs.raw[q][0]) + 3 * min_max(cs.raw[q][1]) + 2 * cs.positives[q]) / 6
+        np.testing.assert_allclose(labelled.teacher[q], by_hand, rtol=1e-6)
+        assert labelled.teacher[q][cs.positives[q]].min() >= 2 / 6
+    pseudo = CandidateSet(replace(tq, labelled=False), corpus, cs.teacher_names, cs.groups, cs.raw, cs.positives)
+    with pytest.raises(ValueError, match="labelled queries"):
+        pseudo.with_labels()
     # a second run reads everything from the cache: no teacher is asked for a score
     calls = [t.calls for t in teachers]
     again = build_candidates(tq, corpus, teachers, depth=depth, cache=tmp_path)
@@ -244,13 +256,15 @@ def test_lsr_train_end_to_end_supervised_and_pseudo(beir, mlm, tmp_path):
     from lsr.retrievers.sparse import InferenceFreeRetriever
 
     out = tmp_path / "model"
-    args = ["train", str(beir), str(out), "--init", str(mlm), "--teachers", f"bm25,splade={mlm}",
+    args = ["train", str(beir), str(out), "--init", str(mlm), "--teachers", f"bm25,splade={mlm},labels",
             "--cache", str(tmp_path / "cache"), "--steps", "2", "--batch-size", "2", "--group-size", "3",
-            "--doc-max-length", "32", "--checkpoint-every", "1"]
+            "--doc-max-length", "32", "--checkpoint-every", "1", "--in-batch-negatives"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     described = json.loads((out / "training_data.json").read_text())
     assert described["queries"]["mode"] == "train" and described["n_queries"] == 3
+    assert described["teachers"][-1] == "labels" and described["weights"] == [1.0, 1.0, 1.0]
+    assert json.loads((out / "training.json").read_text())["settings"]["in_batch_negatives"] is True
     r = InferenceFreeRetriever(str(out))
     r.index(list(CORPUS), [f"{t} {x}" for t, x in CORPUS.values()])
     assert r.search(["heart disease"], k=2).ids.shape == (1, 2)
@@ -262,3 +276,7 @@ def test_lsr_train_end_to_end_supervised_and_pseudo(beir, mlm, tmp_path):
     assert json.loads((tmp_path / "adapted" / "training_data.json").read_text())["queries"]["mode"] == "pseudo"
     bad = CliRunner().invoke(main, ["train", str(beir / "corpus.jsonl"), str(tmp_path / "x"), "--init", str(mlm)])
     assert bad.exit_code != 0 and "BEIR directory" in bad.output
+    bad = CliRunner().invoke(main, ["train", str(beir / "corpus.jsonl"), str(tmp_path / "y"), "--init", str(mlm),
+                                    "--queries", "pseudo", "--teachers", "bm25,labels"])
+    assert bad.exit_code != 0 and "labels teacher needs labelled queries" in bad.output
+    assert "Traceback" not in bad.output and not (tmp_path / "y").exists()

@@ -20,6 +20,8 @@ _SETTINGS: list[tuple[str, Any, str]] = [
     ("warmup_ratio", click.FloatRange(min=0, max=1, max_open=True), "Linear learning-rate warm-up, share of the steps."),
     ("weight_decay", click.FloatRange(min=0), "AdamW weight decay."),
     ("loss", click.Choice(["kl", "margin-mse"]), "Ranking loss against the teacher scores."),
+    ("in_batch_negatives", bool, "KL over every document of the step (the other queries' groups at teacher score 0 "
+     "unless among the query's candidates), not only the query's group."),
     ("teacher_scale", "scale", "Teacher scores (in [0, 1]) are multiplied by this; auto (default): matched to the "
      "initial model's within-group score spread."),
     ("flops_weight", click.FloatRange(min=0), "Lambda of the IDF-aware document FLOPS term."),
@@ -73,8 +75,8 @@ def _settings_options(fn: Any) -> Any:
 @click.option("--idf", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Query IDF table (idf.json; default: the --init directory's).")
 @click.option("--teachers", default="bm25", show_default=True,
-              help="Teacher ensemble: bm25,splade=DIR,dense=DIR,maxsim=DIR (a weight after @, e.g. dense=DIR@2; "
-                   "equal by default).")
+              help="Teacher ensemble: bm25,splade=DIR,dense=DIR,maxsim=DIR,labels (a weight after @, e.g. dense=DIR@2; "
+                   "equal by default; labels: the split's qrels as one more teacher, with --queries train).")
 @click.option("--queries", "queries", type=click.Choice(["train", "pseudo"]), default="train", show_default=True,
               help="train: a BEIR split's queries and labels; pseudo: queries made from the corpus, no labels.")
 @click.option("--split", default="train", show_default=True,

@@ -29,7 +29,7 @@ from typing import Any
 
 from lsr.encoders._torch import require_torch
 
-__all__ = ["inference_free_scores", "kl_distillation", "margin_mse", "idf_aware_flops", "flops_weight_at"]
+__all__ = ["inference_free_scores", "inference_free_score_matrix", "kl_distillation", "margin_mse", "idf_aware_flops", "flops_weight_at"]
 
 
 def inference_free_scores(query_tokens: Any, idf: Any, doc_weights: Any) -> Any:
@@ -45,6 +45,19 @@ def inference_free_scores(query_tokens: Any, idf: Any, doc_weights: Any) -> Any:
     torch = require_torch()
     q = query_tokens * idf  # duplicates count once: the query vector holds idf(t), not tf * idf(t)
     return torch.bmm(doc_weights, q.unsqueeze(2)).squeeze(2)
+
+
+def inference_free_score_matrix(query_tokens: Any, idf: Any, doc_weights: Any) -> Any:
+    """s(q, d) for every query and every document of the batch (in-batch negatives).
+
+    Args:
+        query_tokens: (queries x vocab) 0/1 float tensor, as :func:`inference_free_scores`.
+        idf: (vocab,) query weights.
+        doc_weights: (documents x vocab) document term weights.
+    Returns:
+        (queries x documents) scores.
+    """
+    return (query_tokens * idf) @ doc_weights.T
 
 
 def kl_distillation(student: Any, teacher: Any, valid: Any, teacher_scale: float = 1.0) -> Any:
@@ -63,7 +76,6 @@ def kl_distillation(student: Any, teacher: Any, valid: Any, teacher_scale: float
 def margin_mse(student: Any, teacher: Any, valid: Any, teacher_scale: float = 1.0) -> Any:
     """mean over valid (query, j >= 1) of ((s_0 - s_j) - teacher_scale * (t_0 - t_j))^2; slot 0
     holds the query's positive (or the teacher's top document without labels)."""
-    torch = require_torch()
     s_margin = student[:, :1] - student[:, 1:]
     t_margin = (teacher[:, :1] - teacher[:, 1:]) * teacher_scale
     keep = valid[:, 1:] & valid[:, :1]

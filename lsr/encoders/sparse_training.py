@@ -40,8 +40,8 @@ from lsr.encoders._query_tokenizer import QueryTokenizer
 from lsr.encoders._torch import (choose_device, length_sorted_batches, quiet_loading, require_torch,
                                  require_transformers, resolve_model, set_threads)
 from lsr.encoders.inference_free import IDF_FILE, read_idf, tokenizer_limit
-from lsr.encoders.sparse_losses import (flops_weight_at, idf_aware_flops, inference_free_scores,
-                                        kl_distillation, margin_mse)
+from lsr.encoders.sparse_losses import (flops_weight_at, idf_aware_flops, inference_free_score_matrix,
+                                        inference_free_scores, kl_distillation, margin_mse)
 from lsr.encoders.splade import _find_parent, load_tokenizer, tokenize
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class TrainSettings:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     loss: str = "kl"                   # "kl" or "margin-mse"
+    in_batch_negatives: bool = False   # kl over every document of the step, not only the query's group
     teacher_scale: float | None = None  # teacher scores (in [0, 1]) times this; student scores raw. None:
     # matched to the initial student (its within-group score spread over the teacher's: matched_teacher_scale)
     flops_weight: float = 0.002        # lambda of the document FLOPS term (OpenSearch's BEIR fine-tuning value)
@@ -90,6 +91,8 @@ class TrainSettings:
                 raise ValueError(f"TrainSettings.{name} must be an integer >= 1, got {value!r}")
         if self.loss not in _LOSSES:
             raise ValueError(f"TrainSettings.loss must be one of {', '.join(_LOSSES)}, got {self.loss!r}")
+        if self.in_batch_negatives and self.loss != "kl":
+            raise ValueError("TrainSettings.in_batch_negatives needs loss='kl'")
         if self.loss == "margin-mse" and self.group_size < 2:
             raise ValueError("TrainSettings.group_size must be >= 2 for loss='margin-mse'")
         if self.teacher_scale is not None and (isinstance(self.teacher_scale, bool) or not self.teacher_scale > 0):
@@ -311,6 +314,30 @@ def _sample_group(data: TrainingData, q: int, group_size: int, rng: np.random.Ge
     return cand[slots], teach[slots]
 
 
+def _candidate_lookup(data: TrainingData) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per query its candidates sorted, with their teacher scores (for :func:`_in_batch_teacher`)."""
+    out = []
+    for g, t in zip(data.groups, data.teacher):
+        order = np.argsort(np.asarray(g, dtype=np.int64), kind="stable")
+        out.append((np.asarray(g, dtype=np.int64)[order], np.asarray(t, dtype=np.float32)[order]))
+    return out
+
+
+def _in_batch_teacher(data: TrainingData, queries: np.ndarray, docs: np.ndarray,
+                      by_doc: list[tuple[np.ndarray, np.ndarray]]) -> Any:
+    """(queries x step documents) teacher scores: a document among the query's candidates gets its
+    teacher score, any other one 0, the fused floor (it is in no teacher's top ``depth``; the
+    candidates' min-max normalisation puts the weakest candidate of every teacher at 0)."""
+    torch = require_torch()
+    out = np.zeros((len(queries), docs.size), dtype=np.float32)
+    for r, q in enumerate(queries):
+        cand, teach = by_doc[int(q)]
+        pos = np.minimum(np.searchsorted(cand, docs), cand.size - 1)
+        hit = cand[pos] == docs
+        out[r, hit] = teach[pos[hit]]
+    return torch.as_tensor(out)
+
+
 #: queries whose groups measure the initial score spreads (matched_teacher_scale)
 SCALE_SAMPLE_QUERIES = 64
 
@@ -471,6 +498,10 @@ def train_inference_free(data: TrainingData, init: str | os.PathLike, idf: str |
     if found:
         step0, path = found[-1]
         meta = json.loads((path / "state.json").read_text())
+        defaults = {f.name: f.default for f in fields(TrainSettings)}
+        if isinstance(meta.get("settings"), dict):  # a setting added since the checkpoint has its default there
+            meta["settings"] = {**{k: defaults[k] for k in run_key["settings"] if k not in meta["settings"]},
+                                **meta["settings"]}
         for key in ("settings", "data", "init"):
             if meta.get(key) != run_key[key]:
                 raise ValueError(f"{path}: checkpoint of another run ({key} differs); remove {out / CHECKPOINTS} "
@@ -486,6 +517,7 @@ def train_inference_free(data: TrainingData, init: str | os.PathLike, idf: str |
         start = step0
         logger.info("%s: resuming at step %d of %d", path, start, total)
 
+    by_doc = _candidate_lookup(data) if settings.in_batch_negatives else []
     model.mlm.train()
     t_train, n_docs_seen = 0.0, 0
     with tqdm(total=total, initial=start, desc="train", unit="step", disable=not show_progress) as bar:
@@ -513,8 +545,13 @@ def train_inference_free(data: TrainingData, init: str | os.PathLike, idf: str |
                 teacher[r, :d_idx.size] = torch.as_tensor(t)
                 ids = q_ids[int(q)]
                 qmask[r, ids[ids < model.n_out]] = 1.0
-            slot, valid, teacher, qmask = (x.to(device) for x in (slot, valid, teacher, qmask))
-            scores = inference_free_scores(qmask, idf_param, weights[slot])
+            if settings.in_batch_negatives:  # every query against every document of the step
+                teacher, valid = _in_batch_teacher(data, queries, docs, by_doc), torch.ones((b, docs.size), dtype=torch.bool)
+                teacher, valid, qmask = (x.to(device) for x in (teacher, valid, qmask))
+                scores = inference_free_score_matrix(qmask, idf_param, weights)
+            else:
+                slot, valid, teacher, qmask = (x.to(device) for x in (slot, valid, teacher, qmask))
+                scores = inference_free_scores(qmask, idf_param, weights[slot])
             loss_fn = kl_distillation if settings.loss == "kl" else margin_mse
             rank = loss_fn(scores, teacher, valid, scale)
             flops = idf_aware_flops(weights, settings.flops_threshold)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lsr.train.data import CandidateSet, build_candidates, load_corpus, load_split, pseudo_split
-from lsr.train.teachers import make_teachers, parse_teachers
+from lsr.train.teachers import LABELS, make_teachers, parse_teachers
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +48,15 @@ def prepare(source: str | os.PathLike, queries: str = "train", teachers: str = D
     else:
         tq = pseudo_split(corpus, pseudo_queries, pseudo_seed)
     texts = corpus.all_contents()
+    labels = [w for name, _, w in spec if name == LABELS]
+    if labels and not tq.labelled:
+        raise ValueError(f"the {LABELS} teacher needs labelled queries (--queries train), not pseudo-queries")
     made, weights = make_teachers(spec, texts, corpus_fingerprint(corpus.ids, texts), cache,
                                   doc_vectors=doc_vectors, show_progress=show_progress)
-    return build_candidates(tq, corpus, made, depth=depth, cache=cache, show_progress=show_progress), weights
+    cands = build_candidates(tq, corpus, made, depth=depth, cache=cache, show_progress=show_progress)
+    if labels:  # the qrels as the last teacher (the candidates come from the others)
+        return cands.with_labels(), [*weights, labels[0]]
+    return cands, weights
 
 
 def train(source: str | os.PathLike, out: str | os.PathLike, init: str | os.PathLike,

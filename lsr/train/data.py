@@ -65,6 +65,15 @@ class CandidateSet:
     raw: list[np.ndarray]         # per query: float32 (n_teachers, len(group)) raw teacher scores
     positives: list[np.ndarray]   # per query: bool mask of the forced documents over the group
 
+    def with_labels(self) -> "CandidateSet":
+        """These candidates with the qrels as one more (last) teacher: 1 on each labelled positive,
+        0 on the other candidates (min-max leaves a query whose candidates are all positive at 0)."""
+        if not self.queries.labelled:
+            raise ValueError("the labels teacher needs labelled queries (--queries train), not pseudo-queries")
+        raw = [np.vstack([r, p.astype(np.float32)[None]]) for r, p in zip(self.raw, self.positives)]
+        return CandidateSet(self.queries, self.corpus, [*self.teacher_names, "labels"], self.groups, raw,
+                            self.positives)
+
     def fused(self, weights: Sequence[float]) -> list[np.ndarray]:
         return [fuse(r, weights) for r in self.raw]
 

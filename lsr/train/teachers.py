@@ -31,7 +31,7 @@ from lsr.types import SparseBatch
 logger = logging.getLogger(__name__)
 
 __all__ = ["TEACHERS", "Teacher", "BM25Teacher", "SpladeTeacher", "DenseTeacher", "MaxSimTeacher",
-           "parse_teachers", "make_teachers", "ROW_FLOATS"]
+           "parse_teachers", "make_teachers", "ROW_FLOATS", "LABELS"]
 
 #: largest (queries x documents) block of scores computed at once (64 MB of float32)
 ROW_FLOATS = 1 << 24
@@ -268,6 +268,9 @@ class MaxSimTeacher(DenseTeacher):
 
 TEACHERS: dict[str, type[Teacher]] = {"bm25": BM25Teacher, "splade": SpladeTeacher, "dense": DenseTeacher,
                                       "maxsim": MaxSimTeacher}
+#: the qrels as one more teacher: 1 on a query's labelled positives, 0 on its other candidates
+#: (supervised training only; :meth:`lsr.train.data.CandidateSet.with_labels`)
+LABELS = "labels"
 
 
 def parse_teachers(spec: str) -> list[tuple[str, str | None, float]]:
@@ -285,16 +288,18 @@ def parse_teachers(spec: str) -> list[tuple[str, str | None, float]]:
         body, _, weight = item.partition("@")
         name, _, model = body.partition("=")
         name = name.strip()
-        if name not in TEACHERS:
-            raise ValueError(f"unknown teacher {name!r} in {spec!r}; choose from {', '.join(TEACHERS)}")
+        if name not in TEACHERS and name != LABELS:
+            raise ValueError(f"unknown teacher {name!r} in {spec!r}; choose from {', '.join([*TEACHERS, LABELS])}")
         try:
             w = float(weight) if weight else 1.0
         except ValueError:
             raise ValueError(f"teacher weight {weight!r} is not a number (in {item!r})") from None
         if not np.isfinite(w) or w < 0:
             raise ValueError(f"teacher weight must be a finite number >= 0, got {weight!r}")
-        if name != "bm25" and not model:
+        if name not in ("bm25", LABELS) and not model:
             raise ValueError(f"teacher {name!r} needs a model: {name}=MODEL_DIR")
+        if name == LABELS and model:
+            raise ValueError(f"the {LABELS} teacher takes no model (in {item!r})")
         out.append((name, model or None, w))
     if not out:
         raise ValueError("no teachers given")
@@ -302,6 +307,8 @@ def parse_teachers(spec: str) -> list[tuple[str, str | None, float]]:
         raise ValueError(f"a teacher is named twice in {spec!r}")
     if sum(w for *_, w in out) <= 0:
         raise ValueError("teacher weights sum to 0")
+    if all(n == LABELS for n, *_ in out):
+        raise ValueError(f"the {LABELS} teacher needs at least one retriever teacher beside it (they give the candidates)")
     return out
 
 
@@ -310,7 +317,7 @@ def make_teachers(spec: str | Sequence[tuple[str, str | None, float]], texts: Se
                   show_progress: bool = False) -> tuple[list[Teacher], list[float]]:
     """The teachers of ``spec`` over the corpus ``texts`` and their weights (``doc_vectors``: the
     splade teacher's pre-encoded documents, from ``lsr encode``)."""
-    items = parse_teachers(spec) if isinstance(spec, str) else list(spec)
+    items = [t for t in (parse_teachers(spec) if isinstance(spec, str) else list(spec)) if t[0] != LABELS]
     teachers: list[Teacher] = []
     for name, model, _ in items:
         extra = {"doc_vectors": doc_vectors} if name == "splade" else {}
