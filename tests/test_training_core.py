@@ -307,3 +307,15 @@ def test_resume_refuses_other_settings_and_bad_data(tiny_mlm, tmp_path):
         train_inference_free(bad, tiny_mlm, tiny_mlm / "idf.json", tmp_path / "bad", TrainSettings(steps=1))
     with pytest.raises(ValueError, match="TrainSettings.loss"):
         TrainSettings(loss="mse")
+
+
+def test_raising_relu_passes_only_gradients_that_raise_a_clipped_weight():
+    x = torch.tensor([2.0, -1.0, -1.0, 0.0, float("-inf")], requires_grad=True)
+    y = st._raising_relu_function().apply(x)
+    assert y.tolist() == [2.0, 0.0, 0.0, 0.0, 0.0]
+    (y * torch.tensor([3.0, -2.0, 5.0, -1.0, -4.0])).sum().backward()
+    # kept: the active input, and the clipped finite ones whose gradient says "raise me" (descent direction)
+    assert x.grad.tolist() == [3.0, -2.0, 0.0, -1.0, 0.0]
+    z = torch.tensor([2.0, -1.0], requires_grad=True)
+    torch.relu(z).sum().backward()
+    assert z.grad.tolist() == [1.0, 0.0]  # plain relu: nothing for the clipped one

@@ -20,6 +20,8 @@ _SETTINGS: list[tuple[str, Any, str]] = [
     ("warmup_ratio", click.FloatRange(min=0, max=1, max_open=True), "Linear learning-rate warm-up, share of the steps."),
     ("weight_decay", click.FloatRange(min=0), "AdamW weight decay."),
     ("loss", click.Choice(["kl", "margin-mse"]), "Ranking loss against the teacher scores."),
+    ("raise_zero_weights", bool, "Let the loss raise a document's zero weights (relu with a straight-through "
+     "gradient upwards), so that documents can learn query tokens they lack."),
     ("in_batch_negatives", bool, "KL over every document of the step (the other queries' groups at teacher score 0 "
      "unless among the query's candidates), not only the query's group."),
     ("teacher_scale", "scale", "Teacher scores (in [0, 1]) are multiplied by this; auto (default): matched to the "

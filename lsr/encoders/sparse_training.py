@@ -66,6 +66,7 @@ class TrainSettings:
     weight_decay: float = 0.01
     loss: str = "kl"                   # "kl" or "margin-mse"
     in_batch_negatives: bool = False   # kl over every document of the step, not only the query's group
+    raise_zero_weights: bool = False   # relu passes a gradient that raises a zero weight (straight-through)
     teacher_scale: float | None = None  # teacher scores (in [0, 1]) times this; student scores raw. None:
     # matched to the initial student (its within-group score spread over the teacher's: matched_teacher_scale)
     flops_weight: float = 0.002        # lambda of the document FLOPS term (OpenSearch's BEIR fine-tuning value)
@@ -174,6 +175,27 @@ def query_token_ids(tokenizer: Any, special_ids: Sequence[int], texts: Sequence[
 
 
 # ---------------------------------------------------------------------------- document model
+def _raising_relu_function() -> Any:
+    torch = require_torch()
+
+    class RaisingRelu(torch.autograd.Function):
+        """relu whose backward also passes a gradient that would raise a clipped (finite) input:
+        the loss can then give a document a weight on a token it has none for (plain relu passes
+        nothing there, so a zero weight stays zero unless shared parameters move it)."""
+
+        @staticmethod
+        def forward(ctx: Any, x: Any) -> Any:
+            ctx.save_for_backward(x)
+            return x.clamp_min(0)
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            x, = ctx.saved_tensors
+            return torch.where((x > 0) | ((grad < 0) & torch.isfinite(x)), grad, torch.zeros_like(grad))
+
+    return RaisingRelu
+
+
 def _max_pool_head_function() -> Any:
     torch = require_torch()
 
@@ -227,7 +249,7 @@ class SparseDocumentModel:
     """A masked-LM with SPLADE pooling, trainable (``forward`` keeps the autograd graph)."""
 
     def __init__(self, model: str | os.PathLike, doc_max_length: int = 256, device: str | None = None,
-                 micro_batch: int = 32) -> None:
+                 micro_batch: int = 32, raise_zero_weights: bool = False) -> None:
         torch = require_torch()
         transformers = require_transformers()
         self.source = resolve_model(model)
@@ -257,6 +279,7 @@ class SparseDocumentModel:
         pad = getattr(mlm.config, "pad_token_id", None)
         self.pad_id = int(pad) if pad is not None else (self.tokenizer.token_to_id("[PAD]") or 0)
         self._head = _max_pool_head_function()
+        self._relu = _raising_relu_function().apply if raise_zero_weights else torch.relu
 
     def parameters(self) -> Any:
         return self.mlm.parameters()
@@ -286,7 +309,7 @@ class SparseDocumentModel:
         finally:
             setattr(self._parent, self._attr, self.decoder)
         pooled = torch.cat(parts)[torch.as_tensor(np.argsort(np.concatenate(order)), device=self.device)]
-        return torch.log1p(torch.relu(pooled + self._special_mask))
+        return torch.log1p(self._relu(pooled + self._special_mask))
 
 
 # ---------------------------------------------------------------------------- sampling
@@ -456,7 +479,8 @@ def train_inference_free(data: TrainingData, init: str | os.PathLike, idf: str |
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     set_threads(settings.torch_threads)
-    model = SparseDocumentModel(init, settings.doc_max_length, settings.device, settings.micro_batch)
+    model = SparseDocumentModel(init, settings.doc_max_length, settings.device, settings.micro_batch,
+                                settings.raise_zero_weights)
     device = model.device
     idf_vec, idf_path = _idf_table(idf, model.vocab, out)
     idf_vec[[i for i in model.special_ids if i < idf_vec.size]] = 0.0
