@@ -77,8 +77,9 @@ def _settings_options(fn: Any) -> Any:
 @click.option("--idf", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Query IDF table (idf.json; default: the --init directory's).")
 @click.option("--teachers", default="bm25", show_default=True,
-              help="Teacher ensemble: bm25,splade=DIR,dense=DIR,maxsim=DIR,labels (a weight after @, e.g. dense=DIR@2; "
-                   "equal by default; labels: the split's qrels as one more teacher, with --queries train).")
+              help="Teacher ensemble: bm25,splade=DIR,dense=DIR,maxsim=DIR,labels (a weight after @, e.g. "
+                   "dense=DIR@2; equal by default; labels: the split's qrels as one more teacher, with --queries "
+                   "train).")
 @click.option("--queries", "queries", type=click.Choice(["train", "pseudo"]), default="train", show_default=True,
               help="train: a BEIR split's queries and labels; pseudo: queries made from the corpus, no labels.")
 @click.option("--split", default="train", show_default=True,

@@ -29,7 +29,8 @@ from typing import Any
 
 from lsr.encoders._torch import require_torch
 
-__all__ = ["inference_free_scores", "inference_free_score_matrix", "kl_distillation", "margin_mse", "idf_aware_flops", "flops_weight_at"]
+__all__ = ["inference_free_scores", "inference_free_score_matrix", "kl_distillation", "margin_mse", "idf_aware_flops",
+           "flops_weight_at"]
 
 
 def inference_free_scores(query_tokens: Any, idf: Any, doc_weights: Any) -> Any:

@@ -570,7 +570,8 @@ def train_inference_free(data: TrainingData, init: str | os.PathLike, idf: str |
                 ids = q_ids[int(q)]
                 qmask[r, ids[ids < model.n_out]] = 1.0
             if settings.in_batch_negatives:  # every query against every document of the step
-                teacher, valid = _in_batch_teacher(data, queries, docs, by_doc), torch.ones((b, docs.size), dtype=torch.bool)
+                teacher = _in_batch_teacher(data, queries, docs, by_doc)
+                valid = torch.ones((b, docs.size), dtype=torch.bool)
                 teacher, valid, qmask = (x.to(device) for x in (teacher, valid, qmask))
                 scores = inference_free_score_matrix(qmask, idf_param, weights)
             else:
