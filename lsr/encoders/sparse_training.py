@@ -346,8 +346,7 @@ def _candidate_lookup(data: TrainingData) -> list[tuple[np.ndarray, np.ndarray]]
     return out
 
 
-def _in_batch_teacher(data: TrainingData, queries: np.ndarray, docs: np.ndarray,
-                      by_doc: list[tuple[np.ndarray, np.ndarray]]) -> Any:
+def _in_batch_teacher(queries: np.ndarray, docs: np.ndarray, by_doc: list[tuple[np.ndarray, np.ndarray]]) -> Any:
     """(queries x step documents) teacher scores: a document among the query's candidates gets its
     teacher score, any other one 0, the fused floor (it is in no teacher's top ``depth``; the
     candidates' min-max normalisation puts the weakest candidate of every teacher at 0)."""
@@ -570,7 +569,7 @@ def train_inference_free(data: TrainingData, init: str | os.PathLike, idf: str |
                 ids = q_ids[int(q)]
                 qmask[r, ids[ids < model.n_out]] = 1.0
             if settings.in_batch_negatives:  # every query against every document of the step
-                teacher = _in_batch_teacher(data, queries, docs, by_doc)
+                teacher = _in_batch_teacher(queries, docs, by_doc)
                 valid = torch.ones((b, docs.size), dtype=torch.bool)
                 teacher, valid, qmask = (x.to(device) for x in (teacher, valid, qmask))
                 scores = inference_free_score_matrix(qmask, idf_param, weights)

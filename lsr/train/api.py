@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lsr.train.data import CandidateSet, build_candidates, load_corpus, load_split, pseudo_split
+from lsr.train.data import (CandidateSet, build_candidates, load_corpus, load_split, pseudo_split,
+                            require_labelled)
 from lsr.train.teachers import LABELS, make_teachers, parse_teachers
 
 logger = logging.getLogger(__name__)
@@ -49,8 +50,8 @@ def prepare(source: str | os.PathLike, queries: str = "train", teachers: str = D
         tq = pseudo_split(corpus, pseudo_queries, pseudo_seed)
     texts = corpus.all_contents()
     labels = [w for name, _, w in spec if name == LABELS]
-    if labels and not tq.labelled:
-        raise ValueError(f"the {LABELS} teacher needs labelled queries (--queries train), not pseudo-queries")
+    if labels:  # refused before any teacher encodes
+        require_labelled(tq)
     made, weights = make_teachers(spec, texts, corpus_fingerprint(corpus.ids, texts), cache,
                                   doc_vectors=doc_vectors, show_progress=show_progress)
     cands = build_candidates(tq, corpus, made, depth=depth, cache=cache, show_progress=show_progress)

@@ -32,12 +32,12 @@ import numpy as np
 
 from lsr.io.readers import Corpus, read_corpus, read_qrels, read_queries
 from lsr.io.shards import corpus_fingerprint
-from lsr.train.teachers import Teacher
+from lsr.train.teachers import LABELS, Teacher
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CandidateSet", "TrainQueries", "load_split", "load_corpus", "build_candidates", "fuse",
-           "min_max"]
+__all__ = ["CandidateSet", "TrainQueries", "require_labelled", "load_split", "load_corpus", "build_candidates",
+           "fuse", "min_max"]
 
 QUERY_BATCH = 256  # queries whose full score rows are computed at once (per teacher)
 
@@ -54,6 +54,12 @@ class TrainQueries:
     description: dict[str, Any]
 
 
+def require_labelled(queries: TrainQueries) -> None:
+    """ValueError unless ``queries`` carry labels (the ``labels`` teacher needs them)."""
+    if not queries.labelled:
+        raise ValueError(f"the {LABELS} teacher needs labelled queries (--queries train), not pseudo-queries")
+
+
 @dataclass
 class CandidateSet:
     """Candidates of every query and each teacher's raw scores for them (before fusion)."""
@@ -68,10 +74,9 @@ class CandidateSet:
     def with_labels(self) -> "CandidateSet":
         """These candidates with the qrels as one more (last) teacher: 1 on each labelled positive,
         0 on the other candidates (min-max leaves a query whose candidates are all positive at 0)."""
-        if not self.queries.labelled:
-            raise ValueError("the labels teacher needs labelled queries (--queries train), not pseudo-queries")
+        require_labelled(self.queries)
         raw = [np.vstack([r, p.astype(np.float32)[None]]) for r, p in zip(self.raw, self.positives)]
-        return CandidateSet(self.queries, self.corpus, [*self.teacher_names, "labels"], self.groups, raw,
+        return CandidateSet(self.queries, self.corpus, [*self.teacher_names, LABELS], self.groups, raw,
                             self.positives)
 
     def fused(self, weights: Sequence[float]) -> list[np.ndarray]:
