@@ -140,3 +140,57 @@ def test_cli_eval_inference_free(tiny_mlm, tiny_beir, tmp_path):
                                     "--idf", str(tiny_mlm / "idf.json"), "-o", str(out)])
     assert res.exit_code == 0, res.output
     assert (out / "run.trec").is_file() and "ndcg@10" in json.loads((out / "metrics.json").read_text())
+
+
+def test_corpus_idf_is_bm25_idf_over_document_frequencies(tiny_mlm):
+    """Against an independent count: transformers' tokenizer, a set per text, Lucene's BM25 idf."""
+    import math
+
+    from transformers import AutoTokenizer
+
+    from lsr.encoders.inference_free import corpus_idf
+
+    texts = TEXTS + ["heart heart " * 400]  # a text far longer than any model limit counts whole
+    table = corpus_idf(tiny_mlm, iter(texts), batch_size=3)
+    tok = AutoTokenizer.from_pretrained(str(tiny_mlm))
+    df: dict[str, int] = {}
+    for text in texts:
+        for t in set(tok.convert_ids_to_tokens(tok(text, add_special_tokens=False)["input_ids"])):
+            df[t] = df.get(t, 0) + 1
+    n = len(texts)
+    assert set(table) == set(tok.get_vocab())
+    for token in tok.get_vocab():
+        expected = 0.0 if token in tok.all_special_tokens else math.log(1 + (n - df.get(token, 0) + 0.5)
+                                                                          / (df.get(token, 0) + 0.5))
+        assert table[token] == pytest.approx(expected, rel=1e-12, abs=1e-12), token
+    with pytest.raises(ValueError, match="empty corpus"):
+        corpus_idf(tiny_mlm, [])
+
+
+def test_cli_idf_writes_a_table_that_eval_reads(tiny_mlm, tiny_beir, tmp_path):
+    """`lsr idf` writes the table of corpus_idf; `lsr eval --idf` searches with it; errors are one line."""
+    from click.testing import CliRunner
+
+    from lsr.cli import main
+    from lsr.encoders.inference_free import corpus_idf
+    from lsr.io.readers import read_corpus
+
+    out = tmp_path / "idf.json"
+    res = CliRunner().invoke(main, ["idf", str(tiny_beir), str(out), "-m", str(tiny_mlm)])
+    assert res.exit_code == 0, res.output
+    table = json.loads(out.read_text())
+    assert table == corpus_idf(tiny_mlm, read_corpus(tiny_beir / "corpus.jsonl").all_contents())
+    enc = InferenceFreeEncoder(str(tiny_mlm), idf=out)
+    q = enc.encode_queries(["heart disease"])
+    want = _reference_query(tiny_mlm, table, "heart disease", 512)
+    assert want and dict(enc.decode(q, row=0)) == pytest.approx(want, abs=1e-4)  # decode rounds to 4 places
+    before = out.read_text()
+    res = CliRunner().invoke(main, ["idf", str(tiny_beir), str(out), "-m", str(tiny_mlm)])
+    assert res.exit_code == 1 and "exists" in res.output and out.read_text() == before
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"_id": "a", "text": "x"}\n{"_id": \n')
+    res = CliRunner().invoke(main, ["idf", str(bad), str(tmp_path / "x.json"), "-m", str(tiny_mlm)])
+    assert res.exit_code == 1 and "bad.jsonl:2" in res.output and not (tmp_path / "x.json").exists()
+    res = CliRunner().invoke(main, ["eval", str(tiny_beir), "-r", "inference-free", "-m", str(tiny_mlm),
+                                    "--idf", str(out), "-o", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output

@@ -460,6 +460,33 @@ def encode_cmd(input_path: Path, output: Path, retriever: str, fmt: str, scale: 
                err=True)
 
 
+@main.command("idf")
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--model", "-m", required=True, help="Model directory or hub id whose tokenizer counts the tokens.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@_friendly_errors
+def idf_cmd(input_path: Path, output: Path, model: str, overwrite: bool) -> None:
+    """Estimate an inference-free query IDF table (idf.json) on a corpus (BEIR directory, JSONL or Parquet).
+
+    Each token weighs BM25's idf over the corpus's documents, the formula of OpenSearch's MS MARCO
+    table; use OUTPUT with --idf in eval, index, encode or train (docs/training.md).
+    """
+    import os
+
+    from lsr.encoders.inference_free import corpus_idf
+
+    if output.exists() and not overwrite:
+        raise click.ClickException(f"{output} exists (give --overwrite to replace it)")
+    _, texts = _read_docs(input_path)
+    table = corpus_idf(model, texts, show_progress=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text(json.dumps(table) + "\n", encoding="utf-8")
+    os.replace(tmp, output)
+    click.echo(f"wrote the IDF of {len(table)} tokens over {len(texts)} documents to {output}", err=True)
+
+
 # ------------------------------------------------------------------------------ fuse, report
 @main.command("fuse")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))

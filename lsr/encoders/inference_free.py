@@ -19,17 +19,17 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from lsr.encoders._query_tokenizer import QueryTokenizer
-from lsr.encoders.splade import SpladeEncoder
+from lsr.encoders.splade import SpladeEncoder, load_tokenizer
 from lsr.types import SparseBatch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InferenceFreeEncoder", "read_idf"]
+__all__ = ["InferenceFreeEncoder", "read_idf", "corpus_idf"]
 
 IDF_FILE = "idf.json"
 
@@ -59,6 +59,51 @@ def read_idf(path: str | os.PathLike, vocab: Sequence[str]) -> np.ndarray:
     if unknown == len(table) and table:
         raise ValueError(f"{path}: no token of the IDF table is in the tokenizer vocabulary")
     return idf
+
+
+def corpus_idf(model: str | os.PathLike, texts: Iterable[str], batch_size: int = 1024,
+               show_progress: bool = False) -> dict[str, float]:
+    """An IDF table (token -> weight) estimated on ``texts`` with ``model``'s tokenizer.
+
+    Each token weighs BM25's (Lucene's) idf, ``ln(1 + (N - df + 0.5) / (df + 0.5))``, over the
+    ``N`` texts, where ``df`` counts the texts whose whole (untruncated) tokenisation contains the
+    token. This is the formula of OpenSearch's MS MARCO table (its largest weight, that of a token
+    in no passage, is ln(1 + (N + 0.5) / 0.5) for MS MARCO's 8.8M passages), so a table estimated
+    on a user's corpus replaces it like for like. Special tokens weigh 0; tokens absent from the
+    corpus get the largest weight. Only the tokenizer is loaded (no torch).
+    """
+    tok, vocab, special_ids = load_tokenizer(model)  # a fresh tokenizer: no truncation, no padding
+    df = np.zeros(len(vocab), dtype=np.int64)
+    n = 0
+    bar = None
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="idf", unit="doc")
+    batch: list[str] = []
+
+    def count() -> None:
+        for enc in tok.encode_batch(batch, add_special_tokens=False):
+            ids = np.unique(np.asarray(enc.ids, dtype=np.int64))
+            df[ids[ids < df.size]] += 1
+        if bar is not None:
+            bar.update(len(batch))
+        batch.clear()
+
+    for text in texts:
+        batch.append(str(text))
+        n += 1
+        if len(batch) >= batch_size:
+            count()
+    if batch:
+        count()
+    if bar is not None:
+        bar.close()
+    if n == 0:
+        raise ValueError("cannot estimate an IDF table from an empty corpus")
+    idf = np.log1p((n - df + 0.5) / (df + 0.5))
+    idf[[i for i in special_ids if i < idf.size]] = 0.0
+    return {token: float(w) for token, w in zip(vocab, idf)}
 
 
 def _resolve_idf(source: str, idf: str | os.PathLike | None) -> Path:
