@@ -70,7 +70,10 @@ def main() -> int:
             if not any(c.get("uses") and step["name"] in c["uses"] for c in chosen):
                 continue
             out = args.output / dataset / step["name"]
-            if (out / "progress.json").is_file() and json.loads((out / "progress.json").read_text()).get("complete"):
+            if step.get("creates"):  # a step that writes one file (`lsr idf`): done once it exists
+                if (out / step["creates"]).is_file():
+                    continue
+            elif (out / "progress.json").is_file() and json.loads((out / "progress.json").read_text()).get("complete"):
                 continue
             cmd = step["command"].format(lsr=lsr, dataset=data, output=out, models=args.models,
                                          runs=args.output / dataset)

@@ -470,7 +470,7 @@ def idf_cmd(input_path: Path, output: Path, model: str, overwrite: bool) -> None
     """Estimate an inference-free query IDF table (idf.json) on a corpus (BEIR directory, JSONL or Parquet).
 
     Each token weighs BM25's idf over the corpus's documents, the formula of OpenSearch's MS MARCO
-    table; use OUTPUT with --idf in eval, index, encode or train (docs/training.md).
+    table; give OUTPUT as --idf to eval, index or train (docs/training.md).
     """
     import os
 

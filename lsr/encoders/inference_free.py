@@ -67,10 +67,12 @@ def corpus_idf(model: str | os.PathLike, texts: Iterable[str], batch_size: int =
 
     Each token weighs BM25's (Lucene's) idf, ``ln(1 + (N - df + 0.5) / (df + 0.5))``, over the
     ``N`` texts, where ``df`` counts the texts whose whole (untruncated) tokenisation contains the
-    token. This is the formula of OpenSearch's MS MARCO table (its largest weight, that of a token
-    in no passage, is ln(1 + (N + 0.5) / 0.5) for MS MARCO's 8.8M passages), so a table estimated
-    on a user's corpus replaces it like for like. Special tokens weigh 0; tokens absent from the
-    corpus get the largest weight. Only the tokenizer is loaded (no torch).
+    token. OpenSearch's MS MARCO table is this formula over MS MARCO's N = 8,841,823 passages (a
+    token in one passage weighs ln(1 + (N - 0.5) / 1.5) = 15.5895 there, in two 15.0787), so a table
+    estimated on a user's corpus replaces it like for like. Special tokens weigh 0. A token in no
+    text gets the formula's value at df = 0, the largest (OpenSearch's table gives its unseen
+    tokens, junk in MS MARCO, 1.0; in a small corpus unseen tokens are ordinary words that only
+    document expansion can match). Only the tokenizer is loaded (no torch).
     """
     tok, vocab, special_ids = load_tokenizer(model)  # a fresh tokenizer: no truncation, no padding
     df = np.zeros(len(vocab), dtype=np.int64)
