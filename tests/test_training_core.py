@@ -319,3 +319,18 @@ def test_raising_relu_passes_only_gradients_that_raise_a_clipped_weight():
     z = torch.tensor([2.0, -1.0], requires_grad=True)
     torch.relu(z).sum().backward()
     assert z.grad.tolist() == [1.0, 0.0]  # plain relu: nothing for the clipped one
+
+
+def test_trainable_idf_stays_non_negative(tiny_mlm, tmp_path):
+    """A large IDF learning rate drives some query weights below 0; each step projects them back to 0
+    (a negative weight would reward a document for lacking the term), so OUT/idf.json has none."""
+    data = _tiny_data()
+    start = json.loads((tiny_mlm / "idf.json").read_text())
+    settings = TrainSettings(steps=8, batch_size=3, group_size=3, lr=1e-4, idf_trainable=True, idf_lr=5.0,
+                             doc_max_length=24, checkpoint_every=0, seed=3, torch_threads=1)
+    train_inference_free(data, tiny_mlm, tiny_mlm / "idf.json", tmp_path / "out", settings)
+    table = json.loads((tmp_path / "out" / "idf.json").read_text())
+    assert min(table.values()) >= 0
+    dropped = [t for t, w in start.items() if w > 0 and t not in table]  # clamped to 0: not written
+    assert dropped, "the learning rate was meant to push some weight below 0"
+    assert any(abs(table[t] - start[t]) > 1 for t in table if t in start)

@@ -75,7 +75,8 @@ def _settings_options(fn: Any) -> Any:
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--init", required=True, help="Masked-LM checkpoint the document model starts from (directory or hub id).")
 @click.option("--idf", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Query IDF table (idf.json; default: the --init directory's).")
+              help="Query IDF table (idf.json; default: the --init directory's). `lsr idf CORPUS FILE` "
+              "estimates one on your corpus.")
 @click.option("--teachers", default="bm25", show_default=True,
               help="Teacher ensemble: bm25,splade=DIR,dense=DIR,maxsim=DIR,labels (a weight after @, e.g. "
                    "dense=DIR@2; equal by default; labels: the split's qrels as one more teacher, with --queries "
