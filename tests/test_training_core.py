@@ -334,3 +334,19 @@ def test_trainable_idf_stays_non_negative(tiny_mlm, tmp_path):
     dropped = [t for t, w in start.items() if w > 0 and t not in table]  # clamped to 0: not written
     assert dropped, "the learning rate was meant to push some weight below 0"
     assert any(abs(table[t] - start[t]) > 1 for t in table if t in start)
+
+
+def test_lr_zero_freezes_the_document_model(tiny_mlm, tmp_path):
+    """lr = 0 trains only the IDF table: OUT's model weights equal the initial ones exactly."""
+    from safetensors.torch import load_file
+
+    data = _tiny_data()
+    settings = TrainSettings(steps=4, batch_size=3, group_size=3, lr=0.0, idf_trainable=True, idf_lr=0.5,
+                             doc_max_length=24, checkpoint_every=0, seed=3, torch_threads=1)
+    train_inference_free(data, tiny_mlm, tiny_mlm / "idf.json", tmp_path / "out", settings)
+    init, out = load_file(str(tiny_mlm / "model.safetensors")), load_file(str(tmp_path / "out" / "model.safetensors"))
+    shared = set(init) & set(out)
+    assert shared and all(np.array_equal(init[k].numpy(), out[k].numpy()) for k in shared)
+    assert json.loads((tmp_path / "out" / "idf.json").read_text()) != json.loads((tiny_mlm / "idf.json").read_text())
+    with pytest.raises(ValueError, match="nothing to train"):
+        TrainSettings(lr=0.0)

@@ -16,7 +16,8 @@ _SETTINGS: list[tuple[str, Any, str]] = [
     ("epochs", click.FloatRange(min=0, min_open=True), "Passes over the training queries (when --steps is not given)."),
     ("batch_size", click.IntRange(min=1), "Queries per step."),
     ("group_size", click.IntRange(min=1), "Documents per query per step (a positive, then sampled candidates)."),
-    ("lr", click.FloatRange(min=0, min_open=True), "Learning rate of the document model."),
+    ("lr", click.FloatRange(min=0), "Learning rate of the document model (0 freezes it: with --idf-trainable, "
+     "only the query IDF table trains)."),
     ("warmup_ratio", click.FloatRange(min=0, max=1, max_open=True), "Linear learning-rate warm-up, share of the steps."),
     ("weight_decay", click.FloatRange(min=0), "AdamW weight decay."),
     ("loss", click.Choice(["kl", "margin-mse"]), "Ranking loss against the teacher scores."),

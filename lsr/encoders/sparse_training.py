@@ -61,7 +61,7 @@ class TrainSettings:
     epochs: float = 1.0
     batch_size: int = 8                # queries per step
     group_size: int = 8                # documents per query per step (positive first, then negatives)
-    lr: float = 2e-5
+    lr: float = 2e-5                   # document model; 0 freezes it (only the IDF table trains)
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     loss: str = "kl"                   # "kl" or "margin-mse"
@@ -98,9 +98,14 @@ class TrainSettings:
             raise ValueError("TrainSettings.group_size must be >= 2 for loss='margin-mse'")
         if self.teacher_scale is not None and (isinstance(self.teacher_scale, bool) or not self.teacher_scale > 0):
             raise ValueError(f"TrainSettings.teacher_scale must be > 0 or None (matched), got {self.teacher_scale!r}")
-        for name in ("epochs", "lr", "idf_lr"):
+        for name in ("epochs", "idf_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainSettings.{name} must be > 0, got {getattr(self, name)!r}")
+        if not self.lr >= 0:
+            raise ValueError(f"TrainSettings.lr must be >= 0 (0 freezes the document model), got {self.lr!r}")
+        if self.lr == 0 and not self.idf_trainable:
+            raise ValueError("TrainSettings.lr = 0 freezes the document model: give idf_trainable, or there "
+                             "is nothing to train")
         for name in ("weight_decay", "flops_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"TrainSettings.{name} must be >= 0, got {getattr(self, name)!r}")
@@ -499,8 +504,9 @@ def train_inference_free(data: TrainingData, init: str | os.PathLike, idf: str |
     decay, no_decay = [], []
     for name, p in model.mlm.named_parameters():
         (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": settings.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    frozen = settings.lr == 0  # the document model as initialised; only the IDF table trains
+    groups = [] if frozen else [{"params": decay, "weight_decay": settings.weight_decay},
+                                {"params": no_decay, "weight_decay": 0.0}]
     if settings.idf_trainable:
         groups.append({"params": [idf_param], "weight_decay": 0.0, "lr": settings.idf_lr})
     optimizer = torch.optim.AdamW(groups, lr=settings.lr)
@@ -541,7 +547,8 @@ def train_inference_free(data: TrainingData, init: str | os.PathLike, idf: str |
         logger.info("%s: resuming at step %d of %d", path, start, total)
 
     by_doc = _candidate_lookup(data) if settings.in_batch_negatives else []
-    model.mlm.train()
+    model.mlm.train(not frozen)  # frozen: no dropout, the document vectors the index will hold
+    model.mlm.requires_grad_(not frozen)
     t_train, n_docs_seen = 0.0, 0
     with tqdm(total=total, initial=start, desc="train", unit="step", disable=not show_progress) as bar:
         for step in range(start, total):
@@ -555,7 +562,8 @@ def train_inference_free(data: TrainingData, init: str | os.PathLike, idf: str |
             if missing:
                 for d, toks in zip(missing, model.tokenize([data.doc_texts[d] for d in missing])):
                     doc_tokens[d] = toks
-            weights = model.forward([doc_tokens[int(d)] for d in docs])
+            with torch.set_grad_enabled(not frozen):
+                weights = model.forward([doc_tokens[int(d)] for d in docs])
             where = {int(d): i for i, d in enumerate(docs)}
             b, g = len(queries), settings.group_size
             slot = torch.zeros((b, g), dtype=torch.long)
