@@ -592,7 +592,7 @@ def train_inference_free(data: TrainingData, init: str | os.PathLike, idf: str |
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if settings.idf_trainable:  # a query weight below 0 would reward missing a term (and break MaxScore's bounds)
+            if settings.idf_trainable:  # a weight below 0 would reward a missing term, and break MaxScore's bounds
                 with torch.no_grad():
                     idf_param.clamp_(min=0.0)
             scheduler.step()
