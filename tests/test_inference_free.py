@@ -187,6 +187,11 @@ def test_cli_idf_writes_a_table_that_eval_reads(tiny_mlm, tiny_beir, tmp_path):
     before = out.read_text()
     res = CliRunner().invoke(main, ["idf", str(tiny_beir), str(out), "-m", str(tiny_mlm)])
     assert res.exit_code == 1 and "exists" in res.output and out.read_text() == before
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text((tiny_beir / "corpus.jsonl").read_text())
+    res = CliRunner().invoke(main, ["idf", str(corpus), str(corpus), "-m", str(tiny_mlm), "--overwrite"])
+    assert res.exit_code == 1 and "corpus being read" in res.output
+    assert corpus.read_text() == (tiny_beir / "corpus.jsonl").read_text()
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"_id": "a", "text": "x"}\n{"_id": \n')
     res = CliRunner().invoke(main, ["idf", str(bad), str(tmp_path / "x.json"), "-m", str(tiny_mlm)])

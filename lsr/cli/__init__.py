@@ -476,14 +476,28 @@ def idf_cmd(input_path: Path, output: Path, model: str, overwrite: bool) -> None
 
     from lsr.encoders.inference_free import corpus_idf
 
-    if output.exists() and not overwrite:
-        raise click.ClickException(f"{output} exists (give --overwrite to replace it)")
+    if output.exists():
+        sources = [input_path / n for n in ("corpus.jsonl", "corpus.jsonl.gz")] if input_path.is_dir() else [input_path]
+        if any(src.exists() and os.path.samefile(src, output) for src in sources):
+            raise click.ClickException(f"{output} is the corpus being read: give another OUTPUT")
+        if not overwrite:
+            raise click.ClickException(f"{output} exists (give --overwrite to replace it)")
+    try:  # before the counting, so that a bad OUTPUT fails at once
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(f"{output}: cannot create its directory ({exc.strerror or exc})") from exc
+    if not os.access(output.parent, os.W_OK):
+        raise click.ClickException(f"{output}: its directory is not writable")
     _, texts = _read_docs(input_path)
     table = corpus_idf(model, texts, show_progress=True)
-    output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_text(json.dumps(table) + "\n", encoding="utf-8")
-    os.replace(tmp, output)
+    try:
+        tmp.write_text(json.dumps(table) + "\n", encoding="utf-8")
+        os.replace(tmp, output)
+    except OSError as exc:
+        raise click.ClickException(f"{output}: cannot write ({exc.strerror or exc})") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
     click.echo(f"wrote the IDF of {len(table)} tokens over {len(texts)} documents to {output}", err=True)
 
 

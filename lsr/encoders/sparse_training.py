@@ -104,8 +104,8 @@ class TrainSettings:
         if not self.lr >= 0:
             raise ValueError(f"TrainSettings.lr must be >= 0 (0 freezes the document model), got {self.lr!r}")
         if self.lr == 0 and not self.idf_trainable:
-            raise ValueError("TrainSettings.lr = 0 freezes the document model: give idf_trainable, or there "
-                             "is nothing to train")
+            raise ValueError("TrainSettings.lr = 0 (--lr 0) freezes the document model: give idf_trainable "
+                             "(--idf-trainable), or there is nothing to train")
         for name in ("weight_decay", "flops_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"TrainSettings.{name} must be >= 0, got {getattr(self, name)!r}")
