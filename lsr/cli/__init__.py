@@ -247,16 +247,21 @@ def main(verbose: int) -> None:
 
 
 # ------------------------------------------------------------------------------ index
+def _corpus_file(source: Path) -> Path:
+    """The corpus file of INPUT: a BEIR directory's corpus.jsonl(.gz), else INPUT itself."""
+    if source.is_dir():
+        for name in ("corpus.jsonl", "corpus.jsonl.gz"):
+            if (source / name).is_file():
+                return source / name
+        raise click.BadParameter(f"{source} is a directory without corpus.jsonl", param_hint="INPUT")
+    return source
+
+
 def _read_corpus(source: Path) -> Any:
     """The corpus of a BEIR directory, a JSONL(.gz) file or a Parquet file (:class:`lsr.io.readers.Corpus`)."""
     from lsr.io.readers import read_corpus
 
-    if source.is_dir():
-        for name in ("corpus.jsonl", "corpus.jsonl.gz"):
-            if (source / name).is_file():
-                return read_corpus(source / name)
-        raise click.BadParameter(f"{source} is a directory without corpus.jsonl", param_hint="INPUT")
-    return read_corpus(source)
+    return read_corpus(_corpus_file(source))
 
 
 def _read_docs(source: Path) -> tuple[list[str], list[str]]:
@@ -474,11 +479,11 @@ def idf_cmd(input_path: Path, output: Path, model: str, overwrite: bool) -> None
     """
     import os
 
+    from lsr.collection.commit import write_atomic
     from lsr.encoders.inference_free import corpus_idf
 
     if output.exists():
-        sources = [input_path / n for n in ("corpus.jsonl", "corpus.jsonl.gz")] if input_path.is_dir() else [input_path]
-        if any(src.exists() and os.path.samefile(src, output) for src in sources):
+        if os.path.samefile(_corpus_file(input_path), output):
             raise click.ClickException(f"{output} is the corpus being read: give another OUTPUT")
         if not overwrite:
             raise click.ClickException(f"{output} exists (give --overwrite to replace it)")
@@ -490,14 +495,10 @@ def idf_cmd(input_path: Path, output: Path, model: str, overwrite: bool) -> None
         raise click.ClickException(f"{output}: its directory is not writable")
     _, texts = _read_docs(input_path)
     table = corpus_idf(model, texts, show_progress=True)
-    tmp = output.with_name(f".{output.name}.tmp")
     try:
-        tmp.write_text(json.dumps(table) + "\n", encoding="utf-8")
-        os.replace(tmp, output)
+        write_atomic(output, (json.dumps(table) + "\n").encode("utf-8"))
     except OSError as exc:
         raise click.ClickException(f"{output}: cannot write ({exc.strerror or exc})") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     click.echo(f"wrote the IDF of {len(table)} tokens over {len(texts)} documents to {output}", err=True)
 
 

@@ -14,6 +14,7 @@ A real inference-free checkpoint directory holds the model files and ``idf.json`
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -74,37 +75,22 @@ def corpus_idf(model: str | os.PathLike, texts: Iterable[str], batch_size: int =
     tokens, junk in MS MARCO, 1.0; in a small corpus unseen tokens are ordinary words that only
     document expansion can match). Only the tokenizer is loaded (no torch).
     """
+    from tqdm.auto import tqdm
+
     tok, vocab, special_ids = load_tokenizer(model)  # a fresh tokenizer: no truncation, no padding
-    df = np.zeros(len(vocab), dtype=np.int64)
+    df = np.zeros(len(vocab), dtype=np.int64)  # the vocabulary includes added tokens: every id fits
     n = 0
-    bar = None
-    if show_progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(desc="idf", unit="doc")
-    batch: list[str] = []
-
-    def count() -> None:
-        for enc in tok.encode_batch(batch, add_special_tokens=False):
-            ids = np.unique(np.asarray(enc.ids, dtype=np.int64))
-            df[ids[ids < df.size]] += 1
-        if bar is not None:
+    it = iter(texts)
+    with tqdm(desc="idf", unit="doc", disable=not show_progress) as bar:
+        while batch := [str(t) for t in itertools.islice(it, batch_size)]:
+            for enc in tok.encode_batch(batch, add_special_tokens=False):
+                df[np.unique(np.asarray(enc.ids, dtype=np.int64))] += 1
+            n += len(batch)
             bar.update(len(batch))
-        batch.clear()
-
-    for text in texts:
-        batch.append(str(text))
-        n += 1
-        if len(batch) >= batch_size:
-            count()
-    if batch:
-        count()
-    if bar is not None:
-        bar.close()
     if n == 0:
         raise ValueError("cannot estimate an IDF table from an empty corpus")
     idf = np.log1p((n - df + 0.5) / (df + 0.5))
-    idf[[i for i in special_ids if i < idf.size]] = 0.0
+    idf[special_ids] = 0.0
     return {token: float(w) for token, w in zip(vocab, idf)}
 
 

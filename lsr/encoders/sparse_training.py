@@ -548,7 +548,7 @@ def train_inference_free(data: TrainingData, init: str | os.PathLike, idf: str |
 
     by_doc = _candidate_lookup(data) if settings.in_batch_negatives else []
     model.mlm.train(not frozen)  # frozen: no dropout, the document vectors the index will hold
-    model.mlm.requires_grad_(not frozen)
+    model.mlm.requires_grad_(not frozen)  # frozen: no graph through the document model
     t_train, n_docs_seen = 0.0, 0
     with tqdm(total=total, initial=start, desc="train", unit="step", disable=not show_progress) as bar:
         for step in range(start, total):
@@ -562,8 +562,7 @@ def train_inference_free(data: TrainingData, init: str | os.PathLike, idf: str |
             if missing:
                 for d, toks in zip(missing, model.tokenize([data.doc_texts[d] for d in missing])):
                     doc_tokens[d] = toks
-            with torch.set_grad_enabled(not frozen):
-                weights = model.forward([doc_tokens[int(d)] for d in docs])
+            weights = model.forward([doc_tokens[int(d)] for d in docs])
             where = {int(d): i for i, d in enumerate(docs)}
             b, g = len(queries), settings.group_size
             slot = torch.zeros((b, g), dtype=torch.long)
