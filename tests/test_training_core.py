@@ -336,6 +336,35 @@ def test_trainable_idf_stays_non_negative(tiny_mlm, tmp_path):
     assert any(abs(table[t] - start[t]) > 1 for t in table if t in start)
 
 
+def test_frozen_rows_are_encoded_once_and_train_what_fresh_encodings_train(tiny_mlm, tmp_path, monkeypatch):
+    """lr = 0 encodes each document once (the model does not change) and keeps its row: the IDF
+    table trained from those rows equals one trained re-encoding every step's documents."""
+    data = _tiny_data()
+    settings = TrainSettings(steps=6, batch_size=3, group_size=3, lr=0.0, idf_trainable=True, idf_lr=0.5,
+                             doc_max_length=24, checkpoint_every=0, seed=3, torch_threads=1)
+    seen: list[int] = []
+    cached = st._FrozenRows.weights
+
+    def counting(self, docs, tokens):
+        seen.extend(d for d in docs if d not in self.rows)
+        return cached(self, docs, tokens)
+
+    monkeypatch.setattr(st._FrozenRows, "weights", counting)
+    train_inference_free(data, tiny_mlm, tiny_mlm / "idf.json", tmp_path / "cached", settings)
+    assert sorted(seen) == sorted(set(seen)) and len(seen) < 6 * 3 * 3  # each once, some steps reuse rows
+
+    def fresh(self, docs, tokens):  # the reference: every step's documents through the model
+        with torch.no_grad():
+            return self.model.forward(tokens(docs))
+
+    monkeypatch.setattr(st._FrozenRows, "weights", fresh)
+    train_inference_free(data, tiny_mlm, tiny_mlm / "idf.json", tmp_path / "fresh", settings)
+    a = json.loads((tmp_path / "cached" / "idf.json").read_text())
+    b = json.loads((tmp_path / "fresh" / "idf.json").read_text())
+    assert a.keys() == b.keys() and a != json.loads((tiny_mlm / "idf.json").read_text())
+    assert max(abs(a[t] - b[t]) for t in a) < 1e-5
+
+
 def test_lr_zero_freezes_the_document_model(tiny_mlm, tmp_path):
     """lr = 0 trains only the IDF table: OUT's model weights equal the initial ones exactly."""
     from safetensors.torch import load_file

@@ -407,6 +407,32 @@ def matched_teacher_scale(model: "SparseDocumentModel", data: TrainingData, q_id
 
 
 # ---------------------------------------------------------------------------- checkpoints
+class _FrozenRows:
+    """The frozen document model's vectors, encoded once per document and kept sparse (its
+    non-zeros): with ``lr = 0`` they do not change, so a step re-encodes nothing it has seen."""
+
+    def __init__(self, model: SparseDocumentModel) -> None:
+        self.model = model
+        self.rows: dict[int, tuple[Any, Any]] = {}
+
+    def weights(self, docs: list[int], tokens: Any) -> Any:
+        """(len(docs) x vocab) weights of the documents ``docs``; ``tokens(missing)`` gives the
+        token ids of those not encoded yet."""
+        torch = require_torch()
+        missing = [d for d in docs if d not in self.rows]
+        if missing:
+            with torch.no_grad():
+                encoded = self.model.forward(tokens(missing))
+            for d, row in zip(missing, encoded):
+                nz = torch.nonzero(row).squeeze(1)
+                self.rows[d] = (nz, row[nz])
+        out = torch.zeros((len(docs), self.model.n_out), device=self.model.device)
+        for i, d in enumerate(docs):
+            nz, values = self.rows[d]
+            out[i, nz] = values
+        return out
+
+
 def _checkpoint_dirs(out: Path) -> list[tuple[int, Path]]:
     root = out / CHECKPOINTS
     found = []
@@ -547,6 +573,7 @@ def train_inference_free(data: TrainingData, init: str | os.PathLike, idf: str |
         logger.info("%s: resuming at step %d of %d", path, start, total)
 
     by_doc = _candidate_lookup(data) if settings.in_batch_negatives else []
+    frozen_rows = _FrozenRows(model)
     model.mlm.train(not frozen)  # frozen: no dropout, the document vectors the index will hold
     model.mlm.requires_grad_(not frozen)  # frozen: no graph through the document model
     t_train, n_docs_seen = 0.0, 0
@@ -562,7 +589,10 @@ def train_inference_free(data: TrainingData, init: str | os.PathLike, idf: str |
             if missing:
                 for d, toks in zip(missing, model.tokenize([data.doc_texts[d] for d in missing])):
                     doc_tokens[d] = toks
-            weights = model.forward([doc_tokens[int(d)] for d in docs])
+            if frozen:  # each document through the frozen model once; its row reused after that
+                weights = frozen_rows.weights([int(d) for d in docs], lambda ds: [doc_tokens[d] for d in ds])
+            else:
+                weights = model.forward([doc_tokens[int(d)] for d in docs])
             where = {int(d): i for i, d in enumerate(docs)}
             b, g = len(queries), settings.group_size
             slot = torch.zeros((b, g), dtype=torch.long)
