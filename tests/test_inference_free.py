@@ -58,6 +58,25 @@ def test_documents_are_splade(tiny_mlm):
                                reference_splade(tiny_mlm, TEXTS, 20), atol=1e-4)
 
 
+def test_documents_are_cut_at_the_length_the_model_declares(tiny_mlm, tmp_path):
+    """A model's sentence_bert_config.json max_seq_length is the default document length (an
+    explicit one wins; none declared: 256); a bad declaration is an error naming the file."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_mlm, model)
+    assert InferenceFreeEncoder(model).doc_max_length == 256
+    (model / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 6, "do_lower_case": False}))
+    enc = InferenceFreeEncoder(model)
+    assert enc.doc_max_length == 6 and enc.config()["doc_max_length"] == 6
+    np.testing.assert_allclose(enc.encode_documents(TEXTS).to_scipy().toarray(),
+                               reference_splade(tiny_mlm, TEXTS, 6), atol=1e-4)
+    assert not np.allclose(reference_splade(tiny_mlm, TEXTS, 6), reference_splade(tiny_mlm, TEXTS, 40))
+    assert InferenceFreeEncoder(model, doc_max_length=20).doc_max_length == 20
+    for bad in ('{"max_seq_length": 2}', '{"max_seq_length": true}', '[1]', '{'):
+        (model / "sentence_bert_config.json").write_text(bad)
+        with pytest.raises(ValueError, match="sentence_bert_config.json"):
+            InferenceFreeEncoder(model)
+
+
 @pytest.mark.skipif(not IDF_TABLE.is_file(), reason="shared idf.json not present")
 def test_opensearch_table_matches_model_card(tiny_mlm):
     from conftest_splade import SPLADE_TINY

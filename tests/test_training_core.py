@@ -377,5 +377,10 @@ def test_lr_zero_freezes_the_document_model(tiny_mlm, tmp_path):
     shared = set(init) & set(out)
     assert shared and all(np.array_equal(init[k].numpy(), out[k].numpy()) for k in shared)
     assert json.loads((tmp_path / "out" / "idf.json").read_text()) != json.loads((tiny_mlm / "idf.json").read_text())
+    # OUT declares the document length its table was trained against, and is encoded at it
+    from lsr.encoders.inference_free import InferenceFreeEncoder
+
+    assert json.loads((tmp_path / "out" / "sentence_bert_config.json").read_text()) == {"max_seq_length": 24}
+    assert InferenceFreeEncoder(tmp_path / "out").doc_max_length == 24
     with pytest.raises(ValueError, match="nothing to train"):
         TrainSettings(lr=0.0)

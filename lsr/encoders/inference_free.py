@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["InferenceFreeEncoder", "read_idf", "corpus_idf"]
 
 IDF_FILE = "idf.json"
+#: where a model declares the document length it was trained with (sentence-transformers' file)
+LENGTH_FILE = "sentence_bert_config.json"
+#: documents of a model that declares no length: SpladeEncoder's (SPLADE's training length)
+DEFAULT_DOC_LENGTH = 256
 
 
 def read_idf(path: str | os.PathLike, vocab: Sequence[str]) -> np.ndarray:
@@ -128,22 +132,53 @@ def tokenizer_limit(source: str | os.PathLike) -> int:
     return 1 << 20
 
 
+def declared_doc_length(source: str | os.PathLike) -> int | None:
+    """The document length a model declares: ``max_seq_length`` of its ``sentence_bert_config.json``
+    (``lsr train`` writes the length it trained with there), or ``None`` when it has no such file.
+    A file that is there but unreadable, or a length below 3, is an error naming the file."""
+    path = Path(source) / LENGTH_FILE
+    if not Path(source).is_dir():
+        try:  # a hub id whose hub answered: the file is optional, so any failure means "none"
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(str(source), LENGTH_FILE))
+        except Exception:  # hub errors come in many types
+            return None
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("max_seq_length")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a JSON object with max_seq_length ({exc})") from exc
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 3:
+        raise ValueError(f"{path}: max_seq_length must be an integer >= 3, got {value!r}")
+    return value
+
+
 class InferenceFreeEncoder(SpladeEncoder):
     """SPLADE document encoder + IDF-weighted tokenizer queries (no model at query time).
 
     Args:
         model: document model directory or hub id (its tokenizer also tokenises queries).
         idf: path of the query ``idf.json``; default: ``idf.json`` in the model directory.
+        doc_max_length: document truncation; default: the length the model declares
+            (:func:`declared_doc_length`: a model ``lsr train`` wrote declares the length its
+            query table was trained against), else 256.
         other arguments: as :class:`~lsr.encoders.splade.SpladeEncoder` (document side).
     """
 
     name = "inference-free"
 
     def __init__(self, model: str | os.PathLike, idf: str | os.PathLike | None = None,
-                 query_max_length: int | None = None, **kwargs: Any) -> None:
+                 query_max_length: int | None = None, doc_max_length: int | None = None, **kwargs: Any) -> None:
         # a query goes through no model, so it is cut only at the tokenizer's own limit by default
-        super().__init__(model, query_max_length=query_max_length or 3, **kwargs)
+        super().__init__(model, query_max_length=query_max_length or 3,
+                         doc_max_length=3 if doc_max_length is None else doc_max_length, **kwargs)
         self.query_max_length = int(query_max_length or tokenizer_limit(self._source))
+        if doc_max_length is None:
+            self.doc_max_length = declared_doc_length(self._source) or DEFAULT_DOC_LENGTH
         self.idf_path = _resolve_idf(self._source, idf).resolve()
         self.idf = read_idf(self.idf_path, self.vocab)
         self.idf[self.special_ids] = 0.0

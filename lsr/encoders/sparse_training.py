@@ -39,7 +39,7 @@ import numpy as np
 from lsr.encoders._query_tokenizer import QueryTokenizer
 from lsr.encoders._torch import (choose_device, length_sorted_batches, quiet_loading, require_torch,
                                  require_transformers, resolve_model, set_threads)
-from lsr.encoders.inference_free import IDF_FILE, read_idf, tokenizer_limit
+from lsr.encoders.inference_free import IDF_FILE, LENGTH_FILE, read_idf, tokenizer_limit
 from lsr.encoders.sparse_losses import (flops_weight_at, idf_aware_flops, inference_free_score_matrix,
                                         inference_free_scores, kl_distillation, margin_mse)
 from lsr.encoders.splade import _find_parent, load_tokenizer, tokenize
@@ -477,6 +477,8 @@ def _write_output(out: Path, doc_model: SparseDocumentModel, idf: Any, idf_sourc
         tmp = out / f".{IDF_FILE}.tmp"
         tmp.write_text(json.dumps(table))
         os.replace(tmp, out / IDF_FILE)
+    # the document length trained with, which InferenceFreeEncoder(out) then encodes at by default
+    (out / LENGTH_FILE).write_text(json.dumps({"max_seq_length": doc_model.doc_max_length}) + "\n")
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 

@@ -138,9 +138,13 @@ class SpladeOptions(_Options):
 class InferenceFreeOptions(SpladeOptions):
     """Inference-free: documents through the model, queries tokenised and weighted by an IDF table.
 
-    A query needs no model, so by default it is not truncated below the tokenizer's limit.
+    A query needs no model, so by default it is not truncated below the tokenizer's limit; a
+    document is cut at the length the model declares (``sentence_bert_config.json``: ``lsr train``
+    writes the one it trained with), else at 256.
     """
 
+    doc_max_length: int | None = _opt(None, "Document truncation in tokens (default: the model's "
+                                      "sentence_bert_config.json max_seq_length, else 256).", minimum=3, kind=int)
     query_max_length: int | None = _opt(None, "Query truncation in tokens.",
                                         minimum=3, kind=int)
     idf: str | None = _opt(None, "Query IDF table (default: the model directory's idf.json).")
