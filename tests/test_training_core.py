@@ -338,27 +338,44 @@ def test_trainable_idf_stays_non_negative(tiny_mlm, tmp_path):
 
 def test_frozen_rows_are_encoded_once_and_train_what_fresh_encodings_train(tiny_mlm, tmp_path, monkeypatch):
     """lr = 0 encodes each document once (the model does not change) and keeps its row: the IDF
-    table trained from those rows equals one trained re-encoding every step's documents."""
+    table trained from those rows equals one trained re-encoding every step's documents, and the
+    model's forward passes see exactly the steps' repeated documents fewer."""
     data = _tiny_data()
     settings = TrainSettings(steps=6, batch_size=3, group_size=3, lr=0.0, idf_trainable=True, idf_lr=0.5,
                              doc_max_length=24, checkpoint_every=0, seed=3, torch_threads=1)
-    seen: list[int] = []
+    step_docs: list[list[int]] = []  # per step, the documents whose weights it asked for
+    seen: list[int] = []  # the documents not encoded yet when asked for
     cached = st._FrozenRows.weights
 
     def counting(self, docs, tokens):
+        step_docs.append(list(docs))
         seen.extend(d for d in docs if d not in self.rows)
         return cached(self, docs, tokens)
 
+    forwarded: list[int] = []  # documents through the model's forward (teacher-scale pass included)
+    forward = st.SparseDocumentModel.forward
+
+    def counted_forward(self, seqs):
+        forwarded.append(len(seqs))
+        return forward(self, seqs)
+
+    monkeypatch.setattr(st.SparseDocumentModel, "forward", counted_forward)
     monkeypatch.setattr(st._FrozenRows, "weights", counting)
     train_inference_free(data, tiny_mlm, tiny_mlm / "idf.json", tmp_path / "cached", settings)
-    assert sorted(seen) == sorted(set(seen)) and len(seen) < 6 * 3 * 3  # each once, some steps reuse rows
+    assert len(step_docs) == settings.steps  # every step's weights came from the kept rows
+    assert sorted(seen) == sorted(set(seen)) == sorted({d for docs in step_docs for d in docs})
+    repeated = sum(map(len, step_docs)) - len(seen)
+    assert repeated > 0  # some steps reuse rows
+    n_cached = sum(forwarded)
 
     def fresh(self, docs, tokens):  # the reference: every step's documents through the model
         with torch.no_grad():
             return self.model.forward(tokens(docs))
 
+    forwarded.clear()
     monkeypatch.setattr(st._FrozenRows, "weights", fresh)
     train_inference_free(data, tiny_mlm, tiny_mlm / "idf.json", tmp_path / "fresh", settings)
+    assert sum(forwarded) - n_cached == repeated
     a = json.loads((tmp_path / "cached" / "idf.json").read_text())
     b = json.loads((tmp_path / "fresh" / "idf.json").read_text())
     assert a.keys() == b.keys() and a != json.loads((tiny_mlm / "idf.json").read_text())
