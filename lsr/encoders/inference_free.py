@@ -138,11 +138,16 @@ def declared_doc_length(source: str | os.PathLike) -> int | None:
     A file that is there but unreadable, or a length below 3, is an error naming the file."""
     path = Path(source) / LENGTH_FILE
     if not Path(source).is_dir():
-        try:  # a hub id whose hub answered: the file is optional, so any failure means "none"
+        try:  # a hub id whose hub answered (resolve_model): the file is optional
             from huggingface_hub import hf_hub_download
+            from huggingface_hub.errors import EntryNotFoundError
 
             path = Path(hf_hub_download(str(source), LENGTH_FILE))
-        except Exception:  # hub errors come in many types
+        except EntryNotFoundError:  # the model declares no length
+            return None
+        except Exception as exc:  # hub errors come in many types: say so, do not guess silently
+            logger.warning("%s: cannot read its %s (%s: %s); documents default to %d tokens", source, LENGTH_FILE,
+                           type(exc).__name__, exc, DEFAULT_DOC_LENGTH)
             return None
     if not path.is_file():
         return None

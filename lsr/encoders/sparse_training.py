@@ -478,7 +478,9 @@ def _write_output(out: Path, doc_model: SparseDocumentModel, idf: Any, idf_sourc
         tmp.write_text(json.dumps(table))
         os.replace(tmp, out / IDF_FILE)
     # the document length trained with, which InferenceFreeEncoder(out) then encodes at by default
-    (out / LENGTH_FILE).write_text(json.dumps({"max_seq_length": doc_model.doc_max_length}) + "\n")
+    tmp = out / f".{LENGTH_FILE}.tmp"
+    tmp.write_text(json.dumps({"max_seq_length": doc_model.doc_max_length}) + "\n")
+    os.replace(tmp, out / LENGTH_FILE)
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
