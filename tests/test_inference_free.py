@@ -77,6 +77,33 @@ def test_documents_are_cut_at_the_length_the_model_declares(tiny_mlm, tmp_path):
             InferenceFreeEncoder(model)
 
 
+def test_collection_keeps_the_length_its_model_declared_at_creation(tiny_mlm, tmp_path):
+    """A collection pins the declared document length in its manifest: reopened after the model's
+    declaration changed, it encodes new documents and searches as when created (a fresh
+    retriever at that length is the reference)."""
+    import lsr
+    from lsr.retrievers.sparse import InferenceFreeRetriever
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_mlm, model)
+    (model / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 7}))
+    docs = [{"_id": d, "text": f"{t} {x}".strip()} for d, (t, x) in CORPUS.items()]
+    with lsr.Collection.create(tmp_path / "col", "inference-free", model=str(model)) as col:
+        col.add(docs[:3])
+    assert json.loads((tmp_path / "col" / "manifest.json").read_text())["options"]["doc_max_length"] == 7
+    (model / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 40}))
+    with lsr.Collection.open(tmp_path / "col") as col:
+        col.add(docs[3:])
+        got = col.search(list(QUERIES.values()), k=len(docs))
+    fresh = InferenceFreeRetriever(str(model), doc_max_length=7)
+    fresh.index([d["_id"] for d in docs], [d["text"] for d in docs])
+    want = fresh.search(list(QUERIES.values()), k=len(docs))
+    assert sum(len(got.hits(i)) for i in range(len(QUERIES))) > 0
+    for i in range(len(QUERIES)):
+        assert [d for d, _ in got.hits(i)] == [d for d, _ in want.hits(i)]
+        np.testing.assert_allclose([s for _, s in got.hits(i)], [s for _, s in want.hits(i)], rtol=1e-5)
+
+
 @pytest.mark.skipif(not IDF_TABLE.is_file(), reason="shared idf.json not present")
 def test_opensearch_table_matches_model_card(tiny_mlm):
     from conftest_splade import SPLADE_TINY

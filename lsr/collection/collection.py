@@ -114,6 +114,7 @@ class Collection:
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise FileExistsError(f"{path} already exists (a collection is created in a new or empty directory)")
         engine = engine_class(name).create(opts)
+        opts = engine.options  # as the engine settled them (e.g. a length the model declared)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}{TEMP_MARK}{uuid.uuid4().hex[:12]}"
         tmp.mkdir()

@@ -13,6 +13,7 @@ documents (no re-encoding).
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import threading
@@ -340,3 +341,13 @@ class InferenceFreeEngine(SpladeEngine):
 
     name = "inference-free"
     options_class = InferenceFreeOptions
+
+    @classmethod
+    def create(cls, options: Any) -> "InferenceFreeEngine":
+        """As :meth:`Engine.create`, with the document length pinned in the options: the one the
+        model declares now (``doc_max_length=None``) stays the collection's, whatever the model
+        directory says later."""
+        engine = cls(options)
+        if options.doc_max_length is None:
+            engine.options = dataclasses.replace(options, doc_max_length=engine.encoder.doc_max_length)
+        return engine
