@@ -406,7 +406,6 @@ def matched_teacher_scale(model: "SparseDocumentModel", data: TrainingData, q_id
     return scale
 
 
-# ---------------------------------------------------------------------------- checkpoints
 class _FrozenRows:
     """The frozen document model's vectors, encoded once per document and kept sparse (its
     non-zeros): with ``lr = 0`` they do not change, so a step re-encodes nothing it has seen."""
@@ -433,6 +432,7 @@ class _FrozenRows:
         return out
 
 
+# ---------------------------------------------------------------------------- checkpoints
 def _checkpoint_dirs(out: Path) -> list[tuple[int, Path]]:
     root = out / CHECKPOINTS
     found = []
