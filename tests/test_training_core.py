@@ -370,7 +370,7 @@ def test_frozen_rows_are_encoded_once_and_train_what_fresh_encodings_train(tiny_
 
     def fresh(self, docs, tokens):  # the reference: every step's documents through the model
         with torch.no_grad():
-            return self.model.forward(tokens(docs))
+            return self.model.forward([tokens[d] for d in docs])
 
     forwarded.clear()
     monkeypatch.setattr(st._FrozenRows, "weights", fresh)

@@ -179,6 +179,7 @@ class InferenceFreeEncoder(SpladeEncoder):
     def __init__(self, model: str | os.PathLike, idf: str | os.PathLike | None = None,
                  query_max_length: int | None = None, doc_max_length: int | None = None, **kwargs: Any) -> None:
         # a query goes through no model, so it is cut only at the tokenizer's own limit by default
+        # (3: placeholders, checked by SpladeEncoder, until the model's own files are found)
         super().__init__(model, query_max_length=query_max_length or 3,
                          doc_max_length=3 if doc_max_length is None else doc_max_length, **kwargs)
         self.query_max_length = int(query_max_length or tokenizer_limit(self._source))

@@ -414,14 +414,13 @@ class _FrozenRows:
         self.model = model
         self.rows: dict[int, tuple[Any, Any]] = {}
 
-    def weights(self, docs: list[int], tokens: Any) -> Any:
-        """(len(docs) x vocab) weights of the documents ``docs``; ``tokens(missing)`` gives the
-        token ids of those not encoded yet."""
+    def weights(self, docs: list[int], tokens: dict[int, list[int]]) -> Any:
+        """(len(docs) x vocab) weights of the documents ``docs``, whose token ids are ``tokens[d]``."""
         torch = require_torch()
         missing = [d for d in docs if d not in self.rows]
         if missing:
             with torch.no_grad():
-                encoded = self.model.forward(tokens(missing))
+                encoded = self.model.forward([tokens[d] for d in missing])
             for d, row in zip(missing, encoded):
                 nz = torch.nonzero(row).squeeze(1)
                 self.rows[d] = (nz, row[nz])
@@ -461,6 +460,13 @@ def _save_checkpoint(out: Path, step: int, state: dict[str, Any], meta: dict[str
 
 
 # ---------------------------------------------------------------------------- output
+def _replace_text(path: Path, text: str) -> None:
+    """``path`` holds ``text``, written under a temporary name and renamed over it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _write_output(out: Path, doc_model: SparseDocumentModel, idf: Any, idf_source: Path | None,
                   summary: dict[str, Any]) -> None:
     """The OpenSearch inference-free layout: save_pretrained model, tokenizer files, idf.json."""
@@ -474,13 +480,9 @@ def _write_output(out: Path, doc_model: SparseDocumentModel, idf: Any, idf_sourc
     else:
         values = idf.detach().cpu().numpy()
         table = {doc_model.vocab[i]: round(float(values[i]), 6) for i in np.flatnonzero(values)}
-        tmp = out / f".{IDF_FILE}.tmp"
-        tmp.write_text(json.dumps(table))
-        os.replace(tmp, out / IDF_FILE)
+        _replace_text(out / IDF_FILE, json.dumps(table))
     # the document length trained with, which InferenceFreeEncoder(out) then encodes at by default
-    tmp = out / f".{LENGTH_FILE}.tmp"
-    tmp.write_text(json.dumps({"max_seq_length": doc_model.doc_max_length}) + "\n")
-    os.replace(tmp, out / LENGTH_FILE)
+    _replace_text(out / LENGTH_FILE, json.dumps({"max_seq_length": doc_model.doc_max_length}) + "\n")
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
@@ -594,7 +596,7 @@ def train_inference_free(data: TrainingData, init: str | os.PathLike, idf: str |
                 for d, toks in zip(missing, model.tokenize([data.doc_texts[d] for d in missing])):
                     doc_tokens[d] = toks
             if frozen:  # each document through the frozen model once; its row reused after that
-                weights = frozen_rows.weights([int(d) for d in docs], lambda ds: [doc_tokens[d] for d in ds])
+                weights = frozen_rows.weights([int(d) for d in docs], doc_tokens)
             else:
                 weights = model.forward([doc_tokens[int(d)] for d in docs])
             where = {int(d): i for i, d in enumerate(docs)}
